@@ -1,0 +1,10 @@
+"""The client registry: which edge node holds which client's connection.
+
+`registry` knows nothing of the router or the edge. `base` holds the seam and its values;
+`memory` the in-process implementation used by `zuulpush serve`.
+"""
+
+from registry.base import Device, NodeInfo, NodeState, Registration, Registry
+from registry.memory import MemoryRegistry
+
+__all__ = ["Device", "MemoryRegistry", "NodeInfo", "NodeState", "Registration", "Registry"]

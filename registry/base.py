@@ -1,0 +1,136 @@
+"""The registry seam: records of live connections, known devices and edge nodes.
+
+Three kinds of record, each with a TTL:
+
+- a *registration* (client id -> the node holding its connection), written when a device connects,
+  refreshed while the connection lives, removed when it closes. Its TTL is short (minutes), so a node
+  that dies without cleaning up stops being named within one TTL.
+- a *device* (user id -> client id and device type), written with every registration and kept much
+  longer (days), so that a message to a user reaches the inboxes of devices that are offline now.
+- a *node* (node id -> address, region, state, connection count), heartbeated by each edge node.
+
+Versions order writes to one client's registration: a higher version wins (last writer wins), and
+`unregister` deletes only the record it wrote (compare-and-delete), so a node that lost a client to
+another node never deletes the newer record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class NodeState(StrEnum):
+    """An edge node's state as routers see it: only active nodes are sent live deliveries."""
+
+    ACTIVE = "active"
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """One live connection: `client_id` is connected to `node_id` since this record's `version`."""
+
+    client_id: str
+    user_id: str
+    device_type: str
+    node_id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device known to belong to a user, connected now or not."""
+
+    client_id: str
+    device_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """An edge node's heartbeat: where it listens, its state and how many connections it holds."""
+
+    node_id: str
+    address: str
+    region: str
+    state: NodeState
+    connections: int
+    by_device_type: tuple[tuple[str, int], ...] = ()
+
+    def count(self, device_types: frozenset[str] = frozenset()) -> int:
+        """Connections held, of the given device types only when any are given."""
+        if not device_types:
+            return self.connections
+        return sum(n for device_type, n in self.by_device_type if device_type in device_types)
+
+
+def new_version() -> int:
+    """A version for a new registration: wall-clock nanoseconds, so that writes from different
+    nodes order by time (last writer wins) and a later write from one node is always higher."""
+    return time.time_ns()
+
+
+class Registry(Protocol):
+    """Where clients are connected, which devices a user has, and which edge nodes are alive.
+
+    Every method is safe to call concurrently. Batched methods apply each item independently:
+    there is no all-or-nothing guarantee across items.
+    """
+
+    async def register(self, registrations: Sequence[Registration], ttl_s: float) -> None:
+        """Record each connection for `ttl_s` seconds, and its device for the device TTL.
+
+        A registration replaces an existing one for the same client only if its version is
+        higher; an older version is ignored, so replays and late writes are harmless.
+        """
+        ...
+
+    async def refresh(self, node_id: str, client_ids: Sequence[str], ttl_s: float) -> int:
+        """Extend the TTL of the registrations `node_id` holds for these clients.
+
+        A client now registered to another node is left alone. Returns how many were extended;
+        a record that has already expired is not revived (register it again).
+        """
+        ...
+
+    async def unregister(self, client_id: str, node_id: str, version: int) -> bool:
+        """Delete the client's registration only if it is still `node_id`'s at `version`.
+
+        Returns True if deleted. The device record stays: the device is offline, not forgotten.
+        """
+        ...
+
+    async def lookup(self, client_id: str) -> Registration | None:
+        """The client's live registration, or None if it is not connected anywhere."""
+        ...
+
+    async def lookup_many(self, client_ids: Iterable[str]) -> dict[str, Registration]:
+        """Live registrations of those clients that are connected; absent ones are left out."""
+        ...
+
+    async def devices_of_user(self, user_id: str) -> list[Device]:
+        """The user's known devices (connected or not), in no particular order."""
+        ...
+
+    async def device(self, client_id: str) -> Device | None:
+        """The known device record of one client, or None if it was never seen (or forgotten)."""
+        ...
+
+    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> None:
+        """Write the node's record for `ttl_s` seconds; a node that stops heartbeating is dead."""
+        ...
+
+    async def remove_node(self, node_id: str) -> None:
+        """Delete a node's record at once (clean shutdown)."""
+        ...
+
+    async def nodes(self) -> list[NodeInfo]:
+        """All live nodes, whatever their state."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections to the backing store. Idempotent."""
+        ...

@@ -1,0 +1,151 @@
+"""Device tokens and backend API keys.
+
+A device token is a JWT with claims `sub` (user id), `cid` (client id), `dt` (device type) and
+`exp`. Nodes that sign tokens hold the HS256 secret; nodes that only verify may instead hold an
+RS256/ES256 public key, so edge nodes need not carry the signing key. `alg: none`, any algorithm
+not configured, a wrong signature, a missing claim or an expired token is rejected with
+`InvalidToken` naming the reason.
+"""
+
+from __future__ import annotations
+
+import hmac
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+
+from router.errors import Forbidden, InvalidToken, Unauthorized
+
+_CLAIMS = ("sub", "cid", "dt", "exp")
+_ASYMMETRIC = ("RS256", "ES256")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """Who a verified device token says the device is."""
+
+    client_id: str
+    user_id: str
+    device_type: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Secrets. `secret` signs and verifies HS256 tokens; `public_key` (PEM) verifies RS256/ES256."""
+
+    secret: str = ""
+    public_key: str = ""
+    api_keys: tuple[str, ...] = ()
+    admin_key: str = ""
+    max_token_ttl_s: int = 30 * 24 * 3600
+
+
+class TokenVerifier:
+    """Checks device tokens against the configured keys. Stateless after construction."""
+
+    __slots__ = ("_algorithms", "_keys")
+
+    def __init__(self, config: AuthConfig) -> None:
+        keys: list[tuple[object, list[str]]] = []
+        if config.secret:
+            keys.append((config.secret, ["HS256"]))
+        if config.public_key:
+            # Parsed once here: PyJWT would otherwise parse the PEM on every verification.
+            public_key = serialization.load_pem_public_key(config.public_key.encode())
+            keys.append((public_key, list(_ASYMMETRIC)))
+        if not keys:
+            raise ValueError("a device-token secret or public key is required")
+        self._keys = tuple(keys)
+        self._algorithms = tuple(alg for _, algs in keys for alg in algs)
+
+    def verify(self, token: str) -> DeviceIdentity:
+        """The identity in `token`, or InvalidToken saying why not."""
+        if not token:
+            raise InvalidToken("missing device token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed device token") from None
+        alg = header.get("alg")
+        for key, algorithms in self._keys:
+            if alg in algorithms:
+                return self._decode(token, key, algorithms)
+        raise InvalidToken(f"token algorithm {alg!r} is not accepted")
+
+    @staticmethod
+    def _decode(token: str, key: object, algorithms: list[str]) -> DeviceIdentity:
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=algorithms,  # type: ignore[arg-type]
+                options={"require": list(_CLAIMS)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("device token expired") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidToken(f"device token lacks claim {exc.claim!r}") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("device token signature is invalid") from None
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"device token rejected: {exc}") from None
+        return _identity(claims)
+
+
+def _identity(claims: dict[str, object]) -> DeviceIdentity:
+    values = []
+    for claim in ("cid", "sub", "dt"):
+        value = claims[claim]
+        if not isinstance(value, str) or not value or len(value) > 256:
+            raise InvalidToken(f"device token claim {claim!r} must be a non-empty string")
+        values.append(value)
+    exp = claims["exp"]
+    if not isinstance(exp, int):
+        raise InvalidToken("device token claim 'exp' must be an integer")
+    # Device types are few and repeated on every connection: share one string object each.
+    return DeviceIdentity(values[0], values[1], sys.intern(values[2]), exp)
+
+
+def issue_token(
+    secret: str,
+    *,
+    client_id: str,
+    user_id: str,
+    device_type: str,
+    ttl_s: int = 24 * 3600,
+    now: float | None = None,
+) -> str:
+    """A signed HS256 device token. For RS256/ES256, sign with your own key and the same claims."""
+    issued = int(time.time() if now is None else now)
+    claims = {"sub": user_id, "cid": client_id, "dt": device_type, "iat": issued,
+              "exp": issued + ttl_s}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def check_key(presented: str | None, accepted: Iterable[str], *, what: str = "API key") -> None:
+    """Raise Unauthorized (absent) or Forbidden (wrong) unless `presented` is one of `accepted`.
+
+    Every accepted key is compared in constant time, so timing reveals neither which key nor how
+    much of one matched.
+    """
+    if not presented:
+        raise Unauthorized(f"missing {what}: send 'Authorization: Bearer <key>'")
+    candidate = presented.encode()
+    matched = False
+    for key in accepted:
+        matched |= hmac.compare_digest(candidate, key.encode())
+    if not matched:
+        raise Forbidden(f"{what} not accepted")
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token in an `Authorization: Bearer <token>` header value, if any."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None

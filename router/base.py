@@ -1,0 +1,188 @@
+"""The router's seams and the values that cross them.
+
+A `Message` is accepted by the push-send API, put on a `MessageQueue`, taken by a router worker,
+kept in each target client's `Inbox` until acked, and handed as a `Delivery` over the `NodeChannel`
+to every edge node that holds one of its clients. Each seam has an in-memory implementation
+(`router.memory`) and, from the Redis issue on, a Redis one; one contract suite tests both.
+
+Delivery is at least once: a device may see a message twice (after a reconnect) and drops the
+repeat by `id`. Message ids are time-ordered (`router.ids`), so "after id X" is a string compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol
+
+import orjson
+
+
+class Priority(IntEnum):
+    """Queue priority; a lower value is served first."""
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, label: str) -> Priority:
+        """`"high"`, `"normal"` or `"low"`; ValueError otherwise."""
+        try:
+            return cls[label.upper()]
+        except KeyError:
+            raise ValueError(label) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Who a message is for: named clients, the devices of named users, or everyone connected,
+    narrowed to `device_types` when any are given."""
+
+    clients: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    device_types: frozenset[str] = frozenset()
+    broadcast: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An accepted push. `payload` is the JSON object devices receive, encoded once:
+    `{"id", "topic", "ts", "data"}` with `ts` in milliseconds since the epoch."""
+
+    id: str
+    topic: str
+    payload: bytes
+    ts_ms: int
+    priority: Priority
+    ttl_s: int
+    target: Target
+    dedup_key: str | None = None
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        id: str,
+        topic: str,
+        data: Any,
+        ts_ms: int,
+        priority: Priority,
+        ttl_s: int,
+        target: Target,
+        dedup_key: str | None = None,
+    ) -> Message:
+        payload = orjson.dumps({"id": id, "topic": topic, "ts": ts_ms, "data": data})
+        return cls(id, topic, payload, ts_ms, priority, ttl_s, target, dedup_key)
+
+    @property
+    def expires_at_ms(self) -> int:
+        return self.ts_ms + self.ttl_s * 1000
+
+    def expired(self, now_ms: int) -> bool:
+        return now_ms >= self.expires_at_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A message taken from the queue; hand `receipt` to `MessageQueue.done` once handled."""
+
+    message: Message
+    receipt: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What an edge node receives: one message for some of its clients, or for all of them
+    (`broadcast`, narrowed to `device_types` when any are given)."""
+
+    message_id: str
+    payload: bytes
+    clients: tuple[str, ...] = ()
+    broadcast: bool = False
+    device_types: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """A message waiting in a client's inbox until acked or `expires_at_ms` (wall clock)."""
+
+    id: str
+    payload: bytes
+    expires_at_ms: int
+
+
+class MessageQueue(Protocol):
+    """Priority queues of accepted messages, shared by all router workers."""
+
+    async def put(self, message: Message) -> bool:
+        """Enqueue. Returns False, and enqueues nothing, if `message.dedup_key` was already put
+        within the dedup window. Messages of one priority are taken in the order they were put."""
+        ...
+
+    async def take(self, consumer: str, max_n: int, timeout_s: float) -> list[Taken]:
+        """Up to `max_n` messages, higher priorities first but weighted so that lower ones never
+        starve. Waits up to `timeout_s` for the first one; returns [] on timeout. A message taken
+        and not marked `done` is handed to another consumer after the visibility timeout (in
+        memory, where a consumer cannot die alone, it is simply considered handled)."""
+        ...
+
+    async def done(self, consumer: str, receipts: Sequence[str]) -> None:
+        """Mark taken messages handled. Idempotent."""
+        ...
+
+    async def depth(self) -> dict[Priority, int]:
+        """Messages waiting per priority (not counting taken ones)."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources. Idempotent."""
+        ...
+
+
+class NodeChannel(Protocol):
+    """How router workers reach the edge node that holds a connection."""
+
+    async def publish(self, node_id: str, deliveries: Sequence[Delivery]) -> None:
+        """Hand a batch to `node_id`. Per node, batches arrive in the order published. A node
+        that is not receiving may lose deliveries (they are in the inbox)."""
+        ...
+
+    async def receive(self, node_id: str, max_n: int, timeout_s: float) -> list[Delivery]:
+        """The node's next deliveries, in order; waits up to `timeout_s`, [] on timeout."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources. Idempotent."""
+        ...
+
+
+class Inbox(Protocol):
+    """Per-client store of messages not yet acknowledged, capped and TTL-bound."""
+
+    async def add(self, client_ids: Iterable[str], entry: InboxEntry) -> None:
+        """Store `entry` for each client. Past the per-client cap the oldest entries are dropped.
+        Adding an id already present is a no-op."""
+        ...
+
+    async def after(self, client_id: str, last_id: str | None, limit: int) -> list[InboxEntry]:
+        """Unexpired entries with id greater than `last_id` (all when None), oldest first."""
+        ...
+
+    async def ack(self, client_id: str, ids: Sequence[str]) -> int:
+        """Remove these entries; returns how many were present. Idempotent."""
+        ...
+
+    async def ack_through(self, client_id: str, last_id: str) -> int:
+        """Remove every entry with id up to and including `last_id` (a device that resumes after
+        `last_id` has seen them). Returns how many were removed."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources. Idempotent."""
+        ...

@@ -1,0 +1,76 @@
+"""Errors that carry their wire answer.
+
+    ZuulpushError                     http_status 500 (a bug; never shown to clients in detail)
+    ├── InvalidRequest                400, names the offending `field`
+    │   └── PayloadTooLarge           413
+    ├── Unauthorized                  401 (missing or bad API key or device token)
+    │   └── InvalidToken              401, says why (expired, bad signature, alg, claims)
+    ├── Forbidden                     403 (a valid key that may not do this)
+    ├── NotFound                      404
+    └── Unavailable                   503, transient: retry after `retry_after_s`
+
+The edge adds its own branch in `zuulpush.errors` (handshake answers and WebSocket close codes).
+Only `Unavailable` is transient; everything else is final for the request that caused it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ZuulpushError(Exception):
+    """Base of every error we raise on purpose. `body()` is the JSON answer to send."""
+
+    http_status = 500
+    code = "internal_error"
+    transient = False
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error}
+
+
+class InvalidRequest(ZuulpushError):
+    http_status = 400
+    code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    http_status = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(ZuulpushError):
+    http_status = 401
+    code = "unauthorized"
+
+
+class InvalidToken(Unauthorized):
+    code = "invalid_token"
+
+
+class Forbidden(ZuulpushError):
+    http_status = 403
+    code = "forbidden"
+
+
+class NotFound(ZuulpushError):
+    http_status = 404
+    code = "not_found"
+
+
+class Unavailable(ZuulpushError):
+    http_status = 503
+    code = "unavailable"
+    transient = True
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

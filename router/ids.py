@@ -1,0 +1,41 @@
+"""Message ids: 26-character, time-ordered, unique (ULID layout, Crockford base32).
+
+Within one process ids are strictly increasing, so "every message after id X" is a string compare;
+across processes they order by millisecond and are unique by their random part.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_RANDOM_BITS = 80
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        value, digit = divmod(value, 32)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+class IdGenerator:
+    """Monotonic ULID-style ids. Not thread-safe; one per event loop."""
+
+    __slots__ = ("_last_ms", "_last_random")
+
+    def __init__(self) -> None:
+        self._last_ms = -1
+        self._last_random = 0
+
+    def new(self, now_ms: int | None = None) -> str:
+        ms = int(time.time() * 1000) if now_ms is None else now_ms
+        if ms <= self._last_ms:
+            ms = self._last_ms
+            self._last_random += 1
+        else:
+            self._last_ms = ms
+            self._last_random = int.from_bytes(os.urandom(10), "big") >> 1
+        return _encode(ms, 10) + _encode(self._last_random, 16)
