@@ -36,7 +36,7 @@ class DeviceIdentity:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    """Secrets. `secret` signs and verifies HS256 tokens; `public_key` (PEM) verifies RS256/ES256."""
+    """Secrets: `secret` signs and checks HS256 tokens, `public_key` (PEM) checks RS256/ES256."""
 
     secret: str = ""
     public_key: str = ""
