@@ -4,8 +4,7 @@ Three kinds of record, each with a TTL:
 
 - a *registration* (client id -> the node holding its connection), written when a device connects,
   refreshed while the connection lives, removed when it closes. Its TTL is short (minutes), so a
-  node
-  that dies without cleaning up stops being named within one TTL.
+  node that dies without cleaning up stops being named within one TTL.
 - a *device* (user id -> client id and device type), written with every registration and kept much
   longer (days), so that a message to a user reaches the inboxes of devices that are offline now.
 - a *node* (node id -> address, region, state, connection count), heartbeated by each edge node.
