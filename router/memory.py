@@ -1,0 +1,358 @@
+"""The router's seams in one process's memory: the embedded default of `zuulpush serve`.
+
+Nothing here is shared between processes, and nothing survives a restart. Every wait is on an
+`asyncio.Event` (no polling); every time comparison uses an injected clock, so tests advance time
+by hand. Memory is bounded: dedup keys expire, each node's channel and each client's inbox are
+capped, and expired inbox entries and empty inboxes are pruned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from bisect import bisect_left, bisect_right, insort
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from router.base import Delivery, InboxEntry, Message, Priority, Taken
+from router.clock import ClockMs, wall_ms
+from router.errors import Unavailable
+
+DEFAULT_WEIGHTS: Mapping[Priority, int] = {Priority.HIGH: 8, Priority.NORMAL: 3, Priority.LOW: 1}
+"""Messages served per priority in one round while all priorities have messages waiting."""
+
+
+async def _idle(timeout_s: float) -> None:
+    """What a wait on a closed seam does: nothing can arrive, so sit out the timeout (a caller
+    that loops on take/receive must not spin)."""
+    if timeout_s > 0:
+        await asyncio.sleep(timeout_s)
+
+
+async def _wait_until(
+    ready: asyncio.Event, condition: Callable[[], bool], timeout_s: float
+) -> bool:
+    """Wait on `ready` until `condition()` holds; False if `timeout_s` passes first.
+
+    Whoever makes the condition true sets `ready`; a waiter that wakes to find it false again
+    (another waiter got there first) clears it and waits for the next set.
+    """
+    if condition():
+        return True
+    if timeout_s <= 0:
+        return False
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not condition():
+                ready.clear()
+                await ready.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+class MemoryQueue:
+    """`MessageQueue` in memory: one FIFO per priority, served in weighted rounds.
+
+    A round serves up to `weights[p]` messages of each priority `p`, higher priorities first; the
+    round's credit carries across `take` calls, so even one message per call never starves a lower
+    priority. A taken message is handled as far as this queue is concerned: receipts are message
+    ids and `done` does nothing. `max_depth`, when set, bounds the messages waiting; past it `put`
+    raises `Unavailable` (503, retry later) rather than grow without limit.
+
+    After `close`, `put` raises `Unavailable`, waiting takes return [] at once and later ones
+    return [] after their timeout.
+    """
+
+    def __init__(
+        self,
+        dedup_window_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        weights: Mapping[Priority, int] = DEFAULT_WEIGHTS,
+        max_depth: int | None = None,
+    ) -> None:
+        if any(weights.get(p, 0) < 1 for p in Priority):
+            raise ValueError("every priority needs a weight of at least 1")
+        self._window_s = dedup_window_s
+        self._clock = clock
+        self._weights = {p: weights[p] for p in Priority}
+        self._credits = dict(self._weights)
+        self._max_depth = max_depth
+        self._fifos: dict[Priority, deque[Message]] = {p: deque() for p in Priority}
+        # dedup key -> expiry; the deque holds the same pairs in expiry order for sweeping
+        self._seen: dict[str, float] = {}
+        self._expiries: deque[tuple[float, str]] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    async def put(self, message: Message) -> bool:
+        if self._closed:
+            raise Unavailable("message queue is closed")
+        key = message.dedup_key
+        if key is not None and self._seen_recently(key):
+            return False
+        if self._max_depth is not None and self._waiting() >= self._max_depth:
+            raise Unavailable("message queue is full", retry_after_s=1.0)
+        if key is not None:
+            self._remember(key)
+        self._fifos[message.priority].append(message)
+        self._ready.set()
+        return True
+
+    async def take(self, consumer: str, max_n: int, timeout_s: float) -> list[Taken]:
+        if self._closed:
+            await _idle(timeout_s)
+            return []
+        if max_n <= 0 or not await _wait_until(self._ready, self._has_work, timeout_s):
+            return []
+        if self._closed:  # closed while we waited
+            return []
+        return [Taken(m, m.id) for m in self._pick(max_n)]
+
+    async def done(self, consumer: str, receipts: Sequence[str]) -> None:
+        return None
+
+    async def depth(self) -> dict[Priority, int]:
+        return {p: len(fifo) for p, fifo in self._fifos.items()}
+
+    async def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    def _has_work(self) -> bool:
+        return self._closed or self._waiting() > 0
+
+    def _waiting(self) -> int:
+        return sum(len(fifo) for fifo in self._fifos.values())
+
+    def _pick(self, max_n: int) -> list[Message]:
+        picked: list[Message] = []
+        while len(picked) < max_n:
+            priority = self._next_priority()
+            if priority is None:
+                break
+            self._credits[priority] -= 1
+            picked.append(self._fifos[priority].popleft())
+        return picked
+
+    def _next_priority(self) -> Priority | None:
+        """The highest priority with messages and credit left in this round; a new round starts
+        when every priority with messages has spent its credit."""
+        for _ in range(2):
+            for priority in Priority:
+                if self._fifos[priority] and self._credits[priority] > 0:
+                    return priority
+            if not self._waiting():
+                return None
+            self._credits = dict(self._weights)
+        return None
+
+    def _seen_recently(self, key: str) -> bool:
+        now = self._clock()
+        # Expiries are appended in clock order, so the expired ones are all at the left.
+        while self._expiries and self._expiries[0][0] <= now:
+            expiry, old = self._expiries.popleft()
+            if self._seen.get(old) == expiry:
+                del self._seen[old]
+        return key in self._seen
+
+    def _remember(self, key: str) -> None:
+        expiry = self._clock() + self._window_s
+        self._seen[key] = expiry
+        self._expiries.append((expiry, key))
+
+
+class _Mailbox:
+    """One node's undelivered batches (oldest dropped past the cap) and its wake-up event."""
+
+    __slots__ = ("dropped", "pending", "ready")
+
+    def __init__(self, max_pending: int) -> None:
+        self.pending: deque[Delivery] = deque(maxlen=max_pending)
+        self.ready = asyncio.Event()
+        self.dropped = 0
+
+
+class MemoryNodeChannel:
+    """`NodeChannel` in memory: one bounded mailbox per node id.
+
+    A node that falls more than `max_pending` deliveries behind loses the oldest ones; they are in
+    the clients' inboxes, so a device gets them on its next resume or pull. After `close`,
+    publishes are dropped, waiting receives return [] at once and later ones after their timeout.
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self._max_pending = max_pending
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self._closed = False
+
+    async def publish(self, node_id: str, deliveries: Sequence[Delivery]) -> None:
+        if self._closed or not deliveries:
+            return
+        box = self._mailbox(node_id)
+        box.dropped += max(0, len(box.pending) + len(deliveries) - self._max_pending)
+        box.pending.extend(deliveries)
+        box.ready.set()
+
+    async def receive(self, node_id: str, max_n: int, timeout_s: float) -> list[Delivery]:
+        if self._closed:
+            await _idle(timeout_s)
+            return []
+        if max_n <= 0:
+            return []
+        box = self._mailbox(node_id)
+        ready = await _wait_until(box.ready, lambda: self._closed or bool(box.pending), timeout_s)
+        if not ready or self._closed:
+            return []
+        return [box.pending.popleft() for _ in range(min(max_n, len(box.pending)))]
+
+    async def close(self) -> None:
+        self._closed = True
+        for box in self._mailboxes.values():
+            box.ready.set()
+
+    def pending(self, node_id: str) -> int:
+        """Deliveries waiting for `node_id`."""
+        box = self._mailboxes.get(node_id)
+        return 0 if box is None else len(box.pending)
+
+    def dropped(self, node_id: str) -> int:
+        """Deliveries `node_id` lost by falling more than `max_pending` behind."""
+        box = self._mailboxes.get(node_id)
+        return 0 if box is None else box.dropped
+
+    def _mailbox(self, node_id: str) -> _Mailbox:
+        box = self._mailboxes.get(node_id)
+        if box is None:
+            box = self._mailboxes[node_id] = _Mailbox(self._max_pending)
+        return box
+
+
+class _Box:
+    """One client's entries: `ids` sorted (time-ordered ids), `entries` by id."""
+
+    __slots__ = ("entries", "ids")
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.entries: dict[str, InboxEntry] = {}
+
+    def add(self, entry: InboxEntry, cap: int) -> None:
+        if entry.id in self.entries:
+            return
+        self.entries[entry.id] = entry
+        # Ids from different processes may arrive slightly out of order: insert in place.
+        insort(self.ids, entry.id)
+        excess = len(self.ids) - cap
+        if excess > 0:
+            self.drop_first(excess)
+
+    def drop_first(self, n: int) -> int:
+        for entry_id in self.ids[:n]:
+            del self.entries[entry_id]
+        removed = min(n, len(self.ids))
+        del self.ids[:n]
+        return removed
+
+    def remove(self, entry_id: str) -> bool:
+        if self.entries.pop(entry_id, None) is None:
+            return False
+        del self.ids[bisect_left(self.ids, entry_id)]
+        return True
+
+    def expired(self, now_ms: int) -> list[str]:
+        return [i for i, e in self.entries.items() if now_ms >= e.expires_at_ms]
+
+
+class MemoryInbox:
+    """`Inbox` in memory: per client, entries sorted by id, at most `max_per_client`.
+
+    An entry expires at its `expires_at_ms` on the `clock_ms` wall clock: reads skip and prune
+    it, and a sweep over every client at most once per `sweep_interval_ms` (run by `add`) prunes
+    entries nobody reads. A client whose inbox empties is forgotten.
+    """
+
+    def __init__(
+        self,
+        max_per_client: int,
+        *,
+        clock_ms: ClockMs = wall_ms,
+        sweep_interval_ms: int = 60_000,
+    ) -> None:
+        if max_per_client < 1:
+            raise ValueError("max_per_client must be at least 1")
+        self._cap = max_per_client
+        self._clock_ms = clock_ms
+        self._sweep_interval_ms = sweep_interval_ms
+        self._next_sweep_ms = 0
+        self._boxes: dict[str, _Box] = {}
+
+    async def add(self, client_ids: Iterable[str], entry: InboxEntry) -> None:
+        now = self._clock_ms()
+        self._maybe_sweep(now)
+        if now >= entry.expires_at_ms:
+            return
+        for client_id in client_ids:
+            box = self._boxes.get(client_id)
+            if box is None:
+                box = self._boxes[client_id] = _Box()
+            box.add(entry, self._cap)
+
+    async def after(self, client_id: str, last_id: str | None, limit: int) -> list[InboxEntry]:
+        box = self._boxes.get(client_id)
+        if box is None or limit <= 0:
+            return []
+        now = self._clock_ms()
+        start = 0 if last_id is None else bisect_right(box.ids, last_id)
+        found: list[InboxEntry] = []
+        expired: list[str] = []
+        for index in range(start, len(box.ids)):
+            entry = box.entries[box.ids[index]]
+            if now >= entry.expires_at_ms:
+                expired.append(entry.id)
+                continue
+            found.append(entry)
+            if len(found) >= limit:
+                break
+        self._remove(client_id, box, expired)
+        return found
+
+    async def ack(self, client_id: str, ids: Sequence[str]) -> int:
+        box = self._boxes.get(client_id)
+        if box is None:
+            return 0
+        return self._remove(client_id, box, ids)
+
+    async def ack_through(self, client_id: str, last_id: str) -> int:
+        box = self._boxes.get(client_id)
+        if box is None:
+            return 0
+        removed = box.drop_first(bisect_right(box.ids, last_id))
+        self._forget_if_empty(client_id, box)
+        return removed
+
+    async def close(self) -> None:
+        self._boxes.clear()
+
+    def clients(self) -> int:
+        """Clients with at least one stored entry (expired ones included until pruned)."""
+        return len(self._boxes)
+
+    def _remove(self, client_id: str, box: _Box, ids: Iterable[str]) -> int:
+        removed = sum(box.remove(entry_id) for entry_id in ids)
+        self._forget_if_empty(client_id, box)
+        return removed
+
+    def _forget_if_empty(self, client_id: str, box: _Box) -> None:
+        if not box.ids:
+            self._boxes.pop(client_id, None)
+
+    def _maybe_sweep(self, now_ms: int) -> None:
+        if now_ms < self._next_sweep_ms:
+            return
+        self._next_sweep_ms = now_ms + self._sweep_interval_ms
+        for client_id, box in list(self._boxes.items()):
+            self._remove(client_id, box, box.expired(now_ms))
