@@ -1,0 +1,230 @@
+"""One contract suite for the registry seam, run against each implementation in `FACTORIES`.
+
+A factory takes a fake clock (seconds) and a device TTL and returns a `Registry`; the Redis one
+will be added as another entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from registry.base import Device, NodeInfo, NodeState, Registration, Registry
+from registry.memory import MemoryRegistry
+
+TTL_S = 60.0
+DEVICE_TTL_S = 3600.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Made:
+    registry: Registry
+    clock: FakeClock
+
+
+def memory_registry(clock: FakeClock) -> Registry:
+    return MemoryRegistry(device_ttl_s=DEVICE_TTL_S, clock=clock)
+
+
+FACTORIES: dict[str, Callable[[FakeClock], Registry]] = {"memory": memory_registry}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+async def made(request: pytest.FixtureRequest) -> AsyncIterator[Made]:
+    clock = FakeClock()
+    registry = FACTORIES[request.param](clock)
+    yield Made(registry, clock)
+    await registry.close()
+
+
+def reg(
+    client: str, node_id: str, version: int, *, user: str = "u1", dt: str = "phone"
+) -> Registration:
+    return Registration(client, user, dt, node_id, version)
+
+
+def node(node_id: str, state: NodeState = NodeState.ACTIVE, connections: int = 0) -> NodeInfo:
+    return NodeInfo(node_id, f"10.0.0.1:{8000 + len(node_id)}", "eu", state, connections)
+
+
+# --- registrations ------------------------------------------------------------------------------
+
+
+async def test_register_then_lookup(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1)], TTL_S)
+    assert await r.lookup("c1") == reg("c1", "n1", 1)
+    assert await r.lookup("c2") is None
+
+
+async def test_lookup_many_leaves_out_absent_clients(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1), reg("c2", "n2", 1)], TTL_S)
+    found = await r.lookup_many(["c1", "c2", "c3"])
+    assert found == {"c1": reg("c1", "n1", 1), "c2": reg("c2", "n2", 1)}
+    assert await r.lookup_many([]) == {}
+
+
+async def test_registration_expires_after_its_ttl(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1)], TTL_S)
+    made.clock.advance(TTL_S - 1)
+    assert await r.lookup("c1") is not None
+    made.clock.advance(1)
+    assert await r.lookup("c1") is None
+    assert await r.lookup_many(["c1"]) == {}
+
+
+async def test_refresh_by_the_owner_extends(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1), reg("c2", "n1", 1)], TTL_S)
+    made.clock.advance(TTL_S - 1)
+    assert await r.refresh("n1", ["c1", "c2", "unknown"], TTL_S) == 2
+    made.clock.advance(TTL_S - 1)
+    assert await r.lookup("c1") == reg("c1", "n1", 1)
+
+
+async def test_refresh_by_another_node_changes_nothing(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1)], TTL_S)
+    made.clock.advance(TTL_S - 1)
+    assert await r.refresh("n2", ["c1"], TTL_S) == 0
+    made.clock.advance(1)
+    assert await r.lookup("c1") is None
+
+
+async def test_refresh_does_not_revive_an_expired_record(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1)], TTL_S)
+    made.clock.advance(TTL_S)
+    assert await r.refresh("n1", ["c1"], TTL_S) == 0
+    assert await r.lookup("c1") is None
+
+
+async def test_unregister_deletes_only_its_own_record(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 5)], TTL_S)
+    assert not await r.unregister("c1", "n1", 4)
+    assert not await r.unregister("c1", "n2", 5)
+    assert await r.lookup("c1") is not None
+    assert await r.unregister("c1", "n1", 5)
+    assert await r.lookup("c1") is None
+    assert not await r.unregister("c1", "n1", 5)
+
+
+async def test_stale_unregister_after_a_move_keeps_the_new_record(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1)], TTL_S)
+    await r.register([reg("c1", "n2", 2)], TTL_S)  # the device reconnected elsewhere
+    assert not await r.unregister("c1", "n1", 1)  # the old node's late cleanup
+    assert await r.lookup("c1") == reg("c1", "n2", 2)
+
+
+async def test_an_older_version_never_replaces_a_newer_one(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n2", 2)], TTL_S)
+    await r.register([reg("c1", "n1", 1)], TTL_S)  # late or replayed write
+    assert await r.lookup("c1") == reg("c1", "n2", 2)
+    await r.register([reg("c1", "n3", 3)], TTL_S)
+    assert await r.lookup("c1") == reg("c1", "n3", 3)
+
+
+async def test_registrations_in_one_batch_apply_independently(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 5)], TTL_S)
+    await r.register([reg("c1", "n2", 1), reg("c2", "n2", 1)], TTL_S)
+    assert (await r.lookup("c1")) == reg("c1", "n1", 5)
+    assert (await r.lookup("c2")) == reg("c2", "n2", 1)
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+
+async def test_devices_of_user_includes_offline_devices(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1, dt="phone"), reg("c2", "n1", 1, dt="tv")], TTL_S)
+    await r.register([reg("c3", "n1", 1, user="u2")], TTL_S)
+    assert await r.unregister("c2", "n1", 1)
+    made.clock.advance(TTL_S)  # registrations gone, devices remembered
+    devices = sorted(await r.devices_of_user("u1"), key=lambda d: d.client_id)
+    assert devices == [Device("c1", "phone"), Device("c2", "tv")]
+    assert await r.devices_of_user("nobody") == []
+
+
+async def test_device_of_one_client(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1, dt="tv")], TTL_S)
+    assert await r.device("c1") == Device("c1", "tv")
+    assert await r.device("c2") is None
+
+
+async def test_devices_expire_after_the_device_ttl(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1)], TTL_S)
+    made.clock.advance(DEVICE_TTL_S)
+    assert await r.devices_of_user("u1") == []
+    assert await r.device("c1") is None
+
+
+async def test_a_device_moving_to_another_user_leaves_the_first(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1, user="u1")], TTL_S)
+    await r.register([reg("c1", "n1", 2, user="u2")], TTL_S)
+    assert await r.devices_of_user("u1") == []
+    assert await r.devices_of_user("u2") == [Device("c1", "phone")]
+
+
+# --- nodes --------------------------------------------------------------------------------------
+
+
+async def test_nodes_heartbeat_state_and_expiry(made: Made) -> None:
+    r = made.registry
+    await r.heartbeat_node(node("n1"), TTL_S)
+    await r.heartbeat_node(node("n2", NodeState.DRAINING), TTL_S / 2)
+    by_id = {n.node_id: n for n in await r.nodes()}
+    assert by_id["n1"].state is NodeState.ACTIVE
+    assert by_id["n2"].state is NodeState.DRAINING
+    made.clock.advance(TTL_S / 2)
+    assert [n.node_id for n in await r.nodes()] == ["n1"]
+    made.clock.advance(TTL_S / 2)
+    assert await r.nodes() == []
+
+
+async def test_a_heartbeat_replaces_the_node_record(made: Made) -> None:
+    r = made.registry
+    await r.heartbeat_node(node("n1", connections=1), TTL_S)
+    await r.heartbeat_node(node("n1", NodeState.DRAINING, connections=7), TTL_S)
+    assert await r.nodes() == [node("n1", NodeState.DRAINING, connections=7)]
+
+
+async def test_remove_node_is_immediate(made: Made) -> None:
+    r = made.registry
+    await r.heartbeat_node(node("n1"), TTL_S)
+    await r.remove_node("n1")
+    await r.remove_node("n1")
+    assert await r.nodes() == []
+
+
+async def test_close_is_idempotent(made: Made) -> None:
+    await made.registry.close()
+    await made.registry.close()
+
+
+def test_node_count_by_device_type() -> None:
+    info = NodeInfo("n1", "a", "eu", NodeState.ACTIVE, 10, (("phone", 6), ("tv", 4)))
+    assert info.count() == 10
+    assert info.count(frozenset({"tv"})) == 4
+    assert info.count(frozenset({"tv", "phone", "watch"})) == 10
