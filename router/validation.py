@@ -1,0 +1,162 @@
+"""Validate a push request body into a `Message`: pure, no I/O, time and ids passed in.
+
+The body is one JSON object:
+
+    {"to": {"clients": [...], "users": [...], "device_types": [...], "broadcast": false},
+     "topic": "...", "data": <any JSON>, "priority": "high|normal|low", "ttl": <seconds>,
+     "dedup_key": "..."}
+
+- `to` is required and must name somebody: at least one client or user, or `broadcast: true`
+  (which excludes clients and users). `device_types` narrows either kind. Repeated ids are
+  collapsed, first occurrence kept. At most `max_targets` clients and users together.
+- `data` is required and may be any JSON value, `null` included (a bare "something changed"
+  signal); requiring the key catches a misspelt one rather than sending nothing.
+- `topic` defaults to `"default"`, `priority` to `"normal"` (lower-case labels only), `ttl` to the
+  configured default (a whole number of seconds, 1 to `max_ttl_s`; `true` is not a number).
+- `dedup_key` is optional; `null` means none.
+
+Every rejection is an `InvalidRequest` whose `field` names the culprit, dotted for nested ones
+(`to.clients[3]`); a body over `max_payload_bytes` is a `PayloadTooLarge`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from router.base import Message, Priority, Target
+from router.config import ApiConfig
+from router.errors import InvalidRequest, PayloadTooLarge
+from router.ids import IdGenerator
+
+MAX_ID_CHARS = 256
+DEFAULT_TOPIC = "default"
+_TOP_LEVEL = frozenset({"to", "topic", "data", "priority", "ttl", "dedup_key"})
+_TO_KEYS = frozenset({"clients", "users", "device_types", "broadcast"})
+_PRIORITIES = {p.label: p for p in Priority}
+
+
+def parse_push(body: bytes, *, config: ApiConfig, ids: IdGenerator, now_ms: int) -> Message:
+    """The message `body` asks for, stamped `now_ms` with a fresh id; raises `InvalidRequest`."""
+    request = _decode(body, config.max_payload_bytes)
+    _reject_unknown(request, _TOP_LEVEL, prefix="")
+    if "to" not in request:
+        raise InvalidRequest("'to' is required", field="to")
+    if "data" not in request:
+        raise InvalidRequest("'data' is required (it may be null)", field="data")
+    return Message.create(
+        id=ids.new(now_ms),
+        topic=_topic(request.get("topic", DEFAULT_TOPIC)),
+        data=request["data"],
+        ts_ms=now_ms,
+        priority=_priority(request.get("priority", Priority.NORMAL.label)),
+        ttl_s=_ttl(request.get("ttl", config.default_ttl_s), config.max_ttl_s),
+        target=_target(request["to"], config.max_targets),
+        dedup_key=_dedup_key(request.get("dedup_key")),
+    )
+
+
+def _decode(body: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", field="body") from None
+    if not isinstance(request, dict):
+        raise InvalidRequest("request body must be a JSON object", field="body")
+    return request
+
+
+def _reject_unknown(obj: dict[str, Any], known: frozenset[str], *, prefix: str) -> None:
+    for key in obj:
+        if key not in known:
+            raise InvalidRequest(f"unknown field {key!r}", field=prefix + key)
+
+
+def _target(raw: Any, max_targets: int) -> Target:
+    if not isinstance(raw, dict):
+        raise InvalidRequest("'to' must be an object", field="to")
+    _reject_unknown(raw, _TO_KEYS, prefix="to.")
+    clients = raw.get("clients", [])
+    users = raw.get("users", [])
+    _check_list(clients, "to.clients")
+    _check_list(users, "to.users")
+    if len(clients) + len(users) > max_targets:
+        raise InvalidRequest(f"at most {max_targets} clients and users together", field="to")
+    broadcast = raw.get("broadcast", False)
+    if not isinstance(broadcast, bool):
+        raise InvalidRequest("'broadcast' must be true or false", field="to.broadcast")
+    target = Target(
+        clients=_ids(clients, "to.clients"),
+        users=_ids(users, "to.users"),
+        device_types=frozenset(_ids(raw.get("device_types", []), "to.device_types")),
+        broadcast=broadcast,
+    )
+    _check_addressees(target)
+    return target
+
+
+def _check_addressees(target: Target) -> None:
+    named = bool(target.clients or target.users)
+    if target.broadcast and named:
+        raise InvalidRequest("a broadcast names no clients or users", field="to.broadcast")
+    if not target.broadcast and not named:
+        raise InvalidRequest("name clients or users, or set broadcast", field="to")
+
+
+def _check_list(raw: Any, field: str) -> None:
+    if not isinstance(raw, list):
+        raise InvalidRequest("must be a list of strings", field=field)
+
+
+def _ids(raw: Any, field: str) -> tuple[str, ...]:
+    """Non-empty strings of at most MAX_ID_CHARS, repeats collapsed, first occurrence kept."""
+    _check_list(raw, field)
+    for index, value in enumerate(raw):
+        if not _is_short_string(value):
+            raise InvalidRequest(
+                f"must be a non-empty string of at most {MAX_ID_CHARS} characters",
+                field=f"{field}[{index}]",
+            )
+    return tuple(dict.fromkeys(raw))
+
+
+def _is_short_string(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS
+
+
+def _topic(raw: Any) -> str:
+    if not _is_short_string(raw):
+        raise InvalidRequest(
+            f"'topic' must be a non-empty string of at most {MAX_ID_CHARS} characters",
+            field="topic",
+        )
+    return str(raw)
+
+
+def _priority(raw: Any) -> Priority:
+    if not isinstance(raw, str) or raw not in _PRIORITIES:
+        raise InvalidRequest("'priority' must be \"high\", \"normal\" or \"low\"", field="priority")
+    return _PRIORITIES[raw]
+
+
+def _ttl(raw: Any, max_ttl_s: int) -> int:
+    # bool is an int subclass: `"ttl": true` must not mean one second.
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw <= max_ttl_s:
+        raise InvalidRequest(
+            f"'ttl' must be a whole number of seconds from 1 to {max_ttl_s}", field="ttl"
+        )
+    return raw
+
+
+def _dedup_key(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not _is_short_string(raw):
+        raise InvalidRequest(
+            f"'dedup_key' must be a non-empty string of at most {MAX_ID_CHARS} characters",
+            field="dedup_key",
+        )
+    return str(raw)

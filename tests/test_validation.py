@@ -1,0 +1,177 @@
+"""`parse_push`: every rejection names its field; accepted bodies become the right Message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from router.base import Priority, Target
+from router.config import ApiConfig
+from router.errors import InvalidRequest, PayloadTooLarge
+from router.ids import IdGenerator
+from router.validation import DEFAULT_TOPIC, parse_push
+
+CONFIG = ApiConfig(max_payload_bytes=4096, default_ttl_s=300, max_ttl_s=3600, max_targets=5)
+NOW_MS = 1_700_000_000_000
+
+
+def parse(body: Any, *, raw: bytes | None = None) -> Any:
+    data = raw if raw is not None else orjson.dumps(body)
+    return parse_push(data, config=CONFIG, ids=IdGenerator(), now_ms=NOW_MS)
+
+
+def valid(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"to": {"clients": ["c1"]}, "data": {"k": 1}}
+    body.update(changes)
+    return body
+
+
+# --- accepted -----------------------------------------------------------------------------------
+
+
+def test_minimal_body_gets_the_defaults() -> None:
+    message = parse(valid())
+    assert message.topic == DEFAULT_TOPIC == "default"
+    assert message.priority is Priority.NORMAL
+    assert message.ttl_s == CONFIG.default_ttl_s
+    assert message.ts_ms == NOW_MS
+    assert message.dedup_key is None
+    assert message.target == Target(clients=("c1",))
+    assert len(message.id) == 26
+
+
+def test_payload_is_what_devices_receive() -> None:
+    message = parse(valid(topic="news", data=[1, "two", None]))
+    assert orjson.loads(message.payload) == {
+        "id": message.id, "topic": "news", "ts": NOW_MS, "data": [1, "two", None],
+    }
+
+
+def test_every_field_given() -> None:
+    message = parse({
+        "to": {"users": ["u1", "u2"], "clients": ["c1"], "device_types": ["tv", "phone"]},
+        "topic": "t", "data": "x", "priority": "high", "ttl": 3600, "dedup_key": "order-7",
+    })
+    assert message.target == Target(
+        clients=("c1",), users=("u1", "u2"), device_types=frozenset({"tv", "phone"})
+    )
+    assert (message.priority, message.ttl_s, message.dedup_key) == (Priority.HIGH, 3600, "order-7")
+    assert message.expires_at_ms == NOW_MS + 3600 * 1000
+
+
+def test_broadcast_with_device_types() -> None:
+    message = parse(valid(to={"broadcast": True, "device_types": ["tv"]}))
+    assert message.target == Target(device_types=frozenset({"tv"}), broadcast=True)
+
+
+def test_null_data_is_allowed_when_given() -> None:
+    assert orjson.loads(parse(valid(data=None)).payload)["data"] is None
+
+
+def test_null_dedup_key_means_none() -> None:
+    assert parse(valid(dedup_key=None)).dedup_key is None
+
+
+def test_repeated_ids_are_collapsed_in_order() -> None:
+    message = parse(valid(to={"clients": ["b", "a", "b"], "users": ["u", "u"]}))
+    assert message.target.clients == ("b", "a")
+    assert message.target.users == ("u",)
+
+
+def test_broadcast_false_with_clients_is_targeted() -> None:
+    assert not parse(valid(to={"clients": ["c1"], "broadcast": False})).target.broadcast
+
+
+@pytest.mark.parametrize("label", ["high", "normal", "low"])
+def test_each_priority(label: str) -> None:
+    assert parse(valid(priority=label)).priority.label == label
+
+
+def test_ids_are_fresh_and_ordered() -> None:
+    ids = IdGenerator()
+    first = parse_push(orjson.dumps(valid()), config=CONFIG, ids=ids, now_ms=NOW_MS)
+    second = parse_push(orjson.dumps(valid()), config=CONFIG, ids=ids, now_ms=NOW_MS)
+    assert first.id < second.id
+
+
+def test_body_of_exactly_the_limit_is_accepted() -> None:
+    body = orjson.dumps(valid(data="x"))
+    padded = body[:-1] + b" " * (CONFIG.max_payload_bytes - len(body)) + b"}"
+    assert len(padded) == CONFIG.max_payload_bytes
+    assert parse(None, raw=padded).topic == DEFAULT_TOPIC
+
+
+# --- rejected -----------------------------------------------------------------------------------
+
+LONG = "x" * 257
+
+CASES: list[tuple[str, Any, str]] = [
+    ("not json", b"{nope", "body"),
+    ("empty", b"", "body"),
+    ("not utf-8", b'{"to": "\xff"}', "body"),
+    ("array", [], "body"),
+    ("string", "hello", "body"),
+    ("unknown top-level key", valid(colour="red"), "colour"),
+    ("to missing", {"data": 1}, "to"),
+    ("data missing", {"to": {"clients": ["c1"]}}, "data"),
+    ("to not object", valid(to=["c1"]), "to"),
+    ("unknown to key", valid(to={"clients": ["c1"], "groups": ["g"]}), "to.groups"),
+    ("nobody", valid(to={}), "to"),
+    ("nobody, empty lists", valid(to={"clients": [], "users": []}), "to"),
+    ("only device types", valid(to={"device_types": ["tv"]}), "to"),
+    ("broadcast false alone", valid(to={"broadcast": False}), "to"),
+    ("broadcast with clients", valid(to={"broadcast": True, "clients": ["c1"]}), "to.broadcast"),
+    ("broadcast with users", valid(to={"broadcast": True, "users": ["u1"]}), "to.broadcast"),
+    ("broadcast not bool", valid(to={"broadcast": 1}), "to.broadcast"),
+    ("clients not list", valid(to={"clients": "c1"}), "to.clients"),
+    ("users not list", valid(to={"users": {"u": 1}}), "to.users"),
+    ("device_types not list", valid(to={"clients": ["c"], "device_types": "tv"}),
+     "to.device_types"),
+    ("client id number", valid(to={"clients": ["a", "b", "c", 4]}), "to.clients[3]"),
+    ("client id empty", valid(to={"clients": [""]}), "to.clients[0]"),
+    ("client id too long", valid(to={"clients": ["ok", LONG]}), "to.clients[1]"),
+    ("client id null", valid(to={"clients": [None]}), "to.clients[0]"),
+    ("user id list", valid(to={"users": [["u"]]}), "to.users[0]"),
+    ("device type empty", valid(to={"clients": ["c"], "device_types": ["tv", ""]}),
+     "to.device_types[1]"),
+    ("too many clients", valid(to={"clients": [f"c{i}" for i in range(6)]}), "to"),
+    ("too many together", valid(to={"clients": ["a", "b", "c"], "users": ["d", "e", "f"]}), "to"),
+    ("ttl zero", valid(ttl=0), "ttl"),
+    ("ttl negative", valid(ttl=-5), "ttl"),
+    ("ttl above max", valid(ttl=3601), "ttl"),
+    ("ttl float", valid(ttl=60.0), "ttl"),
+    ("ttl string", valid(ttl="60"), "ttl"),
+    ("ttl true", valid(ttl=True), "ttl"),
+    ("ttl null", valid(ttl=None), "ttl"),
+    ("priority unknown", valid(priority="urgent"), "priority"),
+    ("priority upper case", valid(priority="HIGH"), "priority"),
+    ("priority number", valid(priority=0), "priority"),
+    ("topic empty", valid(topic=""), "topic"),
+    ("topic too long", valid(topic=LONG), "topic"),
+    ("topic number", valid(topic=7), "topic"),
+    ("topic null", valid(topic=None), "topic"),
+    ("dedup_key number", valid(dedup_key=7), "dedup_key"),
+    ("dedup_key empty", valid(dedup_key=""), "dedup_key"),
+    ("dedup_key too long", valid(dedup_key=LONG), "dedup_key"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_rejected_with_the_field_named(body: Any, field: str) -> None:
+    raw = body if isinstance(body, bytes) else None
+    with pytest.raises(InvalidRequest) as caught:
+        parse(body, raw=raw)
+    assert caught.type is InvalidRequest
+    assert caught.value.field == field
+    assert caught.value.http_status == 400
+    assert caught.value.body()["error"]["field"] == field
+
+
+def test_body_over_the_limit_is_too_large() -> None:
+    raw = orjson.dumps(valid(data="x" * CONFIG.max_payload_bytes))
+    with pytest.raises(PayloadTooLarge) as caught:
+        parse(None, raw=raw)
+    assert caught.value.http_status == 413
+    assert str(CONFIG.max_payload_bytes) in caught.value.message
