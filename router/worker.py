@@ -1,0 +1,187 @@
+"""The router worker: take messages off the queue, store them in inboxes, deliver them to nodes.
+
+Per batch of taken messages:
+
+1. An expired message is dropped and counted: never stored, never delivered.
+2. A targeted message (its `target.clients` already resolved by the API) is FIRST added to every
+   target client's inbox, THEN the clients are looked up in the registry, and a `Delivery` is
+   queued for each active node holding some of them. Clients that are offline, or held by a node
+   that is draining or dead, get nothing live: the message waits in their inbox.
+3. A broadcast goes to every active node as one `Delivery(broadcast=True)`; it is not stored.
+4. Deliveries are published once per node for the whole batch, then the batch is marked done.
+
+Why inbox-add comes before lookup: the edge registers a connection *before* it reads that client's
+inbox. Take a message M and a device connecting concurrently. If the worker's lookup sees the
+registration, M is delivered live. If not, the registration happened after the lookup, hence after
+M was added to the inbox, so the edge's inbox read (which follows its registration) finds M. Either
+way M arrives; sometimes both ways, which at-least-once delivery allows (devices drop repeats by
+id). With the opposite order, a device registering between lookup and add would miss M until its
+next resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from registry.base import NodeState, Registration, Registry
+from router.base import Delivery, Inbox, InboxEntry, Message, MessageQueue, NodeChannel, Taken
+from router.clock import ClockMs, wall_ms
+from router.config import RouterConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Running totals of one worker (plain counters until metrics arrive)."""
+
+    taken: int = 0
+    expired: int = 0  # messages dropped because their TTL ran out before handling
+    stored: int = 0  # inbox entries added (one per message per target client)
+    delivered: int = 0  # deliveries handed to nodes (one per message per node)
+    held: int = 0  # target clients not reachable live now (offline, or on a non-active node)
+    publish_errors: int = 0  # node batches the channel failed to take (messages are in inboxes)
+    errors: int = 0  # batches that failed as a whole
+
+
+class RouterWorker:
+    """One consumer of the queue. Run many, in one process or many; they share nothing."""
+
+    def __init__(
+        self,
+        queue: MessageQueue,
+        registry: Registry,
+        inbox: Inbox,
+        channel: NodeChannel,
+        *,
+        consumer: str,
+        config: RouterConfig,
+        clock_ms: ClockMs = wall_ms,
+        take_timeout_s: float = 1.0,
+    ) -> None:
+        self._queue = queue
+        self._registry = registry
+        self._inbox = inbox
+        self._channel = channel
+        self._consumer = consumer
+        self._config = config
+        self._clock_ms = clock_ms
+        self._take_timeout_s = take_timeout_s
+        self._stopping = False
+        self.stats = WorkerStats()
+
+    async def run(self) -> None:
+        """Take and handle batches until `stop()`; returns within one take timeout of it.
+
+        A batch that fails is logged and not marked done (a shared queue hands it to another
+        consumer after its visibility timeout); a failing `take` is logged and retried after
+        `take_timeout_s`. The loop carries on either way.
+        """
+        while not self._stopping:
+            try:
+                batch = await self._queue.take(
+                    self._consumer, self._config.worker_batch, self._take_timeout_s
+                )
+            except Exception:
+                self.stats.errors += 1
+                log.exception("router worker %s cannot take from the queue", self._consumer)
+                await asyncio.sleep(self._take_timeout_s)  # back off; do not spin on a failure
+                continue
+            if batch:
+                await self._handle_logged(batch)
+
+    async def _handle_logged(self, batch: list[Taken]) -> None:
+        try:
+            await self.handle(batch)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("router worker %s failed a batch of %d", self._consumer, len(batch))
+
+    def stop(self) -> None:
+        """Ask `run()` to return after the batch in hand."""
+        self._stopping = True
+
+    async def handle(self, batch: list[Taken]) -> None:
+        """Store and deliver one batch as the module docstring says, then mark it done."""
+        self.stats.taken += len(batch)
+        live = self._drop_expired([t.message for t in batch])
+        if live:
+            await self._route(live)
+        await self._queue.done(self._consumer, [t.receipt for t in batch])
+
+    def _drop_expired(self, messages: list[Message]) -> list[Message]:
+        now_ms = self._clock_ms()
+        live = [m for m in messages if not m.expired(now_ms)]
+        self.stats.expired += len(messages) - len(live)
+        return live
+
+    async def _route(self, messages: list[Message]) -> None:
+        active = await self._active_nodes()
+        per_node: dict[str, list[Delivery]] = {}
+        for message in messages:
+            if message.target.broadcast:
+                self._broadcast(message, active, per_node)
+            else:
+                await self._targeted(message, active, per_node)
+        await self._publish(per_node)
+
+    async def _active_nodes(self) -> frozenset[str]:
+        nodes = await self._registry.nodes()
+        return frozenset(n.node_id for n in nodes if n.state is NodeState.ACTIVE)
+
+    def _broadcast(
+        self, message: Message, active: frozenset[str], per_node: dict[str, list[Delivery]]
+    ) -> None:
+        delivery = Delivery(
+            message.id, message.payload, broadcast=True, device_types=message.target.device_types
+        )
+        for node_id in active:
+            per_node.setdefault(node_id, []).append(delivery)
+
+    async def _targeted(
+        self, message: Message, active: frozenset[str], per_node: dict[str, list[Delivery]]
+    ) -> None:
+        clients = message.target.clients
+        if not clients:
+            return
+        # Inbox first, lookup second: see the module docstring.
+        entry = InboxEntry(message.id, message.payload, message.expires_at_ms)
+        await self._inbox.add(clients, entry)
+        self.stats.stored += len(clients)
+        by_node = _group_by_node(clients, await self._registry.lookup_many(clients))
+        reached = 0
+        for node_id, node_clients in by_node.items():
+            if node_id in active:
+                per_node.setdefault(node_id, []).append(
+                    Delivery(message.id, message.payload, clients=node_clients)
+                )
+                reached += len(node_clients)
+        self.stats.held += len(clients) - reached
+
+    async def _publish(self, per_node: dict[str, list[Delivery]]) -> None:
+        """One batch per node, concurrently; a node that fails does not hold up the others."""
+        node_ids = list(per_node)
+        results = await asyncio.gather(
+            *(self._channel.publish(n, per_node[n]) for n in node_ids), return_exceptions=True
+        )
+        for node_id, result in zip(node_ids, results, strict=True):
+            if isinstance(result, BaseException):
+                self.stats.publish_errors += 1
+                log.error("publish to node %s failed: %r", node_id, result)
+            else:
+                self.stats.delivered += len(per_node[node_id])
+
+
+def _group_by_node(
+    clients: Iterable[str], registrations: dict[str, Registration]
+) -> dict[str, tuple[str, ...]]:
+    """Connected clients by the node holding them, in target order."""
+    grouped: dict[str, list[str]] = {}
+    for client_id in clients:
+        registration = registrations.get(client_id)
+        if registration is not None:
+            grouped.setdefault(registration.node_id, []).append(client_id)
+    return {node_id: tuple(ids) for node_id, ids in grouped.items()}
