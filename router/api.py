@@ -1,0 +1,166 @@
+"""The push-send API for backend services (aiohttp).
+
+    POST /v1/push    Authorization: Bearer <api key>; body as in `router.validation`
+                     202 {"id": "...", "targets": N}
+                     202 {"id": "...", "targets": 0, "duplicate": true} for a repeated dedup_key
+    GET  /healthz    200 {"status": "ok"}
+
+Decisions:
+- `targets` is the number of clients a targeted message was resolved to (named clients plus the
+  known devices of named users, narrowed by device type), or for a broadcast the connections active
+  nodes hold now. Resolution happens here, before enqueueing, so the queued message names clients
+  only and a worker does no user lookups.
+- A duplicate (the dedup_key was put within the dedup window) is still a success, 202, because the
+  push the sender meant is accepted: only a retry of it is dropped. Its `id` is the one this
+  request was given and nothing is sent under it; the queue does not remember the first id.
+- The body is parsed as JSON whatever the Content-Type says: senders (and curl) often omit it.
+- The API key is checked before the body is read; the size limit (413, naming it) before parsing,
+  from Content-Length when given and while reading otherwise.
+- Every error is JSON, `{"error": {"code", "message", "field"?}}`, with its HTTP status: our own
+  errors, aiohttp's (404 unknown path, 405 wrong method with `Allow`) and, for anything
+  unexpected, a 500 without details (logged here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from registry.base import Registry
+from router.auth import AuthConfig, bearer, check_key
+from router.base import Message, MessageQueue, Target
+from router.clock import ClockMs, wall_ms
+from router.config import ApiConfig
+from router.errors import PayloadTooLarge, Unauthorized, Unavailable, ZuulpushError
+from router.ids import IdGenerator
+from router.resolve import count_broadcast, resolve_clients
+from router.validation import parse_push
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+def create_api_app(
+    *,
+    config: ApiConfig,
+    auth: AuthConfig,
+    queue: MessageQueue,
+    registry: Registry,
+    ids: IdGenerator | None = None,
+    clock_ms: ClockMs = wall_ms,
+) -> web.Application:
+    """The API as an aiohttp application; the caller runs it (AppRunner, TCPSite) and closes the
+    queue and registry it passed in."""
+    app = web.Application(client_max_size=config.max_payload_bytes, middlewares=[_json_errors])
+    push = _PushHandler(config, auth, queue, registry, ids or IdGenerator(), clock_ms)
+    app.router.add_post("/v1/push", push.handle)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+class _PushHandler:
+    """POST /v1/push: authenticate, read, validate, resolve, enqueue."""
+
+    __slots__ = ("_auth", "_clock_ms", "_config", "_ids", "_queue", "_registry")
+
+    def __init__(
+        self,
+        config: ApiConfig,
+        auth: AuthConfig,
+        queue: MessageQueue,
+        registry: Registry,
+        ids: IdGenerator,
+        clock_ms: ClockMs,
+    ) -> None:
+        self._config = config
+        self._auth = auth
+        self._queue = queue
+        self._registry = registry
+        self._ids = ids
+        self._clock_ms = clock_ms
+
+    async def handle(self, request: web.Request) -> web.Response:
+        check_key(bearer(request.headers.get("Authorization")), self._auth.api_keys)
+        body = await _read_body(request, self._config.max_payload_bytes)
+        message = parse_push(body, config=self._config, ids=self._ids, now_ms=self._clock_ms())
+        message, targets = await self._resolve(message)
+        if not await self._queue.put(message):
+            return _json({"id": message.id, "targets": 0, "duplicate": True}, status=202)
+        return _json({"id": message.id, "targets": targets}, status=202)
+
+    async def _resolve(self, message: Message) -> tuple[Message, int]:
+        """The message as queued (targeted: clients resolved, users gone) and its target count."""
+        target = message.target
+        if target.broadcast:
+            return message, await count_broadcast(target.device_types, self._registry)
+        clients = await resolve_clients(target, self._registry)
+        resolved = Target(clients=clients, device_types=target.device_types)
+        return dataclasses.replace(message, target=resolved), len(clients)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def _read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The whole body, or PayloadTooLarge as soon as it is known to exceed `max_bytes`."""
+    too_large = PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    try:
+        # The application's client_max_size (= max_bytes) stops reading past the limit.
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every error as JSON with its status; log and hide unexpected ones."""
+    try:
+        return await handler(request)
+    except ZuulpushError as exc:
+        return _error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_error_response(exc)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error_response(ZuulpushError("internal error"))
+
+
+def _error_response(exc: ZuulpushError) -> web.Response:
+    headers = {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+    return _json(exc.body(), status=exc.http_status, headers=headers)
+
+
+def _http_error_response(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own errors (404, 405, ...) in our JSON shape, keeping headers such as Allow."""
+    code = _HTTP_CODES.get(exc.status, exc.reason.lower().replace(" ", "_"))
+    headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+    body = {"error": {"code": code, "message": exc.reason}}
+    return _json(body, status=exc.status, headers=headers)
+
+
+def _json(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
