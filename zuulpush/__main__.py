@@ -1,0 +1,3 @@
+from zuulpush.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The `zuulpush` command line.
+
+    zuulpush serve   everything in one process, in memory (no Redis): edge + push-send API
+    zuulpush token   print a device token signed with the configured secret
+    zuulpush send    push a message through the push-send API
+
+Settings come from `--config FILE` (TOML), `ZUULPUSH_*` environment variables and flags, flags
+winning; `zuulpush.config` documents the keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import shlex
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from router.auth import issue_token
+from zuulpush import __version__
+from zuulpush.config import ConfigError, load_settings
+
+DEMO_CLIENT, DEMO_USER, DEMO_DEVICE_TYPE = "demo-device", "demo-user", "web"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"zuulpush: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zuulpush", description="A push-messaging edge for WebSocket and SSE devices.")
+    parser.add_argument("--version", action="version", version=f"zuulpush {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _serve_parser(commands)
+    _token_parser(commands)
+    _send_parser(commands)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML settings file")
+
+
+# serve
+
+def _serve_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "serve", help="run edge and push-send API in one process, in memory (no Redis)",
+        description="Run the edge (WebSocket GET /ws, SSE GET /sse) and the push-send API "
+                    "(POST /v1/push) in one process with an in-memory registry, queue and "
+                    "inbox. Without a secret or API key configured, makes ones for this run "
+                    "and prints a device token and a curl line that pushes to it.")
+    _common(p)
+    p.add_argument("--host", help="edge address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="edge port (default 8080; 0 picks a free one)")
+    p.add_argument("--api-host", help="push-send API address (default 127.0.0.1)")
+    p.add_argument("--api-port", type=int, help="push-send API port (default 8081; 0: free)")
+    p.add_argument("--echo", action="store_true", default=None,
+                   help="enable the diagnostic WebSocket echo endpoint GET /echo")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default info")
+    p.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from zuulpush.app import EmbeddedApp, ServeConfig
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.config, {
+        "host": args.host, "port": args.port, "api_host": args.api_host,
+        "api_port": args.api_port, "echo": args.echo})
+    generated = _fill_secrets(settings)
+    app = EmbeddedApp(ServeConfig.from_settings(settings))
+    uvloop.run(_run_until_signal(app, generated))
+    return 0
+
+
+def _fill_secrets(settings: dict[str, Any]) -> list[str]:
+    """Make the secrets that are not configured, for this run only; returns their names."""
+    generated = []
+    for key, value in (("secret", secrets.token_urlsafe(32)),
+                       ("api_keys", (secrets.token_urlsafe(24),)),
+                       ("admin_key", secrets.token_urlsafe(24))):
+        if not settings.get(key):
+            settings[key] = value
+            generated.append(key)
+    return generated
+
+
+async def _run_until_signal(app: Any, generated: list[str]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    print(_banner(app, generated), flush=True)
+    await stop.wait()
+    logging.getLogger("zuulpush").info("shutting down")
+    await app.stop()
+
+
+def _banner(app: Any, generated: list[str]) -> str:
+    config = app.config
+    edge = f"{config.edge.host}:{app.edge.port}"
+    api = f"http://{config.api.api_host}:{app.api_port}"
+    token = issue_token(config.auth.secret, client_id=DEMO_CLIENT, user_id=DEMO_USER,
+                        device_type=DEMO_DEVICE_TYPE)
+    body = orjson.dumps({"to": {"clients": [DEMO_CLIENT]}, "topic": "hello",
+                         "data": {"text": "Hello from zuulpush"}}).decode()
+    lines = [
+        f"zuulpush {__version__} serving in one process (in-memory registry, queue, inbox)",
+        f"  edge: ws://{edge}/ws   sse: http://{edge}/sse",
+        f"  api:  {api}/v1/push",
+        f"  ready: edge=http://{edge} api={api} node={app.edge.node_id}",
+    ]
+    if generated:
+        names = ", ".join("ZUULPUSH_" + name.upper() for name in generated)
+        lines.append(f"  made for this run only (set {names} to keep them)")
+    lines += [
+        "",
+        f"A device token for client {DEMO_CLIENT!r} (user {DEMO_USER!r}, type "
+        f"{DEMO_DEVICE_TYPE!r}):",
+        f"  {token}",
+        "Listen as that device (or open a WebSocket to the ws:// URL with ?token=...):",
+        f"  curl -N 'http://{edge}/sse?token={token}'",
+        "Push to it from another terminal:",
+        f"  curl -X POST {api}/v1/push -H 'Authorization: Bearer {config.auth.api_keys[0]}' "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}",
+    ]
+    return "\n".join(lines)
+
+
+# token
+
+def _token_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "token", help="print a device token (HS256, signed with the configured secret)",
+        description="Print a signed device token alone on stdout. The secret comes from "
+                    "--config, ZUULPUSH_SECRET or --secret.")
+    _common(p)
+    p.add_argument("--client", required=True, help="client (device) id: claim 'cid'")
+    p.add_argument("--user", required=True, help="user id: claim 'sub'")
+    p.add_argument("--device-type", required=True, help="device type: claim 'dt'")
+    p.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds (default 1 day)")
+    p.add_argument("--secret", help="signing secret (prefer ZUULPUSH_SECRET)")
+    p.set_defaults(run=_token)
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, {"secret": args.secret})
+    secret = settings.get("secret")
+    if not secret:
+        raise ConfigError("no secret: set ZUULPUSH_SECRET, --secret or 'secret' in --config")
+    if args.ttl <= 0:
+        raise ConfigError("--ttl must be positive")
+    print(issue_token(secret, client_id=args.client, user_id=args.user,
+                      device_type=args.device_type, ttl_s=args.ttl))
+    return 0
+
+
+# send
+
+def _send_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "send", help="push a message through the push-send API",
+        description="POST /v1/push. Name targets with --client/--user (repeatable) or "
+                    "--broadcast, narrow them with --device-type. Prints the API's JSON answer.")
+    _common(p)
+    p.add_argument("--client", action="append", default=[], help="client id (repeatable)")
+    p.add_argument("--user", action="append", default=[], help="user id (repeatable)")
+    p.add_argument("--device-type", action="append", default=[],
+                   help="only devices of this type (repeatable)")
+    p.add_argument("--broadcast", action="store_true", help="every connected device")
+    p.add_argument("--data", default="null", help="JSON payload (default null)")
+    p.add_argument("--topic", default="default", help="topic (default 'default')")
+    p.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
+    p.add_argument("--ttl", type=int, help="seconds the message may wait for its device")
+    p.add_argument("--dedup-key", help="drop repeats of this key within the dedup window")
+    p.add_argument("--api", default=None, help="API base URL (default http://127.0.0.1:8081)")
+    p.add_argument("--api-key", help="backend API key (default: first of ZUULPUSH_API_KEYS)")
+    p.set_defaults(run=_send)
+
+
+def _send(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    key = args.api_key or next(iter(settings.get("api_keys", ())), None)
+    if not key:
+        raise ConfigError("no API key: set ZUULPUSH_API_KEYS or pass --api-key")
+    try:
+        data = orjson.loads(args.data)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"--data is not JSON: {exc}") from None
+    to: dict[str, Any] = {"clients": args.client, "users": args.user,
+                          "device_types": args.device_type, "broadcast": args.broadcast}
+    body: dict[str, Any] = {"to": {k: v for k, v in to.items() if v}, "topic": args.topic,
+                            "data": data, "priority": args.priority}
+    if args.ttl is not None:
+        body["ttl"] = args.ttl
+    if args.dedup_key:
+        body["dedup_key"] = args.dedup_key
+    base = args.api or (f"http://{settings.get('api_host', '127.0.0.1')}:"
+                        f"{settings.get('api_port', 8081)}")
+    request = urllib.request.Request(
+        base.rstrip("/") + "/v1/push", data=orjson.dumps(body), method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(response.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode() or f"HTTP {exc.code}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"zuulpush: cannot reach {base}: {exc.reason}", file=sys.stderr)
+        return 1

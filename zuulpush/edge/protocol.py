@@ -1,0 +1,277 @@
+"""One device connection: an `asyncio.Protocol` that only moves bytes.
+
+Parsing and decisions live in sans-I/O modules (`request`, `wsframes`, `inbound`, `sse`, `wire`);
+lifecycle in `state`; everything shared (connection map, timers, registry and inbox calls) in
+`server.EdgeServer`. What an idle open connection holds is what the `__slots__` below name: no
+h11 or wsproto object, no task, no timer handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from typing import TYPE_CHECKING, cast
+
+import h11
+import orjson
+
+from registry.base import Registration, new_version
+from router.base import InboxEntry
+from router.errors import ZuulpushError
+from zuulpush.edge import inbound, sse, wsframes
+from zuulpush.edge.request import Accept, Route, decide
+from zuulpush.edge.state import Event, State, next_state
+from zuulpush.edge.wire import SSE, WEBSOCKET, Outgoing, Wire, jittered_ms
+from zuulpush.edge.wsframes import Close, FrameReader
+from zuulpush.errors import FrameViolation, HandshakeRejected
+
+if TYPE_CHECKING:
+    from zuulpush.edge.server import EdgeServer
+
+log = logging.getLogger("zuulpush.edge")
+
+_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+def http_error(status: int, body: dict[str, object], headers: tuple[tuple[str, str], ...] = ()
+               ) -> bytes:
+    """A complete `Connection: close` HTTP/1.1 response with a JSON body."""
+    payload = orjson.dumps(body)
+    head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
+            "content-type: application/json", f"content-length: {len(payload)}",
+            "connection: close", *(f"{name}: {value}" for name, value in headers)]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+
+
+class _Replay:
+    """Held while a connection is REPLAYING: where it resumes and live messages held back."""
+
+    __slots__ = ("held", "last_id")
+
+    def __init__(self, last_id: str | None) -> None:
+        self.last_id = last_id
+        self.held: list[Outgoing] = []
+
+
+class EdgeConnection(asyncio.Protocol):
+    """A device's WebSocket or SSE connection (or a diagnostic echo WebSocket)."""
+
+    __slots__ = ("_h11", "_rate", "_reader", "_replay", "_server", "pong_due", "registration",
+                 "slot", "state", "transport", "wire")
+
+    def __init__(self, server: EdgeServer) -> None:
+        self._server = server
+        self.transport: asyncio.Transport | None = None
+        self.state = State.HANDSHAKE
+        self._h11: h11.Connection | None = None
+        self._reader: FrameReader | None = None
+        self._replay: _Replay | None = None
+        self._rate = 0
+        self.wire: Wire | None = None
+        self.registration: Registration | None = None
+        self.slot = -1
+        self.pong_due = False
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        limit = self._server.config.write_limit_bytes
+        transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        self._h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self._server.config.max_header_bytes)
+        self._server.handshake_started(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is State.HANDSHAKE:
+            self._handshake(data)
+        elif self.wire is WEBSOCKET and self.state is not State.CLOSING:
+            self._frames(data)
+
+    def pause_writing(self) -> None:
+        # The peer reads slower than we push: close with a hint; its messages wait in the inbox.
+        if self.state in (State.OPEN, State.REPLAYING):
+            self._server.stats.slow_consumers += 1
+            self.goaway(Close.SLOW_CONSUMER, "slow consumer")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = next_state(self.state, Event.LOST)
+        self._h11 = self._reader = self._replay = None
+        self._server.connection_lost(self)
+
+    # handshake
+
+    def _handshake(self, data: bytes) -> None:
+        conn = self._h11
+        assert conn is not None
+        try:
+            conn.receive_data(data)
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            self.reject(HandshakeRejected(exc.error_status_hint, str(exc)))
+            return
+        if event is h11.NEED_DATA:
+            return
+        if not isinstance(event, h11.Request):
+            self.reject(HandshakeRejected(400, "expected an HTTP request"))
+            return
+        server = self._server
+        try:
+            if event.http_version != b"1.1":
+                raise HandshakeRejected(400, "HTTP/1.1 is required")
+            accept = decide(event.method, event.target, event.headers,
+                            verifier=server.verifier, echo_enabled=server.config.echo)
+        except ZuulpushError as exc:
+            self.reject(exc)
+            return
+        self._accept(accept, conn.trailing_data[0])
+
+    def _accept(self, accept: Accept, trailing: bytes) -> None:
+        assert self.transport is not None
+        if accept.route is Route.SSE:
+            conn = self._h11
+            assert conn is not None
+            self.transport.write(conn.send(h11.Response(status_code=200, headers=sse.HEADERS))
+                                 + sse.retry(self._server.config.sse_retry_ms))
+            self.wire = SSE
+        else:
+            assert accept.ws_accept is not None
+            self.transport.write(_SWITCHING + b"Sec-WebSocket-Accept: " + accept.ws_accept
+                                 + b"\r\n\r\n")
+            self.wire = WEBSOCKET
+        self._h11 = None
+        self.state = next_state(self.state, Event.ACCEPTED)
+        if accept.identity is None:  # echo: nothing to register or replay
+            self.state = next_state(self.state, Event.REPLAYED)
+        else:
+            identity = accept.identity
+            self.registration = Registration(identity.client_id, identity.user_id,
+                                             identity.device_type, self._server.node_id,
+                                             new_version())
+            self._replay = _Replay(accept.last_id)
+        self._server.accepted(self)
+        if trailing and self.wire is WEBSOCKET:
+            self._frames(trailing)
+
+    def reject(self, error: ZuulpushError) -> None:
+        """Answer the request with the error's status and JSON body, then close."""
+        assert self.transport is not None
+        self._server.stats.count_reject(error.http_status)
+        headers = getattr(error, "headers", ())
+        self.transport.write(http_error(error.http_status, error.body(), headers))
+        self._close_transport()
+
+    # WebSocket frames
+
+    def _frames(self, data: bytes) -> None:
+        server = self._server
+        reader = self._reader
+        if reader is None:
+            limit = (server.config.ws_max_message_bytes if self.registration is not None
+                     else server.config.echo_max_message_bytes)
+            reader = FrameReader(limit)
+        try:
+            for event in reader.feed(data):
+                self.pong_due = False
+                self._on_frame(event)
+                if self.state is State.CLOSING:
+                    return
+        except FrameViolation as exc:
+            server.stats.violations += 1
+            self.close(exc.close_code, str(exc))
+            return
+        self._reader = None if reader.idle else reader
+
+    def _on_frame(self, event: wsframes.Event) -> None:
+        assert self.transport is not None
+        if isinstance(event, wsframes.Ping):
+            self.transport.write(wsframes.pong_frame(event.payload))
+        elif isinstance(event, wsframes.CloseReceived):
+            code = None if event.code == 1005 else event.code
+            self.transport.write(wsframes.close_frame(code))
+            self._close_transport()
+        elif isinstance(event, wsframes.Message):
+            if self.registration is None:
+                frame = wsframes.text_frame if event.text else wsframes.binary_frame
+                self.transport.write(frame(event.data))
+                return
+            config = self._server.config
+            self._rate = inbound.rate_step(self._rate, self._server.clock(),
+                                           rate_per_s=config.ws_inbound_rate_per_s,
+                                           burst=config.ws_inbound_burst)
+            ids = inbound.parse_acks(event.data, text=event.text)
+            self._server.ack(self.registration.client_id, ids)
+
+    # pushes, heartbeats, closes
+
+    def deliver(self, out: Outgoing) -> None:
+        """Write a push now, or hold it back while the inbox is being replayed."""
+        if self.state is State.OPEN:
+            assert self.transport is not None and self.wire is not None
+            self.transport.write(self.wire.push(out))
+        elif self.state is State.REPLAYING:
+            assert self._replay is not None
+            self._replay.held.append(out)
+
+    @property
+    def resume_after(self) -> str | None:
+        return None if self._replay is None else self._replay.last_id
+
+    def replayed(self, entries: list[InboxEntry]) -> None:
+        """Send the inbox entries, then the pushes held back meanwhile that they did not cover."""
+        if self.state is not State.REPLAYING:
+            return
+        assert self.transport is not None and self.wire is not None and self._replay is not None
+        sent = set()
+        for entry in entries:
+            self.transport.write(self.wire.push(Outgoing(entry.id, entry.payload)))
+            sent.add(entry.id)
+        held, self._replay = self._replay.held, None
+        self.state = next_state(self.state, Event.REPLAYED)
+        for out in held:
+            if out.id not in sent:
+                self.deliver(out)
+
+    def tick(self) -> None:
+        """A heartbeat visit from the timer wheel, once per heartbeat interval."""
+        if self.state is State.CLOSING:
+            self.abort()  # a close we started did not finish within one interval
+        elif self.state is not State.OPEN or self.wire is None:
+            return
+        elif self.pong_due:
+            self._server.stats.heartbeat_timeouts += 1
+            self.abort()
+        else:
+            assert self.transport is not None
+            self.transport.write(self.wire.heartbeat())
+            self.pong_due = self.wire.expects_pong and self.registration is not None
+
+    def goaway(self, code: int, reason: str, base_delay_ms: int = 1000) -> None:
+        """Close with a jittered reconnect hint (WebSocket 4xxx close, SSE `reconnect` event)."""
+        if self.state in (State.CLOSING, State.CLOSED) or self.transport is None:
+            return
+        if self.wire is None:
+            self.abort()
+            return
+        self.transport.write(self.wire.goaway(code, reason, jittered_ms(base_delay_ms)))
+        self._close_transport()
+
+    def close(self, code: int, reason: str) -> None:
+        """Close without a reconnect hint (protocol violations, replaced connections)."""
+        if self.state in (State.CLOSING, State.CLOSED) or self.transport is None:
+            return
+        if self.wire is not None:
+            self.transport.write(self.wire.close(code, reason))
+        self._close_transport()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _close_transport(self) -> None:
+        assert self.transport is not None
+        self.state = next_state(self.state, Event.CLOSING)
+        self._reader = self._replay = None
+        self.transport.close()

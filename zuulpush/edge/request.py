@@ -1,0 +1,150 @@
+"""What to do with an HTTP request arriving at the edge, sans I/O.
+
+`decide()` takes the parsed request (from h11) and returns an `Accept` naming the route and the
+device, or raises `HandshakeRejected` (an HTTP answer before any upgrade) or `InvalidToken` (401).
+Routes:
+
+- `GET /ws`   WebSocket for devices (token required)
+- `GET /sse`  Server-Sent Events for devices (token required)
+- `GET /echo` WebSocket echo for conformance suites (no token; only with `--echo`)
+
+The device token comes from `?token=`, `Authorization: Bearer`, or the `zuulpush_token` cookie, in
+that order. A resume point comes from `?last_id=` or the `Last-Event-ID` header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import unquote_plus
+
+from wsproto.utilities import generate_accept_token
+
+from router.auth import DeviceIdentity, TokenVerifier, bearer
+from router.errors import InvalidToken
+from zuulpush.errors import HandshakeRejected
+
+COOKIE_NAME = "zuulpush_token"
+MAX_ID_LENGTH = 64
+
+
+class Route(Enum):
+    WEBSOCKET = "/ws"
+    SSE = "/sse"
+    ECHO = "/echo"
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """An accepted request: the route, the device (None for echo), where to resume, and for a
+    WebSocket the `Sec-WebSocket-Accept` value to answer with."""
+
+    route: Route
+    identity: DeviceIdentity | None
+    last_id: str | None
+    ws_accept: bytes | None
+
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+_ROUTES = {route.value: route for route in Route}
+
+
+def decide(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    *,
+    verifier: TokenVerifier,
+    echo_enabled: bool,
+) -> Accept:
+    """Validate a request; see the module docstring. Header names must be lower case (h11's)."""
+    path, _, query = target.decode("latin-1").partition("?")
+    route = _ROUTES.get(path)
+    if route is None or (route is Route.ECHO and not echo_enabled):
+        raise HandshakeRejected(404, f"no such endpoint: {path}", code="not_found")
+    if method != b"GET":
+        raise HandshakeRejected(405, "only GET is allowed here", code="method_not_allowed",
+                                headers=(("allow", "GET"),))
+    params = _query(query)
+    ws_accept = None if route is Route.SSE else _websocket_accept(headers)
+    if route is Route.ECHO:
+        return Accept(route, None, None, ws_accept)
+    identity = verifier.verify(_token(params, headers))
+    return Accept(route, identity, _last_id(params, headers), ws_accept)
+
+
+def _query(query: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name:
+            params.setdefault(unquote_plus(name), unquote_plus(value))
+    return params
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _tokens(value: bytes | None) -> set[str]:
+    if value is None:
+        return set()
+    return {item.strip().lower() for item in value.decode("latin-1").split(",")}
+
+
+def _websocket_accept(headers: Headers) -> bytes:
+    """RFC 6455 section 4.2.1 checks; the Sec-WebSocket-Accept value on success."""
+    if "websocket" not in _tokens(_header(headers, b"upgrade")):
+        raise HandshakeRejected(426, "this endpoint needs a WebSocket upgrade",
+                                code="upgrade_required",
+                                headers=(("upgrade", "websocket"), ("connection", "Upgrade")))
+    if "upgrade" not in _tokens(_header(headers, b"connection")):
+        raise HandshakeRejected(400, "missing 'Connection: Upgrade'")
+    if _header(headers, b"sec-websocket-version") != b"13":
+        raise HandshakeRejected(426, "unsupported WebSocket version; use 13",
+                                code="upgrade_required",
+                                headers=(("sec-websocket-version", "13"),))
+    key = _header(headers, b"sec-websocket-key")
+    if key is None or not _is_websocket_key(key):
+        raise HandshakeRejected(400, "missing or malformed Sec-WebSocket-Key")
+    return generate_accept_token(key.strip())
+
+
+def _is_websocket_key(key: bytes) -> bool:
+    try:
+        return len(base64.b64decode(key.strip(), validate=True)) == 16
+    except binascii.Error:
+        return False
+
+
+def _token(params: dict[str, str], headers: Headers) -> str:
+    token = params.get("token") or bearer(_text(_header(headers, b"authorization")))
+    if token:
+        return token
+    for key, value in headers:
+        if key == b"cookie":
+            for item in value.decode("latin-1").split(";"):
+                name, _, cookie = item.strip().partition("=")
+                if name == COOKIE_NAME and cookie:
+                    return cookie
+    raise InvalidToken("missing device token: use ?token=, 'Authorization: Bearer' or a cookie")
+
+
+def _last_id(params: dict[str, str], headers: Headers) -> str | None:
+    value = params.get("last_id") or _text(_header(headers, b"last-event-id"))
+    if not value:
+        return None
+    if len(value) > MAX_ID_LENGTH or not value.isprintable():
+        raise HandshakeRejected(400, "malformed last_id / Last-Event-ID", code="invalid_request")
+    return value
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")

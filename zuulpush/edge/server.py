@@ -1,0 +1,289 @@
+"""One edge node: listening socket, the connections it holds, and the few tasks that serve them.
+
+All per-connection timing runs from shared structures: a deque of handshake deadlines (fixed
+timeout, so arrival order is deadline order) and a timer wheel for heartbeats. Registry and inbox
+work is batched through one task: registrations of connections accepted since the last round are
+written in one call, then each new connection's inbox is read and replayed. Registering before
+reading the inbox is what makes delivery gap-free: a router stores a message in the inbox before it
+looks up the client, so a message is either found by that lookup (and delivered live) or already
+in the inbox when the connection reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry.base import NodeInfo, NodeState, Registration, Registry
+from router.auth import TokenVerifier
+from router.base import Delivery, Inbox, NodeChannel
+from zuulpush.edge.config import EdgeConfig
+from zuulpush.edge.protocol import EdgeConnection
+from zuulpush.edge.state import State
+from zuulpush.edge.wheel import TimerWheel
+from zuulpush.edge.wire import Outgoing
+from zuulpush.edge.wsframes import Close
+from zuulpush.errors import HandshakeRejected
+
+log = logging.getLogger("zuulpush.edge")
+
+DELIVERY_BATCH = 1024
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(slots=True)
+class EdgeStats:
+    """Counters since start (metrics come from these)."""
+
+    connects: int = 0
+    rejects: Counter[int] = field(default_factory=Counter)
+    violations: int = 0
+    heartbeat_timeouts: int = 0
+    slow_consumers: int = 0
+    delivered: int = 0
+    acks: int = 0
+
+    def count_reject(self, status: int) -> None:
+        self.rejects[status] += 1
+
+
+class EdgeServer:
+    """An edge node. `await start()`, then `await shutdown()`; `port` is the bound port."""
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        verifier: TokenVerifier,
+        registry: Registry,
+        inbox: Inbox,
+        channel: NodeChannel,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.registry = registry
+        self.inbox = inbox
+        self.channel = channel
+        self.clock = clock
+        self.node_id = config.node_id or default_node_id()
+        self.state = NodeState.ACTIVE
+        self.stats = EdgeStats()
+        self.port = config.port
+        # client id -> its current connection (REPLAYING or OPEN)
+        self.connections: dict[str, EdgeConnection] = {}
+        self._by_type: Counter[str] = Counter()
+        self._handshakes: deque[tuple[float, EdgeConnection]] = deque()
+        self._wheel: TimerWheel[EdgeConnection] = TimerWheel(
+            config.heartbeat_interval_s, now=clock())
+        self._admits: list[EdgeConnection] = []
+        self._acks: dict[str, list[str]] = {}
+        self._leaves: list[Registration] = []
+        self._work = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+
+    # lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: EdgeConnection(self), self.config.host, self.config.port, backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+        await self._heartbeat_node()
+        for loop_fn in (self._tick_loop, self._registry_loop, self._delivery_loop,
+                        self._refresh_loop):
+            self._spawn(loop_fn())
+        log.info("edge node %s listening on %s:%d", self.node_id, self.config.host, self.port)
+
+    async def shutdown(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, send every connection a go-away with a reconnect hint, wait up to
+        `grace_s` for them to close, abort the rest, unregister them and the node."""
+        if self._server is None:
+            return
+        self.state = NodeState.DRAINING
+        with contextlib.suppress(Exception):
+            await self._heartbeat_node()
+        self._server.close()
+        for conn in self._all_connections():
+            conn.goaway(Close.RECONNECT, "shutdown")
+        deadline = self.clock() + grace_s
+        while self.open_count() and self.clock() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in self._all_connections():
+            conn.abort()
+        await asyncio.sleep(0)
+        await self._flush_registry_work()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.registry.remove_node(self.node_id)
+        await self._server.wait_closed()
+        self._server = None
+
+    def open_count(self) -> int:
+        return len(self._wheel) + sum(
+            1 for _, conn in self._handshakes if conn.state is State.HANDSHAKE)
+
+    # callbacks from connections
+
+    def handshake_started(self, conn: EdgeConnection) -> None:
+        self._handshakes.append((self.clock() + self.config.handshake_timeout_s, conn))
+
+    def accepted(self, conn: EdgeConnection) -> None:
+        self.stats.connects += 1
+        conn.slot = self._wheel.add(conn)
+        reg = conn.registration
+        if reg is None:
+            return
+        previous = self.connections.get(reg.client_id)
+        if previous is not None:
+            previous.close(Close.REPLACED, "replaced by a newer connection")
+            self._by_type[previous.registration.device_type] -= 1  # type: ignore[union-attr]
+        self.connections[reg.client_id] = conn
+        self._by_type[reg.device_type] += 1
+        self._admits.append(conn)
+        self._work.set()
+
+    def ack(self, client_id: str, ids: list[str]) -> None:
+        self.stats.acks += len(ids)
+        self._acks.setdefault(client_id, []).extend(ids)
+        self._work.set()
+
+    def connection_lost(self, conn: EdgeConnection) -> None:
+        if conn.slot >= 0:
+            self._wheel.discard(conn, conn.slot)
+        reg = conn.registration
+        if reg is None:
+            return
+        if self.connections.get(reg.client_id) is conn:
+            del self.connections[reg.client_id]
+            self._by_type[reg.device_type] -= 1
+        self._leaves.append(reg)
+        self._work.set()
+
+    # deliveries
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Write one delivery to the local connections it names (or all, for a broadcast)."""
+        out = Outgoing(delivery.message_id, delivery.payload)
+        if delivery.broadcast:
+            types = delivery.device_types
+            targets = [c for c in self.connections.values()
+                       if not types or c.registration.device_type in types]  # type: ignore[union-attr]
+        else:
+            targets = [c for c in map(self.connections.get, delivery.clients) if c is not None]
+        for conn in targets:
+            conn.deliver(out)
+        self.stats.delivered += len(targets)
+
+    # tasks
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("edge task failed", exc_info=task.exception())
+
+    async def _tick_loop(self) -> None:
+        tick_s = min(self._wheel.tick_s, 0.25)
+        while True:
+            await asyncio.sleep(tick_s)
+            now = self.clock()
+            self._expire_handshakes(now)
+            for conn in self._wheel.due(now):
+                conn.tick()
+
+    def _expire_handshakes(self, now: float) -> None:
+        handshakes = self._handshakes
+        while handshakes and handshakes[0][0] <= now:
+            _, conn = handshakes.popleft()
+            if conn.state is State.HANDSHAKE:
+                conn.reject(HandshakeRejected(408, "handshake not completed in time",
+                                              code="request_timeout"))
+
+    async def _registry_loop(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            try:
+                await self._flush_registry_work()
+            except Exception:
+                log.exception("registry or inbox call failed; will retry")
+                await asyncio.sleep(1.0)
+                self._work.set()
+
+    async def _flush_registry_work(self) -> None:
+        admits, self._admits = self._admits, []
+        live = [conn for conn in admits if conn.state is State.REPLAYING]
+        try:
+            await self._admit(live)
+        except BaseException:
+            self._admits[:0] = [c for c in live if c.state is State.REPLAYING]
+            raise
+        acks, self._acks = self._acks, {}
+        for client_id, ids in acks.items():
+            await self.inbox.ack(client_id, ids)
+        leaves, self._leaves = self._leaves, []
+        for reg in leaves:
+            await self.registry.unregister(reg.client_id, reg.node_id, reg.version)
+
+    async def _admit(self, conns: list[EdgeConnection]) -> None:
+        if not conns:
+            return
+        regs = [conn.registration for conn in conns]
+        await self.registry.register(regs, self.config.registry_ttl_s)  # type: ignore[arg-type]
+        for conn in conns:
+            if conn.state is not State.REPLAYING:
+                continue
+            client_id = conn.registration.client_id  # type: ignore[union-attr]
+            last_id = conn.resume_after
+            if last_id is not None:
+                await self.inbox.ack_through(client_id, last_id)
+            entries = await self.inbox.after(client_id, last_id, self.config.replay_limit)
+            conn.replayed(entries)
+
+    async def _delivery_loop(self) -> None:
+        while True:
+            batch = await self.channel.receive(self.node_id, DELIVERY_BATCH, 1.0)
+            for delivery in batch:
+                self.deliver(delivery)
+
+    async def _refresh_loop(self) -> None:
+        period = self.config.registry_ttl_s / 3
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.registry.refresh(self.node_id, list(self.connections),
+                                            self.config.registry_ttl_s)
+                await self._heartbeat_node()
+            except Exception:
+                log.exception("registry refresh failed")
+
+    async def _heartbeat_node(self) -> None:
+        by_type = tuple((t, n) for t, n in self._by_type.items() if n > 0)
+        node = NodeInfo(self.node_id, f"{self.config.host}:{self.port}", self.config.region,
+                        self.state, len(self.connections), by_type)
+        await self.registry.heartbeat_node(node, self.config.registry_ttl_s)
+
+    def _all_connections(self) -> list[EdgeConnection]:
+        conns = list(self._wheel.members())
+        conns.extend(conn for _, conn in self._handshakes if conn.state is State.HANDSHAKE)
+        return conns
