@@ -37,6 +37,7 @@ from zuulpush.errors import HandshakeRejected
 log = logging.getLogger("zuulpush.edge")
 
 DELIVERY_BATCH = 1024
+NODE_HEARTBEAT_S = 5.0
 
 
 def default_node_id() -> str:
@@ -267,15 +268,20 @@ class EdgeServer:
                 self.deliver(delivery)
 
     async def _refresh_loop(self) -> None:
-        period = self.config.registry_ttl_s / 3
+        """Heartbeat the node record every few seconds (routers read its state and counts) and
+        refresh this node's registrations every third of their TTL."""
+        refresh_s = self.config.registry_ttl_s / 3
+        next_refresh = self.clock() + refresh_s
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(min(NODE_HEARTBEAT_S, refresh_s))
             try:
-                await self.registry.refresh(self.node_id, list(self.connections),
-                                            self.config.registry_ttl_s)
+                if self.clock() >= next_refresh:
+                    next_refresh = self.clock() + refresh_s
+                    await self.registry.refresh(self.node_id, list(self.connections),
+                                                self.config.registry_ttl_s)
                 await self._heartbeat_node()
             except Exception:
-                log.exception("registry refresh failed")
+                log.exception("registry refresh failed; will retry")
 
     async def _heartbeat_node(self) -> None:
         by_type = tuple((t, n) for t, n in self._by_type.items() if n > 0)
