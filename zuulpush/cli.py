@@ -3,6 +3,7 @@
     zuulpush serve   everything in one process, in memory (no Redis): edge + push-send API
     zuulpush token   print a device token signed with the configured secret
     zuulpush send    push a message through the push-send API
+    zuulpush listen  connect as a device over WebSocket and print what arrives
 
 Settings come from `--config FILE` (TOML), `ZUULPUSH_*` environment variables and flags, flags
 winning; `zuulpush.config` documents the keys.
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     _serve_parser(commands)
     _token_parser(commands)
     _send_parser(commands)
+    _listen_parser(commands)
     return parser
 
 
@@ -142,8 +144,10 @@ def _banner(app: Any, generated: list[str]) -> str:
         f"A device token for client {DEMO_CLIENT!r} (user {DEMO_USER!r}, type "
         f"{DEMO_DEVICE_TYPE!r}):",
         f"  {token}",
-        "Listen as that device (or open a WebSocket to the ws:// URL with ?token=...):",
+        "Listen as that device over SSE:",
         f"  curl -N 'http://{edge}/sse?token={token}'",
+        "or over WebSocket:",
+        f"  zuulpush listen 'ws://{edge}/ws?token={token}'",
         "Push to it from another terminal:",
         f"  curl -X POST {api}/v1/push -H 'Authorization: Bearer {config.auth.api_keys[0]}' "
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}",
@@ -234,3 +238,26 @@ def _send(args: argparse.Namespace) -> int:
     except urllib.error.URLError as exc:
         print(f"zuulpush: cannot reach {base}: {exc.reason}", file=sys.stderr)
         return 1
+
+
+# listen
+
+def _listen_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "listen", help="connect as a device over WebSocket and print what arrives",
+        description="Connect to a device URL such as ws://127.0.0.1:8080/ws?token=TOKEN, print "
+                    "each pushed message as a JSON line, ack it, and exit when the server "
+                    "closes the connection.")
+    p.add_argument("url", help="ws:// or wss:// device URL including ?token=")
+    p.add_argument("--count", type=int, help="exit after this many messages")
+    p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    p.set_defaults(run=_listen)
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from zuulpush.listen import listen
+
+    try:
+        return asyncio.run(listen(args.url, count=args.count, timeout_s=args.timeout))
+    except KeyboardInterrupt:
+        return 0
