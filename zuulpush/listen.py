@@ -31,20 +31,21 @@ async def listen(url: str, *, count: int | None = None, timeout_s: float | None 
         async with ws:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_receive(ws, count), timeout_s)
-            if ws.close_code is not None:
-                print(f"zuulpush listen: closed {ws.close_code} {ws.extra or ''}".rstrip(),
-                      file=sys.stderr)
     return 0
 
 
 async def _receive(ws: aiohttp.ClientWebSocketResponse, count: int | None) -> None:
     received = 0
-    async for frame in ws:
+    while count is None or received < count:
+        frame = await ws.receive()
+        if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                          aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+            print(f"zuulpush listen: closed {ws.close_code} {frame.extra or ''}".rstrip(),
+                  file=sys.stderr)
+            return
         if frame.type is not aiohttp.WSMsgType.TEXT:
             continue
         print(frame.data, flush=True)
         message = orjson.loads(frame.data)
         await ws.send_str(orjson.dumps({"type": "ack", "id": message["id"]}).decode())
         received += 1
-        if count is not None and received >= count:
-            return
