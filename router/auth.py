@@ -42,7 +42,6 @@ class AuthConfig:
     public_key: str = ""
     api_keys: tuple[str, ...] = ()
     admin_key: str = ""
-    max_token_ttl_s: int = 30 * 24 * 3600
 
 
 class TokenVerifier:
