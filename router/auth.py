@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -36,7 +37,8 @@ class DeviceIdentity:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    """Secrets: `secret` signs and checks HS256 tokens, `public_key` (PEM) checks RS256/ES256."""
+    """Secrets: `secret` signs and checks HS256 tokens; `public_key` (PEM text or the path of a
+    PEM file) checks RS256/ES256 tokens."""
 
     secret: str = ""
     public_key: str = ""
@@ -55,7 +57,7 @@ class TokenVerifier:
             keys.append((config.secret, ["HS256"]))
         if config.public_key:
             # Parsed once here: PyJWT would otherwise parse the PEM on every verification.
-            public_key = serialization.load_pem_public_key(config.public_key.encode())
+            public_key = serialization.load_pem_public_key(_pem(config.public_key))
             keys.append((public_key, list(_ASYMMETRIC)))
         if not keys:
             raise ValueError("a device-token secret or public key is required")
@@ -92,6 +94,16 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"device token rejected: {exc}") from None
         return _identity(claims)
+
+
+def _pem(value: str) -> bytes:
+    """`public_key` is PEM text, or the path of a file holding it."""
+    if value.lstrip().startswith("-----BEGIN"):
+        return value.encode()
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"public_key: cannot read {value!r}: {exc.strerror}") from None
 
 
 def _identity(claims: dict[str, object]) -> DeviceIdentity:
