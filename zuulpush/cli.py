@@ -93,17 +93,23 @@ def _serve(args: argparse.Namespace) -> int:
         "host": args.host, "port": args.port, "api_host": args.api_host,
         "api_port": args.api_port, "echo": args.echo})
     generated = _fill_secrets(settings)
-    app = EmbeddedApp(ServeConfig.from_settings(settings))
+    try:
+        app = EmbeddedApp(ServeConfig.from_settings(settings))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     uvloop.run(_run_until_signal(app, generated))
     return 0
 
 
 def _fill_secrets(settings: dict[str, Any]) -> list[str]:
-    """Make the secrets that are not configured, for this run only; returns their names."""
+    """Make the secrets that are not configured, for this run only; returns their names. No
+    token secret is made when a public key is configured: then this node only verifies."""
     generated = []
     for key, value in (("secret", secrets.token_urlsafe(32)),
                        ("api_keys", (secrets.token_urlsafe(24),)),
                        ("admin_key", secrets.token_urlsafe(24))):
+        if key == "secret" and settings.get("public_key"):
+            continue
         if not settings.get(key):
             settings[key] = value
             generated.append(key)
@@ -126,8 +132,6 @@ def _banner(app: Any, generated: list[str]) -> str:
     config = app.config
     edge = f"{config.edge.host}:{app.edge.port}"
     api = f"http://{config.api.api_host}:{app.api_port}"
-    token = issue_token(config.auth.secret, client_id=DEMO_CLIENT, user_id=DEMO_USER,
-                        device_type=DEMO_DEVICE_TYPE)
     body = orjson.dumps({"to": {"clients": [DEMO_CLIENT]}, "topic": "hello",
                          "data": {"text": "Hello from zuulpush"}}).decode()
     lines = [
@@ -139,6 +143,15 @@ def _banner(app: Any, generated: list[str]) -> str:
     if generated:
         names = ", ".join("ZUULPUSH_" + name.upper() for name in generated)
         lines.append(f"  made for this run only (set {names} to keep them)")
+    push = (f"  curl -X POST {api}/v1/push -H 'Authorization: Bearer "
+            f"{config.auth.api_keys[0]}' -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(body)}")
+    if not config.auth.secret:
+        lines += ["", "Device tokens are verified with the configured public key: sign them "
+                  "(RS256/ES256) with its private key.", "Push with:", push]
+        return "\n".join(lines)
+    token = issue_token(config.auth.secret, client_id=DEMO_CLIENT, user_id=DEMO_USER,
+                        device_type=DEMO_DEVICE_TYPE)
     lines += [
         "",
         f"A device token for client {DEMO_CLIENT!r} (user {DEMO_USER!r}, type "
@@ -149,8 +162,7 @@ def _banner(app: Any, generated: list[str]) -> str:
         "or over WebSocket:",
         f"  zuulpush listen 'ws://{edge}/ws?token={token}'",
         "Push to it from another terminal:",
-        f"  curl -X POST {api}/v1/push -H 'Authorization: Bearer {config.auth.api_keys[0]}' "
-        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}",
+        push,
     ]
     return "\n".join(lines)
 
