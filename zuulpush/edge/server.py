@@ -93,6 +93,7 @@ class EdgeServer:
         self._acks: dict[str, list[str]] = {}
         self._leaves: list[Registration] = []
         self._work = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
 
@@ -232,6 +233,12 @@ class EdgeServer:
                 self._work.set()
 
     async def _flush_registry_work(self) -> None:
+        """Write pending registrations (then replay inboxes), acks and unregistrations. One flush
+        at a time: shutdown's final flush waits for the loop's current one."""
+        async with self._flush_lock:
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
         admits, self._admits = self._admits, []
         live = [conn for conn in admits if conn.state is State.REPLAYING]
         try:
