@@ -1,0 +1,276 @@
+"""Unit tests of `zuulpush.edge.request.decide`: routes, RFC 6455 handshake checks, tokens, resume.
+
+Sans I/O: headers go in as h11 gives them (lower-case names, bytes), answers come out as an
+`Accept` or an exception carrying its HTTP status.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from router.auth import AuthConfig, TokenVerifier, issue_token
+from router.errors import InvalidToken
+from zuulpush.edge.request import COOKIE_NAME, MAX_ID_LENGTH, Accept, Headers, Route, decide
+from zuulpush.errors import HandshakeRejected
+
+SECRET = "request-test-secret-of-at-least-32-bytes"
+VERIFIER = TokenVerifier(AuthConfig(secret=SECRET))
+RFC_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+RFC_ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def token(client_id: str = "client-1") -> str:
+    return issue_token(SECRET, client_id=client_id, user_id="user-1", device_type="ios")
+
+
+def ws_headers(**replace: bytes | None) -> list[tuple[bytes, bytes]]:
+    """A valid WebSocket upgrade's headers; `replace` overrides (None removes) one by name."""
+    headers = {
+        "host": b"edge.example",
+        "upgrade": b"websocket",
+        "connection": b"Upgrade",
+        "sec-websocket-key": RFC_KEY,
+        "sec-websocket-version": b"13",
+    }
+    for name, value in replace.items():
+        headers[name.replace("_", "-")] = value  # type: ignore[assignment]
+    return [(name.encode(), value) for name, value in headers.items() if value is not None]
+
+
+def run(
+    target: str,
+    headers: Headers = (),
+    *,
+    method: bytes = b"GET",
+    echo: bool = False,
+) -> Accept:
+    return decide(method, target.encode(), headers, verifier=VERIFIER, echo_enabled=echo)
+
+
+def rejected(target: str, headers: Headers = (), **kwargs: object) -> HandshakeRejected:
+    with pytest.raises(HandshakeRejected) as info:
+        run(target, headers, **kwargs)  # type: ignore[arg-type]
+    return info.value
+
+
+# routes
+
+
+def test_websocket_route_accepts_with_identity_and_accept_value() -> None:
+    accept = run(f"/ws?token={token()}", ws_headers())
+    assert accept.route is Route.WEBSOCKET
+    assert accept.identity is not None
+    assert (accept.identity.client_id, accept.identity.user_id) == ("client-1", "user-1")
+    assert accept.identity.device_type == "ios"
+    assert accept.last_id is None
+    assert accept.ws_accept == RFC_ACCEPT
+
+
+def test_sse_route_needs_no_upgrade_and_has_no_accept_value() -> None:
+    accept = run(f"/sse?token={token()}", [(b"host", b"edge.example")])
+    assert accept.route is Route.SSE
+    assert accept.identity is not None and accept.identity.client_id == "client-1"
+    assert accept.ws_accept is None
+
+
+def test_echo_route_needs_no_token_when_enabled() -> None:
+    accept = run("/echo", ws_headers(), echo=True)
+    assert accept == Accept(Route.ECHO, None, None, RFC_ACCEPT)
+
+
+def test_echo_route_still_checks_the_websocket_handshake() -> None:
+    assert rejected("/echo", ws_headers(upgrade=None), echo=True).http_status == 426
+
+
+@pytest.mark.parametrize("target", ["/", "/wss", "/ws/", "/sse/x", "/v1/push", "/WS"])
+def test_unknown_path_is_404_not_found(target: str) -> None:
+    error = rejected(target, ws_headers())
+    assert error.http_status == 404
+    assert error.body()["error"]["code"] == "not_found"
+
+
+def test_echo_is_404_when_disabled() -> None:
+    error = rejected("/echo", ws_headers(), echo=False)
+    assert error.http_status == 404
+    assert error.body()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("method", [b"POST", b"HEAD", b"PUT", b"OPTIONS"])
+@pytest.mark.parametrize("path", ["/ws", "/sse"])
+def test_non_get_is_405_with_allow_header(method: bytes, path: str) -> None:
+    error = rejected(f"{path}?token={token()}", ws_headers(), method=method)
+    assert error.http_status == 405
+    assert error.body()["error"]["code"] == "method_not_allowed"
+    assert ("allow", "GET") in error.headers
+
+
+# RFC 6455 section 4.2.1
+
+
+def test_accept_value_is_the_rfc_6455_example() -> None:
+    expected = base64.b64encode(hashlib.sha1(RFC_KEY + WS_GUID).digest())
+    assert expected == RFC_ACCEPT  # the test's own arithmetic, independent of the code
+    assert run(f"/ws?token={token()}", ws_headers()).ws_accept == RFC_ACCEPT
+
+
+def test_accept_value_for_another_key() -> None:
+    key = base64.b64encode(bytes(range(16)))
+    expected = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    assert run(f"/ws?token={token()}", ws_headers(sec_websocket_key=key)).ws_accept == expected
+
+
+@pytest.mark.parametrize("upgrade", [None, b"h2c", b""])
+def test_missing_websocket_upgrade_is_426(upgrade: bytes | None) -> None:
+    error = rejected(f"/ws?token={token()}", ws_headers(upgrade=upgrade))
+    assert error.http_status == 426
+    assert error.body()["error"]["code"] == "upgrade_required"
+    assert ("upgrade", "websocket") in error.headers
+
+
+def test_upgrade_and_connection_tokens_are_case_insensitive_lists() -> None:
+    headers = ws_headers(upgrade=b"WebSocket", connection=b"keep-alive, UPGRADE")
+    assert run(f"/ws?token={token()}", headers).route is Route.WEBSOCKET
+
+
+@pytest.mark.parametrize("connection", [None, b"keep-alive", b"close"])
+def test_missing_connection_upgrade_is_400(connection: bytes | None) -> None:
+    error = rejected(f"/ws?token={token()}", ws_headers(connection=connection))
+    assert error.http_status == 400
+
+
+@pytest.mark.parametrize("version", [None, b"8", b"12", b"14", b""])
+def test_wrong_websocket_version_is_426_naming_13(version: bytes | None) -> None:
+    error = rejected(f"/ws?token={token()}", ws_headers(sec_websocket_version=version))
+    assert error.http_status == 426
+    assert ("sec-websocket-version", "13") in error.headers
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        None,
+        b"",
+        b"not base64 at all!",
+        base64.b64encode(bytes(15)),  # decodes, but to 15 bytes
+        base64.b64encode(bytes(17)),
+        b"dGhlIHNhbXBsZSBub25jZQ",  # padding missing
+    ],
+)
+def test_bad_or_missing_websocket_key_is_400(key: bytes | None) -> None:
+    error = rejected(f"/ws?token={token()}", ws_headers(sec_websocket_key=key))
+    assert error.http_status == 400
+
+
+def test_handshake_is_checked_before_the_token() -> None:
+    # A browser that cannot upgrade learns that first, whatever its token.
+    assert rejected("/ws", ws_headers(upgrade=None)).http_status == 426
+
+
+# device token
+
+
+def test_token_from_bearer_header() -> None:
+    headers = [*ws_headers(), (b"authorization", f"Bearer {token('bearer')}".encode())]
+    assert run("/ws", headers).identity.client_id == "bearer"  # type: ignore[union-attr]
+
+
+def test_token_from_cookie_among_others() -> None:
+    cookie = f"theme=dark; {COOKIE_NAME}={token('cookie')}; lang=en".encode()
+    headers = [*ws_headers(), (b"cookie", b"a=b"), (b"cookie", cookie)]
+    assert run("/ws", headers).identity.client_id == "cookie"  # type: ignore[union-attr]
+
+
+def test_token_from_query_with_other_parameters() -> None:
+    target = f"/sse?x=1&token={token('query')}&y=2"
+    assert run(target).identity.client_id == "query"  # type: ignore[union-attr]
+
+
+def test_token_precedence_query_then_bearer_then_cookie() -> None:
+    bearer = (b"authorization", f"Bearer {token('bearer')}".encode())
+    cookie = (b"cookie", f"{COOKIE_NAME}={token('cookie')}".encode())
+    both = [*ws_headers(), bearer, cookie]
+    assert run(f"/ws?token={token('query')}", both).identity.client_id == "query"  # type: ignore[union-attr]
+    assert run("/ws", both).identity.client_id == "bearer"  # type: ignore[union-attr]
+    assert run("/ws", [*ws_headers(), cookie]).identity.client_id == "cookie"  # type: ignore[union-attr]
+
+
+def test_non_bearer_authorization_falls_through_to_cookie() -> None:
+    headers = [*ws_headers(), (b"authorization", b"Basic dXNlcjpwYXNz"),
+               (b"cookie", f"{COOKIE_NAME}={token('cookie')}".encode())]
+    assert run("/ws", headers).identity.client_id == "cookie"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "target, extra",
+    [
+        ("/ws", []),
+        ("/ws?token=", []),
+        ("/ws", [(b"authorization", b"Bearer ")]),
+        ("/ws", [(b"authorization", b"Basic abc")]),
+        ("/ws", [(b"cookie", f"{COOKIE_NAME}=".encode())]),
+        ("/ws", [(b"cookie", b"other_token=abc")]),
+    ],
+)
+def test_missing_token_is_invalid_token(target: str, extra: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(InvalidToken) as info:
+        run(target, [*ws_headers(), *extra])
+    assert info.value.http_status == 401
+    assert info.value.body()["error"]["code"] == "invalid_token"
+
+
+def test_missing_token_on_sse_is_invalid_token() -> None:
+    with pytest.raises(InvalidToken):
+        run("/sse")
+
+
+def test_bad_token_is_invalid_token() -> None:
+    forged = issue_token("another-secret-of-at-least-32-bytes!", client_id="c", user_id="u",
+                         device_type="ios")
+    with pytest.raises(InvalidToken):
+        run(f"/ws?token={forged}", ws_headers())
+
+
+# resume point
+
+
+def test_last_id_from_query() -> None:
+    assert run(f"/sse?token={token()}&last_id=01HX").last_id == "01HX"
+
+
+def test_last_id_from_last_event_id_header() -> None:
+    accept = run(f"/sse?token={token()}", [(b"last-event-id", b"01HY")])
+    assert accept.last_id == "01HY"
+
+
+def test_last_id_query_wins_over_header() -> None:
+    accept = run(f"/sse?token={token()}&last_id=q", [(b"last-event-id", b"h")])
+    assert accept.last_id == "q"
+
+
+def test_last_id_on_websocket_too() -> None:
+    assert run(f"/ws?token={token()}&last_id=abc", ws_headers()).last_id == "abc"
+
+
+def test_empty_last_id_means_from_the_start() -> None:
+    assert run(f"/sse?token={token()}&last_id=").last_id is None
+
+
+def test_last_id_at_the_length_limit_is_accepted() -> None:
+    value = "a" * MAX_ID_LENGTH
+    assert run(f"/sse?token={token()}&last_id={value}").last_id == value
+
+
+@pytest.mark.parametrize("value", ["a" * (MAX_ID_LENGTH + 1), "%01", "a%0Ab", "%7F"])
+def test_malformed_last_id_in_query_is_400(value: str) -> None:
+    error = rejected(f"/sse?token={token()}&last_id={value}")
+    assert error.http_status == 400
+    assert error.body()["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("value", [b"x" * (MAX_ID_LENGTH + 1), b"a\tb"])
+def test_malformed_last_event_id_header_is_400(value: bytes) -> None:
+    assert rejected(f"/sse?token={token()}", [(b"last-event-id", value)]).http_status == 400
