@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from router.errors import Forbidden, InvalidToken, Unauthorized
 
@@ -58,7 +59,7 @@ class TokenVerifier:
         if config.public_key:
             # Parsed once here: PyJWT would otherwise parse the PEM on every verification.
             public_key = serialization.load_pem_public_key(_pem(config.public_key))
-            keys.append((public_key, list(_ASYMMETRIC)))
+            keys.append((public_key, [_algorithm_of(public_key)]))
         if not keys:
             raise ValueError("a device-token secret or public key is required")
         self._keys = tuple(keys)
@@ -94,6 +95,16 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"device token rejected: {exc}") from None
         return _identity(claims)
+
+
+def _algorithm_of(public_key: object) -> str:
+    """The one algorithm a public key verifies: PyJWT raises TypeError, not a PyJWTError, when
+    a token names the other key type's algorithm (ES256 against an RSA key)."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return "ES256"
+    raise ValueError(f"public_key: a {'/'.join(_ASYMMETRIC)} key is needed (RSA or EC P-256)")
 
 
 def _pem(value: str) -> bytes:
