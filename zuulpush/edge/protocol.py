@@ -20,7 +20,7 @@ from registry.base import Registration, new_version
 from router.base import InboxEntry
 from router.errors import ZuulpushError
 from zuulpush.edge import inbound, sse, wsframes
-from zuulpush.edge.request import Accept, Route, decide
+from zuulpush.edge.request import Accept, Route, check_head_size, decide
 from zuulpush.edge.state import Event, State, next_state
 from zuulpush.edge.wire import SSE, WEBSOCKET, Outgoing, Wire, jittered_ms
 from zuulpush.edge.wsframes import Close, FrameReader
@@ -121,6 +121,8 @@ class EdgeConnection(asyncio.Protocol):
         try:
             if event.http_version != b"1.1":
                 raise HandshakeRejected(400, "HTTP/1.1 is required")
+            check_head_size(event.method, event.target, event.headers,
+                            server.config.max_header_bytes)
             accept = decide(event.method, event.target, event.headers,
                             verifier=server.verifier, echo_enabled=server.config.echo)
         except ZuulpushError as exc:

@@ -10,6 +10,9 @@ Routes:
 
 The device token comes from `?token=`, `Authorization: Bearer`, or the `zuulpush_token` cookie, in
 that order. A resume point comes from `?last_id=` or the `Last-Event-ID` header.
+
+h11 bounds only a request head that is still incomplete; `check_head_size()` bounds a complete
+one too (431), since a whole oversized head can arrive in a single read.
 """
 
 from __future__ import annotations
@@ -75,6 +78,16 @@ def decide(
         return Accept(route, None, None, ws_accept)
     identity = verifier.verify(_token(params, headers))
     return Accept(route, identity, _last_id(params, headers), ws_accept)
+
+
+def check_head_size(method: bytes, target: bytes, headers: Headers, max_bytes: int) -> None:
+    """Raise 431 if the request line and headers took more than `max_bytes` on the wire (counted
+    as `METHOD SP target SP HTTP/1.1 CRLF`, `name: value CRLF` each, and the final CRLF)."""
+    size = len(method) + len(target) + 12
+    size += sum(len(name) + len(value) + 4 for name, value in headers) + 2
+    if size > max_bytes:
+        raise HandshakeRejected(431, f"request head larger than {max_bytes} bytes",
+                                code="headers_too_large")
 
 
 def _query(query: str) -> dict[str, str]:
