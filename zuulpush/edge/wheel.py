@@ -37,12 +37,14 @@ class TimerWheel(Generic[T]):
 
     def due(self, now: float) -> Iterator[T]:
         """Members of each bucket whose tick is at or before `now`, bucket by bucket. Members may
-        be discarded while this runs."""
+        be discarded while this runs; a member discarded before its turn is not yielded."""
         while self._next_tick <= now:
             bucket = self._buckets[self._cursor]
             self._cursor = (self._cursor + 1) % len(self._buckets)
             self._next_tick += self.tick_s
-            yield from tuple(bucket)
+            for member in tuple(bucket):
+                if member in bucket:
+                    yield member
 
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets)
