@@ -13,7 +13,15 @@ import pytest
 
 from router.auth import AuthConfig, TokenVerifier, issue_token
 from router.errors import InvalidToken
-from zuulpush.edge.request import COOKIE_NAME, MAX_ID_LENGTH, Accept, Headers, Route, decide
+from zuulpush.edge.request import (
+    COOKIE_NAME,
+    MAX_ID_LENGTH,
+    Accept,
+    Headers,
+    Route,
+    check_head_size,
+    decide,
+)
 from zuulpush.errors import HandshakeRejected
 
 SECRET = "request-test-secret-of-at-least-32-bytes"
@@ -274,3 +282,22 @@ def test_malformed_last_id_in_query_is_400(value: str) -> None:
 @pytest.mark.parametrize("value", [b"x" * (MAX_ID_LENGTH + 1), b"a\tb"])
 def test_malformed_last_event_id_header_is_400(value: bytes) -> None:
     assert rejected(f"/sse?token={token()}", [(b"last-event-id", value)]).http_status == 400
+
+
+# head size (a complete head can arrive in one read, past h11's incomplete-event bound)
+
+
+def head_size(target: bytes, headers: Headers) -> int:
+    """The head's bytes on the wire, as a client writes it."""
+    lines = [b"GET " + target + b" HTTP/1.1", *(name + b": " + value for name, value in headers)]
+    return len(b"\r\n".join(lines) + b"\r\n\r\n")
+
+
+def test_head_size_counts_the_bytes_on_the_wire() -> None:
+    headers = ws_headers()
+    size = head_size(b"/ws?token=abc", headers)
+    check_head_size(b"GET", b"/ws?token=abc", headers, size)
+    with pytest.raises(HandshakeRejected) as info:
+        check_head_size(b"GET", b"/ws?token=abc", headers, size - 1)
+    assert info.value.http_status == 431
+    assert info.value.body()["error"]["code"] == "headers_too_large"
