@@ -162,8 +162,7 @@ class EdgeConnection(asyncio.Protocol):
         assert self.transport is not None
         self._server.stats.count_reject(error.http_status)
         headers = getattr(error, "headers", ())
-        self.transport.write(http_error(error.http_status, error.body(), headers))
-        self._close_transport()
+        self._close_transport(http_error(error.http_status, error.body(), headers))
 
     # WebSocket frames
 
@@ -192,8 +191,7 @@ class EdgeConnection(asyncio.Protocol):
             self.transport.write(wsframes.pong_frame(event.payload))
         elif isinstance(event, wsframes.CloseReceived):
             code = None if event.code == 1005 else event.code
-            self.transport.write(wsframes.close_frame(code))
-            self._close_transport()
+            self._close_transport(wsframes.close_frame(code))
         elif isinstance(event, wsframes.Message):
             if self.registration is None:
                 frame = wsframes.text_frame if event.text else wsframes.binary_frame
@@ -222,18 +220,22 @@ class EdgeConnection(asyncio.Protocol):
         return None if self._replay is None else self._replay.last_id
 
     def replayed(self, entries: list[InboxEntry]) -> None:
-        """Send the inbox entries, then the pushes held back meanwhile that they did not cover."""
+        """Send the inbox entries, then the pushes held back meanwhile that they did not cover, in
+        id order and once each. Stops if a write closes the connection (a slow consumer)."""
         if self.state is not State.REPLAYING:
             return
         assert self.transport is not None and self.wire is not None and self._replay is not None
         sent = set()
         for entry in entries:
             self.transport.write(self.wire.push(Outgoing(entry.id, entry.payload)))
+            if self.state is not State.REPLAYING:  # the write paused us: pause_writing closed
+                return
             sent.add(entry.id)
         held, self._replay = self._replay.held, None
         self.state = next_state(self.state, Event.REPLAYED)
-        for out in held:
+        for out in sorted(held, key=lambda out: out.id):
             if out.id not in sent:
+                sent.add(out.id)
                 self.deliver(out)
 
     def tick(self) -> None:
@@ -257,23 +259,24 @@ class EdgeConnection(asyncio.Protocol):
         if self.wire is None:
             self.abort()
             return
-        self.transport.write(self.wire.goaway(code, reason, jittered_ms(base_delay_ms)))
-        self._close_transport()
+        self._close_transport(self.wire.goaway(code, reason, jittered_ms(base_delay_ms)))
 
     def close(self, code: int, reason: str) -> None:
         """Close without a reconnect hint (protocol violations, replaced connections)."""
         if self.state in (State.CLOSING, State.CLOSED) or self.transport is None:
             return
-        if self.wire is not None:
-            self.transport.write(self.wire.close(code, reason))
-        self._close_transport()
+        self._close_transport(b"" if self.wire is None else self.wire.close(code, reason))
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
 
-    def _close_transport(self) -> None:
+    def _close_transport(self, last: bytes = b"") -> None:
+        """Write `last` and close. CLOSING comes first: the write may call `pause_writing`
+        synchronously (asyncio and uvloop do), which must then find nothing left to close."""
         assert self.transport is not None
         self.state = next_state(self.state, Event.CLOSING)
         self._reader = self._replay = None
+        if last:
+            self.transport.write(last)
         self.transport.close()
