@@ -123,7 +123,7 @@ class Response:
         return orjson.loads(self.body)
 
 
-def parse_response(data: bytes) -> Response:
+def parse_response(data: bytes | bytearray) -> Response:
     """A `Connection: close` response with a Content-Length body, or a 101 head."""
     head, sep, rest = bytes(data).partition(b"\r\n\r\n")
     assert sep, f"incomplete response head: {bytes(data)!r}"
@@ -200,7 +200,7 @@ class Device:
     def close_frame(self) -> tuple[int, str]:
         [(opcode, payload)] = self.frames()
         assert opcode is Opcode.CLOSE
-        return payload  # type: ignore[no-any-return]
+        return payload
 
     def send_text(self, text: str) -> None:
         self.send(bytes(self._frames_out.send_data(text)))
@@ -236,7 +236,7 @@ class SseDevice:
         self._h11 = h11.Connection(h11.CLIENT)
         data = self._h11.send(h11.Request(method="GET", target=target,
                                           headers=[("host", "edge.test"), *headers]))
-        data += self._h11.send(h11.EndOfMessage())  # type: ignore[operator]
+        data += self._h11.send(h11.EndOfMessage())
         self._read = 0
         self.response: h11.Response | None = None
         self.ended = False
@@ -912,6 +912,24 @@ async def test_heartbeat_abort_then_lost_unregisters(edge: Edge) -> None:
     device.lose()
     await edge.flush()
     assert await edge.registry.lookup("c1") is None
+
+
+async def test_node_record_counts_connections_by_device_type(edge: Edge) -> None:
+    async def counts() -> tuple[int, dict[str, int]]:
+        await edge.server._heartbeat_node()
+        [node] = await edge.registry.nodes()
+        return node.connections, dict(node.by_device_type)
+
+    phone = edge.ws("c1", device_type="ios")
+    edge.ws("c2", device_type="ios")
+    assert await counts() == (2, {"ios": 2})
+    edge.ws("c1", device_type="tv")  # c1 moves to a TV: replaced, counted once
+    assert await counts() == (2, {"ios": 1, "tv": 1})
+    phone.lose()  # the replaced connection going away changes nothing
+    assert await counts() == (2, {"ios": 1, "tv": 1})
+    for conn in list(edge.server.connections.values()):
+        conn.connection_lost(None)
+    assert await counts() == (0, {})
 
 
 def test_open_count_follows_handshakes_and_connections(edge: Edge) -> None:

@@ -8,6 +8,7 @@ that is not ours.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import h11
 import orjson
@@ -52,7 +53,7 @@ def parse_events(stream: bytes) -> list[dict[str, str]]:
     return events
 
 
-def ws_client_reads(data: bytes) -> list[tuple[Opcode, object]]:
+def ws_client_reads(data: bytes) -> list[tuple[Opcode, Any]]:
     client = FrameProtocol(client=True, extensions=[])
     client.receive_bytes(data)
     return [(frame.opcode, frame.payload) for frame in client.received_frames()]
@@ -137,8 +138,8 @@ def test_heartbeats() -> None:
 
 
 def test_websocket_goaway_is_a_4xxx_close_with_a_json_hint() -> None:
-    [(opcode, (code, reason))] = ws_client_reads(  # type: ignore[misc]
-        WEBSOCKET.goaway(Close.RECONNECT, "shutdown", 1234))
+    [(opcode, payload)] = ws_client_reads(WEBSOCKET.goaway(Close.RECONNECT, "shutdown", 1234))
+    code, reason = payload
     assert (opcode, code) == (Opcode.CLOSE, Close.RECONNECT)
     assert orjson.loads(reason) == {"reason": "shutdown", "reconnect_after_ms": 1234}
 
