@@ -24,4 +24,4 @@ class EdgeConfig:
     write_limit_bytes: int = 1024 * 1024
     sse_retry_ms: int = 3000
     registry_ttl_s: float = 120.0
-    replay_limit: int = 1000
+    replay_page_size: int = 500

@@ -25,7 +25,7 @@ from typing import Any
 
 from registry.base import NodeInfo, NodeState, Registration, Registry
 from router.auth import TokenVerifier
-from router.base import Delivery, Inbox, NodeChannel
+from router.base import Delivery, Inbox, InboxEntry, NodeChannel
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.protocol import EdgeConnection
 from zuulpush.edge.state import State
@@ -265,8 +265,20 @@ class EdgeServer:
             last_id = conn.resume_after
             if last_id is not None:
                 await self.inbox.ack_through(client_id, last_id)
-            entries = await self.inbox.after(client_id, last_id, self.config.replay_limit)
-            conn.replayed(entries)
+            conn.replayed(await self._unacked(client_id, last_id))
+
+    async def _unacked(self, client_id: str, last_id: str | None) -> list[InboxEntry]:
+        """The whole of a client's inbox after `last_id`, read a page at a time. All of it: a
+        replay cut short and followed by newer live pushes would make the device's next resume
+        point skip what was left out. The inbox's per-client cap bounds it."""
+        page_size = self.config.replay_page_size
+        entries: list[InboxEntry] = []
+        while True:
+            page = await self.inbox.after(client_id, last_id, page_size)
+            entries.extend(page)
+            if len(page) < page_size:
+                return entries
+            last_id = page[-1].id
 
     async def _delivery_loop(self) -> None:
         while True:
