@@ -3,7 +3,8 @@
 - `serve_factory(**env)` starts `python -m zuulpush serve --port 0 --api-port 0` with test
   secrets and short timers (plus any extra `ZUULPUSH_*` env), waits for the banner's `ready:`
   line (read by a thread, with a deadline), and at teardown sends SIGTERM to that PID only,
-  waits, SIGKILLs that PID if it must, and asserts the process exited 0.
+  waits, SIGKILLs that PID if it must, and asserts the process exited 0 without logging a
+  traceback. The process plumbing lives in `servers.py`, the clients in `clients.py`.
 - `server` is one such process shared by the whole session (with the `/echo` endpoint on); tests
   on it use their own client and user ids, so they do not see each other's messages.
 - `embedded` runs `zuulpush.app.EmbeddedApp` on port 0 in the test's own event loop.

@@ -76,10 +76,14 @@ class ServerProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def terminate(self) -> None:
-        """Send SIGTERM to this PID (and to nothing else)."""
-        if self.returncode is None:
+        """Send SIGTERM to this PID (and to nothing else), unless it has already been reaped."""
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        # poll() reaps an exited child first, so we never signal a PID the OS may have reused.
+        if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(self.pid, sig)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM this PID, wait for it to exit (SIGKILL it after `timeout_s`); exit status."""
@@ -104,8 +108,7 @@ class ServerProcess:
         return self.returncode
 
     def _kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+        self._signal(signal.SIGKILL)
         self.returncode = self.proc.wait(timeout=STOP_TIMEOUT_S)
 
     def _release(self) -> None:
@@ -145,8 +148,9 @@ def start_server(tmp_dir: Path, extra_env: Mapping[str, str] | None = None,
     if match is None:
         server._kill()
         server._release()
-        raise AssertionError(f"zuulpush serve printed no ready line in {START_TIMEOUT_S}s.\n"
-                             f"stdout:\n{server.stdout_text()}\nstderr:\n{server.stderr_text()}")
+        raise AssertionError(
+            f"zuulpush serve exited, or printed no ready line within {START_TIMEOUT_S}s.\n"
+            f"stdout:\n{server.stdout_text()}\nstderr:\n{server.stderr_text()}")
     server.edge, server.api, server.node_id = match["edge"], match["api"], match["node"]
     return server
 

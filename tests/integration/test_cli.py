@@ -41,8 +41,9 @@ async def run(argv: list[str], env: Mapping[str, str], timeout_s: float = CLI_TI
     try:
         stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout_s)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
+        if proc.returncode is None:  # not reaped yet, so the PID is still this process's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
         await asyncio.wait_for(proc.communicate(), 5)
         raise AssertionError(f"{argv[:4]} did not finish in {timeout_s}s") from None
     assert proc.returncode is not None
