@@ -70,6 +70,7 @@ class FakeTransport:
         self.protocol: EdgeConnection | None = None
         self.written = bytearray()
         self.closed = False
+        self.half_closed = False
         self.aborted = False
         self.limits: tuple[int, int] | None = None
         self.buffer_size = 0
@@ -95,6 +96,14 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Our side is shut (a FIN follows what was written): for these tests the edge is as
+        done with the socket as after close(); `half_closed` tells the two apart."""
+        self.closed = self.half_closed = True
 
     def abort(self) -> None:
         self.closed = self.aborted = True
@@ -685,6 +694,27 @@ async def test_a_close_that_does_not_finish_within_an_interval_is_aborted(edge: 
     assert device.transport.closed and not device.transport.aborted
     device.conn.tick()
     assert device.transport.aborted
+
+
+async def test_a_websocket_close_we_start_lingers_for_the_peers_close(edge: Edge) -> None:
+    # Only our side is shut: closing outright while the peer still sends would make the kernel
+    # reset the connection and could destroy the close frame before the peer reads it.
+    device = edge.ws("c1")
+    await edge.flush()
+    device.send_text("not json")
+    assert device.close_frame()[0] == Close.POLICY_VIOLATION
+    assert device.transport.half_closed and not device.transport.aborted
+    device.send_text("still sending")  # read and discarded: nothing is written after the close
+    assert device.frames() == []
+    device.lose()
+    assert device.conn.state is State.CLOSED
+
+
+async def test_an_http_rejection_is_not_a_linger(edge: Edge) -> None:
+    bad = edge.device()
+    bad.send(b"GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert bad.transport.written.startswith(b"HTTP/1.1 404")
+    assert bad.transport.closed and not bad.transport.half_closed
 
 
 async def test_device_ping_is_answered_with_its_payload(edge: Edge) -> None:

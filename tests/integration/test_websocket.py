@@ -129,11 +129,6 @@ async def test_too_many_acks_close_with_1008(server: ServerProcess, ids: Ids) ->
     assert await close_code_for(server, server.token(ids("phone")), acks) == 1008
 
 
-@pytest.mark.xfail(
-    strict=True, raises=(ConnectionResetError, asyncio.IncompleteReadError),
-    reason="known bug: the edge closes the socket right after its close frame, so bytes the "
-           "device is still sending make the kernel reset the connection and the close frame "
-           "is lost; fix: half-close (write_eof) and read until the peer closes")
 async def test_close_frame_reaches_a_device_that_is_still_sending(server: ServerProcess,
                                                                   ids: Ids) -> None:
     """A device that violates the protocol while it has more bytes on the way (a flood, a big

@@ -259,24 +259,36 @@ class EdgeConnection(asyncio.Protocol):
         if self.wire is None:
             self.abort()
             return
-        self._close_transport(self.wire.goaway(code, reason, jittered_ms(base_delay_ms)))
+        self._close_transport(self.wire.goaway(code, reason, jittered_ms(base_delay_ms)),
+                              linger=self.wire is WEBSOCKET)
 
     def close(self, code: int, reason: str) -> None:
         """Close without a reconnect hint (protocol violations, replaced connections)."""
         if self.state in (State.CLOSING, State.CLOSED) or self.transport is None:
             return
-        self._close_transport(b"" if self.wire is None else self.wire.close(code, reason))
+        self._close_transport(b"" if self.wire is None else self.wire.close(code, reason),
+                              linger=self.wire is WEBSOCKET)
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
 
-    def _close_transport(self, last: bytes = b"") -> None:
+    def _close_transport(self, last: bytes = b"", *, linger: bool = False) -> None:
         """Write `last` and close. CLOSING comes first: the write may call `pause_writing`
-        synchronously (asyncio and uvloop do), which must then find nothing left to close."""
+        synchronously (asyncio and uvloop do), which must then find nothing left to close.
+
+        With `linger` (a WebSocket close we start), only our side is shut (FIN after `last`) and
+        we keep reading, discarding, until the peer closes too: closing a socket while the peer
+        is still sending makes the kernel answer with a reset, which can destroy our close frame
+        before the peer reads it. The heartbeat wheel aborts a peer that lingers a whole
+        interval (`tick`)."""
         assert self.transport is not None
         self.state = next_state(self.state, Event.CLOSING)
         self._reader = self._replay = None
         if last:
             self.transport.write(last)
-        self.transport.close()
+        if linger and self.slot >= 0 and self.transport.can_write_eof():
+            self._server.linger(self)
+            self.transport.write_eof()
+        else:
+            self.transport.close()

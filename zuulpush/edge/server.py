@@ -160,6 +160,13 @@ class EdgeServer:
         self._admits.append(conn)
         self._work.set()
 
+    def linger(self, conn: EdgeConnection) -> None:
+        """`conn` has sent its close and waits for the peer's: move it to the wheel's last
+        bucket, so that its next visit (which aborts it) is a whole interval away."""
+        if conn.slot >= 0:
+            self._wheel.discard(conn, conn.slot)
+            conn.slot = self._wheel.add(conn)
+
     def ack(self, client_id: str, ids: list[str]) -> None:
         self.stats.acks += len(ids)
         self._acks.setdefault(client_id, []).extend(ids)
