@@ -26,7 +26,7 @@ from router.auth import AuthConfig, TokenVerifier, issue_token
 from router.base import Delivery, InboxEntry
 from router.memory import MemoryInbox, MemoryNodeChannel
 from zuulpush.edge.config import EdgeConfig
-from zuulpush.edge.protocol import EdgeConnection
+from zuulpush.edge.protocol import HELD_MAX, EdgeConnection
 from zuulpush.edge.server import EdgeServer
 from zuulpush.edge.state import State
 from zuulpush.edge.wsframes import Close
@@ -88,6 +88,14 @@ class FakeTransport:
             self.paused = True
             assert self.protocol is not None
             self.protocol.pause_writing()
+
+    def drain(self) -> None:
+        """The peer reads everything buffered; a paused protocol gets `resume_writing()`."""
+        self.buffer_size = 0
+        if self.paused:
+            self.paused = False
+            assert self.protocol is not None
+            self.protocol.resume_writing()
 
     def stall(self, buffered: int = 0) -> None:
         """The peer stops reading, with `buffered` bytes already waiting."""
@@ -286,7 +294,7 @@ class Edge:
     def __init__(self, **config: Any) -> None:
         self.clock = FakeClock()
         self.registry = MemoryRegistry(clock=self.clock)
-        self.inbox = MemoryInbox(100, clock_ms=lambda: NOW_MS)
+        self.inbox = MemoryInbox(1000, clock_ms=lambda: NOW_MS)
         self.channel = MemoryNodeChannel(100)
         settings: dict[str, Any] = {"node_id": "edge-test-1", "heartbeat_interval_s": HEARTBEAT_S,
                                     "handshake_timeout_s": HANDSHAKE_S}
@@ -790,19 +798,65 @@ async def test_push_over_the_write_limit_closes_with_4002() -> None:
     assert edge.server.stats.slow_consumers == 1
 
 
-async def test_replay_over_the_write_limit_stops_at_the_close() -> None:
+async def test_a_replay_over_the_write_limit_waits_for_the_peer_to_read() -> None:
+    # A device coming back to a large inbox is not a slow consumer: the replay is written as
+    # fast as it reads, then the pushes held back meanwhile, in id order, once each.
     edge = Edge(write_limit_bytes=4096)
     await edge.store("c1", *(f"m{i:03d}" for i in range(100)))  # ~6 KB of frames
     device = edge.ws("c1")
     device.transport.stall()
     edge.deliver("m999", "c1")
-    await edge.flush()  # must neither raise nor write after the close
+    edge.deliver("m050", "c1")  # also in the inbox: written once
+    await edge.flush()
+    assert device.conn.state is State.REPLAYING  # paused at the limit, not closed
+    for _ in range(10):
+        device.transport.drain()
+    assert device.conn.state is State.OPEN
+    ids = [p["id"] for p in device.pushes()]
+    assert ids == [f"m{i:03d}" for i in range(100)] + ["m999"]
+    assert edge.server.stats.slow_consumers == 0
+
+
+async def test_a_replay_the_peer_stops_reading_is_closed_after_an_interval() -> None:
+    edge = Edge(write_limit_bytes=4096)
+    await edge.store("c1", *(f"m{i:03d}" for i in range(100)))
+    device = edge.ws("c1")
+    device.transport.stall()
+    await edge.flush()
+    edge.tick()  # paused at this visit ...
+    assert device.conn.state is State.REPLAYING
+    edge.tick()  # ... and still at the next: the peer read nothing for a whole interval
     frames = device.frames()
-    assert [opcode for opcode, _ in frames].count(Opcode.CLOSE) == 1
     assert frames[-1][0] is Opcode.CLOSE and frames[-1][1][0] == Close.SLOW_CONSUMER
+    assert [opcode for opcode, _ in frames].count(Opcode.CLOSE) == 1
     assert 0 < len(frames) - 1 < 100
-    assert device.conn.state is State.CLOSING
+    assert edge.server.stats.slow_consumers == 1
     assert len(await edge.stored("c1")) == 100  # all still in the inbox for the next connect
+
+
+async def test_a_replay_that_progresses_between_visits_is_not_closed() -> None:
+    edge = Edge(write_limit_bytes=4096)
+    await edge.store("c1", *(f"m{i:03d}" for i in range(400)))  # several buffers' worth
+    device = edge.ws("c1")
+    device.transport.stall()
+    await edge.flush()
+    edge.tick()
+    device.transport.drain()  # the peer read some: it refilled and paused again
+    edge.tick()
+    assert device.conn.state is State.REPLAYING
+    assert edge.server.stats.slow_consumers == 0
+
+
+async def test_too_many_pushes_held_during_a_replay_make_a_slow_consumer() -> None:
+    edge = Edge(write_limit_bytes=4096)
+    await edge.store("c1", *(f"m{i:03d}" for i in range(100)))
+    device = edge.ws("c1")
+    device.transport.stall()
+    await edge.flush()
+    for i in range(HELD_MAX + 1):
+        edge.deliver(f"n{i:05d}", "c1")
+    assert device.conn.state is State.CLOSING
+    assert device.frames()[-1][1][0] == Close.SLOW_CONSUMER
 
 
 @pytest.mark.parametrize(

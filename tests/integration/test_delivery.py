@@ -270,11 +270,6 @@ async def test_expired_message_is_never_delivered(server: ServerProcess, ids: Id
             assert (await ws_recv_json(ws))["id"] == fresh
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ConnectionClosed,
-    reason="known gap: the edge writes a whole replay at once, so an inbox larger than "
-           "write_limit_bytes plus the socket buffers trips the slow-consumer close (4002) "
-           "however fast the device reads; replay needs to follow pause/resume_writing")
 async def test_reconnecting_device_gets_an_inbox_larger_than_the_write_limit(
         server: ServerProcess, ids: Ids) -> None:
     """A device that was offline reconnects and reads as fast as it can (loopback): it should get

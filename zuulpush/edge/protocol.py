@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, cast
 
 import h11
@@ -44,14 +45,25 @@ def http_error(status: int, body: dict[str, object], headers: tuple[tuple[str, s
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
 
 
-class _Replay:
-    """Held while a connection is REPLAYING: where it resumes and live messages held back."""
+HELD_MAX = 1000
+"""Live pushes held back during a replay, at most; past it the device is a slow consumer."""
 
-    __slots__ = ("held", "last_id")
+
+class _Replay:
+    """Kept while a connection is REPLAYING: where it resumes, what is still to be written, live
+    pushes held back meanwhile, the ids written so far, and whether the peer's reading paused us.
+
+    A replay is written as fast as the peer reads (the transport's pause/resume), not at once: a
+    device coming back to a large inbox is not a slow consumer."""
+
+    __slots__ = ("held", "last_id", "paused", "queue", "sent")
 
     def __init__(self, last_id: str | None) -> None:
         self.last_id = last_id
         self.held: list[Outgoing] = []
+        self.queue: deque[Outgoing] | None = None  # None until the inbox has been read
+        self.sent: set[str] = set()
+        self.paused = False
 
 
 class EdgeConnection(asyncio.Protocol):
@@ -91,10 +103,20 @@ class EdgeConnection(asyncio.Protocol):
             self._frames(data)
 
     def pause_writing(self) -> None:
-        # The peer reads slower than we push: close with a hint; its messages wait in the inbox.
-        if self.state in (State.OPEN, State.REPLAYING):
-            self._server.stats.slow_consumers += 1
-            self.goaway(Close.SLOW_CONSUMER, "slow consumer")
+        if self.state is State.REPLAYING and self._replay is not None:
+            self._replay.paused = True  # wait for resume_writing; tick() bounds the wait
+        elif self.state is State.OPEN:
+            # The peer reads slower than we push: close with a hint; its messages wait in the
+            # inbox.
+            self._slow_consumer()
+
+    def resume_writing(self) -> None:
+        replay = self._replay
+        if self.state is State.REPLAYING and replay is not None and replay.paused:
+            replay.paused = False
+            self.pong_due = False
+            if replay.queue is not None:
+                self._pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = next_state(self.state, Event.LOST)
@@ -213,7 +235,10 @@ class EdgeConnection(asyncio.Protocol):
             self.transport.write(self.wire.push(out))
         elif self.state is State.REPLAYING:
             assert self._replay is not None
-            self._replay.held.append(out)
+            if len(self._replay.held) >= HELD_MAX:
+                self._slow_consumer()
+            else:
+                self._replay.held.append(out)
 
     @property
     def resume_after(self) -> str | None:
@@ -221,27 +246,46 @@ class EdgeConnection(asyncio.Protocol):
 
     def replayed(self, entries: list[InboxEntry]) -> None:
         """Send the inbox entries, then the pushes held back meanwhile that they did not cover, in
-        id order and once each. Stops if a write closes the connection (a slow consumer)."""
+        id order and once each, as fast as the peer reads; then the connection is OPEN."""
         if self.state is not State.REPLAYING:
             return
-        assert self.transport is not None and self.wire is not None and self._replay is not None
-        sent = set()
-        for entry in entries:
-            self.transport.write(self.wire.push(Outgoing(entry.id, entry.payload)))
-            if self.state is not State.REPLAYING:  # the write paused us: pause_writing closed
-                return
-            sent.add(entry.id)
-        held, self._replay = self._replay.held, None
-        self.state = next_state(self.state, Event.REPLAYED)
-        for out in sorted(held, key=lambda out: out.id):
-            if out.id not in sent:
+        assert self._replay is not None
+        self._replay.queue = deque(Outgoing(entry.id, entry.payload) for entry in entries)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Write queued replay messages until the transport pauses us or all are out."""
+        replay = self._replay
+        assert self.transport is not None and self.wire is not None
+        assert replay is not None and replay.queue is not None
+        queue, sent = replay.queue, replay.sent
+        while True:
+            while queue:
+                if replay.paused:
+                    return
+                out = queue.popleft()
+                if out.id in sent:
+                    continue
                 sent.add(out.id)
-                self.deliver(out)
+                self.transport.write(self.wire.push(out))
+                if self.state is not State.REPLAYING:  # closed meanwhile
+                    return
+            if replay.paused:
+                return  # OPEN only once the buffer drains: pause_writing will not fire again
+            if not replay.held:
+                break
+            queue.extend(sorted(replay.held, key=lambda out: out.id))
+            replay.held = []
+        self._replay = None
+        self.state = next_state(self.state, Event.REPLAYED)
 
     def tick(self) -> None:
-        """A heartbeat visit from the timer wheel, once per heartbeat interval."""
+        """A visit from the timer wheel, once per heartbeat interval: heartbeats, and deadlines
+        for closes we started and replays the peer stopped reading."""
         if self.state is State.CLOSING:
             self.abort()  # a close we started did not finish within one interval
+        elif self.state is State.REPLAYING:
+            self._check_replay_progress()
         elif self.state is not State.OPEN or self.wire is None:
             return
         elif self.pong_due:
@@ -251,6 +295,20 @@ class EdgeConnection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.write(self.wire.heartbeat())
             self.pong_due = self.wire.expects_pong and self.registration is not None
+
+    def _check_replay_progress(self) -> None:
+        # `pong_due` marks "paused at the last visit too": then the peer read nothing for a whole
+        # interval (resume_writing clears it).
+        if self._replay is None or not self._replay.paused:
+            self.pong_due = False
+        elif self.pong_due:
+            self._slow_consumer()
+        else:
+            self.pong_due = True
+
+    def _slow_consumer(self) -> None:
+        self._server.stats.slow_consumers += 1
+        self.goaway(Close.SLOW_CONSUMER, "slow consumer")
 
     def goaway(self, code: int, reason: str, base_delay_ms: int = 1000) -> None:
         """Close with a jittered reconnect hint (WebSocket 4xxx close, SSE `reconnect` event)."""
