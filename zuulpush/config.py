@@ -9,8 +9,8 @@ Every setting has one flat key, the name of its field in a component config (`po
 3. the environment variable `ZUULPUSH_<KEY>` in upper case (`ZUULPUSH_API_KEYS=a,b`);
 4. command-line flags.
 
-Lists (`api_keys`) are comma-separated in the environment. Unknown keys are an error, so a typo
-never silently falls back to a default.
+Lists (`api_keys`) are comma-separated in the environment; an empty variable counts as unset.
+Unknown keys are an error, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def load_settings(
     env = os.environ if environ is None else environ
     for key, field in keys.items():
         raw = env.get(ENV_PREFIX + key.upper())
-        if raw is not None:
+        if raw:
             merged[key] = _coerce(raw, field, f"${ENV_PREFIX}{key.upper()}")
     for key, value in (flags or {}).items():
         if value is None:

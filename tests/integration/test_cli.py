@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -186,3 +187,22 @@ async def test_sigterm_sends_reconnect_hints_and_exits_0(
 
     assert await asyncio.to_thread(server.wait, 10) == 0
     assert time.monotonic() - started < 10
+
+
+async def test_serve_reads_its_config_file_and_flags_beat_the_environment(
+        serve_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    config = tmp_path / "zuulpush.toml"
+    config.write_text('[auth]\napi_keys = ["key-from-the-file"]\n[edge]\necho = true\n')
+    # The environment asks for the default ports: the fixture's --port 0 / --api-port 0 win. An
+    # empty ZUULPUSH_API_KEYS counts as unset, so the file's key is the one in force.
+    server = serve_factory(args=("--config", str(config)),
+                           ZUULPUSH_API_KEYS="", ZUULPUSH_PORT="8080", ZUULPUSH_API_PORT="8081")
+    assert not server.edge.endswith(":8080") and not server.api.endswith(":8081")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.api}/v1/push", json={
+                "to": {"clients": ["nobody"]}, "data": None},
+                headers={"Authorization": "Bearer key-from-the-file"}) as response:
+            assert response.status == 202
+        async with session.ws_connect(ws_url(server.edge, "/echo")) as ws:
+            await ws.send_str("from the config file")
+            assert (await ws.receive_str(timeout=5)) == "from the config file"
