@@ -718,11 +718,22 @@ async def test_a_websocket_close_we_start_lingers_for_the_peers_close(edge: Edge
     assert device.conn.state is State.CLOSED
 
 
-async def test_an_http_rejection_is_not_a_linger(edge: Edge) -> None:
+async def test_an_http_rejection_lingers_until_the_handshake_deadline(edge: Edge) -> None:
     bad = edge.device()
     bad.send(b"GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n")
     assert bad.transport.written.startswith(b"HTTP/1.1 404")
-    assert bad.transport.closed and not bad.transport.half_closed
+    assert bad.transport.half_closed and not bad.transport.aborted
+    bad.send(b"more of a request body")  # discarded
+    edge.tick()  # past the handshake deadline
+    assert bad.transport.aborted
+
+
+async def test_a_handshake_timeout_closes_outright(edge: Edge) -> None:
+    slow = edge.device()
+    slow.send(b"GET /ws HTTP/1.1\r\n")
+    edge.tick()
+    assert slow.transport.written.startswith(b"HTTP/1.1 408")
+    assert slow.transport.closed and not slow.transport.half_closed
 
 
 async def test_device_ping_is_answered_with_its_payload(edge: Edge) -> None:

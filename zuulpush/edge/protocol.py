@@ -179,12 +179,13 @@ class EdgeConnection(asyncio.Protocol):
         if trailing and self.wire is WEBSOCKET:
             self._frames(trailing)
 
-    def reject(self, error: ZuulpushError) -> None:
-        """Answer the request with the error's status and JSON body, then close."""
+    def reject(self, error: ZuulpushError, *, linger: bool = True) -> None:
+        """Answer the request with the error's status and JSON body, then close (lingering, as a
+        client may still be sending its request; the handshake deadline bounds the linger)."""
         assert self.transport is not None
         self._server.stats.count_reject(error.http_status)
         headers = getattr(error, "headers", ())
-        self._close_transport(http_error(error.http_status, error.body(), headers))
+        self._close_transport(http_error(error.http_status, error.body(), headers), linger=linger)
 
     # WebSocket frames
 
@@ -335,17 +336,17 @@ class EdgeConnection(asyncio.Protocol):
         """Write `last` and close. CLOSING comes first: the write may call `pause_writing`
         synchronously (asyncio and uvloop do), which must then find nothing left to close.
 
-        With `linger` (a WebSocket close we start), only our side is shut (FIN after `last`) and
-        we keep reading, discarding, until the peer closes too: closing a socket while the peer
-        is still sending makes the kernel answer with a reset, which can destroy our close frame
-        before the peer reads it. The heartbeat wheel aborts a peer that lingers a whole
-        interval (`tick`)."""
+        With `linger`, only our side is shut (FIN after `last`) and we keep reading, discarding,
+        until the peer closes too: closing a socket while the peer is still sending makes the
+        kernel answer with a reset, which can destroy our close frame or error response before
+        the peer reads it. A peer that lingers too long is aborted: by the heartbeat wheel after
+        a whole interval (`tick`), or at the handshake deadline before an upgrade."""
         assert self.transport is not None
         self.state = next_state(self.state, Event.CLOSING)
         self._reader = self._replay = None
         if last:
             self.transport.write(last)
-        if linger and self.slot >= 0 and self.transport.can_write_eof():
+        if linger and self.transport.can_write_eof():
             self._server.linger(self)
             self.transport.write_eof()
         else:

@@ -162,7 +162,8 @@ class EdgeServer:
 
     def linger(self, conn: EdgeConnection) -> None:
         """`conn` has sent its close and waits for the peer's: move it to the wheel's last
-        bucket, so that its next visit (which aborts it) is a whole interval away."""
+        bucket, so that its next visit (which aborts it) is a whole interval away. A connection
+        rejected before its upgrade has no slot: its handshake deadline aborts it."""
         if conn.slot >= 0:
             self._wheel.discard(conn, conn.slot)
             conn.slot = self._wheel.add(conn)
@@ -226,7 +227,9 @@ class EdgeServer:
             _, conn = handshakes.popleft()
             if conn.state is State.HANDSHAKE:
                 conn.reject(HandshakeRejected(408, "handshake not completed in time",
-                                              code="request_timeout"))
+                                              code="request_timeout"), linger=False)
+            elif conn.state is State.CLOSING and conn.slot < 0:
+                conn.abort()  # rejected before its upgrade and still lingering
 
     async def _registry_loop(self) -> None:
         while True:
