@@ -1,0 +1,1 @@
+"""Helpers shared by several test tiers (real servers the tests start and stop themselves)."""
