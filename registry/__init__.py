@@ -4,7 +4,15 @@
 `memory` the in-process implementation used by `zuulpush serve`.
 """
 
-from registry.base import Device, NodeInfo, NodeState, Registration, Registry
+from registry.base import Device, Location, NodeInfo, NodeState, Registration, Registry
 from registry.memory import MemoryRegistry
 
-__all__ = ["Device", "MemoryRegistry", "NodeInfo", "NodeState", "Registration", "Registry"]
+__all__ = [
+    "Device",
+    "Location",
+    "MemoryRegistry",
+    "NodeInfo",
+    "NodeState",
+    "Registration",
+    "Registry",
+]

@@ -67,6 +67,20 @@ class NodeInfo:
         return sum(n for device_type, n in self.by_device_type if device_type in device_types)
 
 
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a connected client is: its registration and its node's record, which is None when
+    that node stopped heartbeating (dead). Only a client on an active node can be reached live;
+    otherwise its messages wait in its inbox."""
+
+    registration: Registration
+    node: NodeInfo | None
+
+    @property
+    def reachable(self) -> bool:
+        return self.node is not None and self.node.state is NodeState.ACTIVE
+
+
 def new_version() -> int:
     """A version for a new registration: wall-clock nanoseconds, so that writes from different
     nodes order by time (last writer wins) and a later write from one node is always higher."""
@@ -109,6 +123,15 @@ class Registry(Protocol):
 
     async def lookup_many(self, client_ids: Iterable[str]) -> dict[str, Registration]:
         """Live registrations of those clients that are connected; absent ones are left out."""
+        ...
+
+    async def locate_many(self, client_ids: Iterable[str]) -> dict[str, Location]:
+        """Live registrations of the connected clients among these, each with its node's record
+        (None for a node that is dead). Absent clients are left out."""
+        ...
+
+    async def devices_many(self, client_ids: Iterable[str]) -> dict[str, Device]:
+        """Known device records of these clients (connected or not); unknown ones left out."""
         ...
 
     async def devices_of_user(self, user_id: str) -> list[Device]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from registry.base import Device, NodeInfo, Registration
+from registry.base import Device, Location, NodeInfo, Registration
 
 DEFAULT_DEVICE_TTL_S = 7 * 24 * 3600.0
 _TUPLE_MAX = 16
@@ -91,6 +91,20 @@ class MemoryRegistry:
             reg = self._live(self._clients.get(client_id), now)
             if reg is not None:
                 found[client_id] = reg
+        return found
+
+    async def locate_many(self, client_ids: Iterable[str]) -> dict[str, Location]:
+        found = await self.lookup_many(client_ids)
+        nodes = {node.node_id: node for node in await self.nodes()}
+        return {cid: Location(reg, nodes.get(reg.node_id)) for cid, reg in found.items()}
+
+    async def devices_many(self, client_ids: Iterable[str]) -> dict[str, Device]:
+        now = self._clock()
+        found: dict[str, Device] = {}
+        for client_id in client_ids:
+            client = self._device(client_id, now)
+            if client is not None:
+                found[client_id] = Device(client_id, client.device_type)
         return found
 
     async def devices_of_user(self, user_id: str) -> list[Device]:

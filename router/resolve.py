@@ -47,8 +47,8 @@ async def _named_clients(
     client_ids = list(client_ids)
     if not types:
         return client_ids
-    devices = await asyncio.gather(*(registry.device(c) for c in client_ids))
-    return [d.client_id for d in devices if d is not None and d.device_type in types]
+    devices = await registry.devices_many(client_ids)
+    return [c for c in client_ids if c in devices and devices[c].device_type in types]
 
 
 async def _user_devices(user_ids: Iterable[str], registry: Registry) -> list[Device]:

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from registry.base import NodeState, Registration, Registry
+from registry.base import Location, NodeState, Registry
 from router.base import Delivery, Inbox, InboxEntry, Message, MessageQueue, NodeChannel, Taken
 from router.clock import ClockMs, wall_ms
 from router.config import RouterConfig
@@ -119,13 +119,14 @@ class RouterWorker:
         return live
 
     async def _route(self, messages: list[Message]) -> None:
-        active = await self._active_nodes()
         per_node: dict[str, list[Delivery]] = {}
+        broadcasts = [m for m in messages if m.target.broadcast]
+        active = await self._active_nodes() if broadcasts else frozenset()
         for message in messages:
             if message.target.broadcast:
                 self._broadcast(message, active, per_node)
             else:
-                await self._targeted(message, active, per_node)
+                await self._targeted(message, per_node)
         await self._publish(per_node)
 
     async def _active_nodes(self) -> frozenset[str]:
@@ -141,9 +142,7 @@ class RouterWorker:
         for node_id in active:
             per_node.setdefault(node_id, []).append(delivery)
 
-    async def _targeted(
-        self, message: Message, active: frozenset[str], per_node: dict[str, list[Delivery]]
-    ) -> None:
+    async def _targeted(self, message: Message, per_node: dict[str, list[Delivery]]) -> None:
         clients = message.target.clients
         if not clients:
             return
@@ -151,14 +150,13 @@ class RouterWorker:
         entry = InboxEntry(message.id, message.payload, message.expires_at_ms)
         await self._inbox.add(clients, entry)
         self.stats.stored += len(clients)
-        by_node = _group_by_node(clients, await self._registry.lookup_many(clients))
+        by_node = _group_by_node(clients, await self._registry.locate_many(clients))
         reached = 0
         for node_id, node_clients in by_node.items():
-            if node_id in active:
-                per_node.setdefault(node_id, []).append(
-                    Delivery(message.id, message.payload, clients=node_clients)
-                )
-                reached += len(node_clients)
+            per_node.setdefault(node_id, []).append(
+                Delivery(message.id, message.payload, clients=node_clients)
+            )
+            reached += len(node_clients)
         self.stats.held += len(clients) - reached
 
     async def _publish(self, per_node: dict[str, list[Delivery]]) -> None:
@@ -176,12 +174,12 @@ class RouterWorker:
 
 
 def _group_by_node(
-    clients: Iterable[str], registrations: dict[str, Registration]
+    clients: Iterable[str], locations: dict[str, Location]
 ) -> dict[str, tuple[str, ...]]:
-    """Connected clients by the node holding them, in target order."""
+    """Clients reachable live (on an active node), by that node, in target order."""
     grouped: dict[str, list[str]] = {}
     for client_id in clients:
-        registration = registrations.get(client_id)
-        if registration is not None:
-            grouped.setdefault(registration.node_id, []).append(client_id)
+        location = locations.get(client_id)
+        if location is not None and location.reachable:
+            grouped.setdefault(location.registration.node_id, []).append(client_id)
     return {node_id: tuple(ids) for node_id, ids in grouped.items()}

@@ -228,3 +228,27 @@ def test_node_count_by_device_type() -> None:
     assert info.count() == 10
     assert info.count(frozenset({"tv"})) == 4
     assert info.count(frozenset({"tv", "phone", "watch"})) == 10
+
+
+# --- locations and batched device reads ---------------------------------------------------------
+
+
+async def test_locate_many_tells_whether_the_node_is_alive_and_active(made: Made) -> None:
+    r = made.registry
+    await r.heartbeat_node(node("n1"), TTL_S)
+    await r.heartbeat_node(node("n2", NodeState.DRAINING), TTL_S)
+    await r.register([reg("c1", "n1", 1), reg("c2", "n2", 1), reg("c3", "dead", 1)], TTL_S)
+    found = await r.locate_many(["c1", "c2", "c3", "c4"])
+    assert set(found) == {"c1", "c2", "c3"}
+    assert found["c1"].registration == reg("c1", "n1", 1) and found["c1"].reachable
+    assert found["c2"].node is not None and found["c2"].node.state is NodeState.DRAINING
+    assert not found["c2"].reachable
+    assert found["c3"].node is None and not found["c3"].reachable
+
+
+async def test_devices_many_knows_offline_devices(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n1", 1, dt="tv"), reg("c2", "n1", 1, dt="phone")], TTL_S)
+    await r.unregister("c2", "n1", 1)
+    assert await r.devices_many(["c1", "c2", "c3"]) == {
+        "c1": Device("c1", "tv"), "c2": Device("c2", "phone")}
