@@ -9,7 +9,8 @@ Three kinds of record, each with a TTL:
   longer (days), so that a message to a user reaches the inboxes of devices that are offline now.
 - a *node* (node id -> address, region, state, connection count), heartbeated by each edge node.
 
-Versions order writes to one client's registration: a higher version wins (last writer wins), and
+Versions order writes to one client's registration: a higher version wins (last writer wins; on
+equal versions the higher node id, so every region picks the same winner), and
 `unregister` deletes only the record it wrote (compare-and-delete), so a node that lost a client to
 another node never deletes the newer record.
 """
@@ -97,8 +98,8 @@ class Registry(Protocol):
     async def register(self, registrations: Sequence[Registration], ttl_s: float) -> None:
         """Record each connection for `ttl_s` seconds, and its device for the device TTL.
 
-        A registration replaces an existing one for the same client only if its version is
-        higher; an older version is ignored, so replays and late writes are harmless.
+        A registration replaces an existing one for the same client only if `(version, node_id)`
+        is higher; an older one is ignored, so replays and late writes are harmless.
         """
         ...
 

@@ -56,7 +56,7 @@ class MemoryRegistry:
         for reg in registrations:
             client = self._remember_device(reg, now)
             current = self._live(client, now)
-            if current is None or reg.version > current.version:
+            if current is None or (reg.version, reg.node_id) > (current.version, current.node_id):
                 client.live = reg
                 client.live_until = now + ttl_s
         self._maybe_sweep(now, ttl_s)

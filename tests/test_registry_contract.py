@@ -252,3 +252,12 @@ async def test_devices_many_knows_offline_devices(made: Made) -> None:
     await r.unregister("c2", "n1", 1)
     assert await r.devices_many(["c1", "c2", "c3"]) == {
         "c1": Device("c1", "tv"), "c2": Device("c2", "phone")}
+
+
+async def test_equal_versions_are_won_by_the_higher_node_id_whatever_the_order(made: Made) -> None:
+    r = made.registry
+    await r.register([reg("c1", "n2", 5)], TTL_S)
+    await r.register([reg("c1", "n1", 5)], TTL_S)
+    await r.register([reg("c9", "n1", 5)], TTL_S)
+    await r.register([reg("c9", "n2", 5)], TTL_S)
+    assert (await r.lookup("c1"), await r.lookup("c9")) == (reg("c1", "n2", 5), reg("c9", "n2", 5))
