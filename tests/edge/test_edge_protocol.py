@@ -1178,3 +1178,92 @@ def test_echo_close(echo: Edge) -> None:
     assert device.close_frame() == (1001, "")
     device.lose()
     assert len(echo.server._wheel) == 0
+
+
+# registry outages
+
+
+class Flaky:
+    """A memory seam that can be made unreachable; a registry can also lose everything."""
+
+    def __init__(self, inner: Any, clock: FakeClock) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.down = False
+
+    def wipe(self) -> None:
+        """A restarted Redis without persistence."""
+        self.inner = MemoryRegistry(clock=self.clock)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise ConnectionError("registry unreachable")
+            return await method(*args, **kwargs)
+        return call
+
+
+def flaky(edge: Edge) -> Flaky:
+    registry = Flaky(edge.registry, edge.clock)
+    edge.server.registry = registry  # type: ignore[assignment]
+    return registry
+
+
+async def test_connections_accepted_while_the_registry_is_down_are_admitted_when_it_returns(
+        edge: Edge) -> None:
+    registry = flaky(edge)
+    registry.down = True
+    device = edge.ws("c1")
+    with pytest.raises(ConnectionError):
+        await edge.flush()
+    edge.server._registry_failed(ConnectionError("down"))
+    assert device.conn.state is State.REPLAYING and not device.transport.closed
+    registry.down = False
+    await edge.flush()  # what the registry loop retries
+    assert device.conn.state is State.OPEN
+    assert (await registry.inner.lookup("c1")) is not None
+
+
+async def test_acks_and_unregistrations_that_failed_are_retried(edge: Edge) -> None:
+    await edge.store("c1", "m1", "m2")
+    device, other = edge.ws("c1"), edge.ws("c2")
+    await edge.flush()
+    registry, inbox = flaky(edge), Flaky(edge.inbox, edge.clock)
+    edge.server.inbox = inbox  # type: ignore[assignment]
+    registry.down = inbox.down = True
+    device.ack("m1")
+    other.lose()
+    with pytest.raises(ConnectionError):
+        await edge.flush()
+    assert await edge.stored("c1") == ["m1", "m2"]
+    registry.down = inbox.down = False
+    await edge.flush()
+    assert await edge.stored("c1") == ["m2"]
+    assert await registry.inner.lookup("c2") is None
+
+
+async def test_a_registry_that_lost_its_records_gets_them_all_again(edge: Edge) -> None:
+    devices = [edge.ws(f"c{i}") for i in range(5)]
+    await edge.flush()
+    registry = flaky(edge)
+    registry.wipe()
+    await edge.server._refresh_registrations()
+    assert set(await registry.inner.lookup_many([f"c{i}" for i in range(5)])) == {
+        f"c{i}" for i in range(5)}
+    assert edge.server.stats.reregistered == 5
+    assert all(not d.transport.closed for d in devices)
+
+
+async def test_an_outage_is_logged_once_and_its_end_triggers_a_resync(
+        edge: Edge, caplog: pytest.LogCaptureFixture) -> None:
+    edge.ws("c1")
+    await edge.flush()
+    for _ in range(3):
+        edge.server._registry_failed(ConnectionError("down"))
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1 and edge.server.stats.registry_errors == 3
+    assert edge.server._resync
+    await edge.server._refresh_registrations()
+    assert not edge.server._resync

@@ -38,6 +38,8 @@ log = logging.getLogger("zuulpush.edge")
 
 DELIVERY_BATCH = 1024
 NODE_HEARTBEAT_S = 5.0
+REGISTRY_RETRY_S = 1.0
+UNREGISTER_CONCURRENCY = 256
 
 
 def default_node_id() -> str:
@@ -55,6 +57,8 @@ class EdgeStats:
     slow_consumers: int = 0
     delivered: int = 0
     acks: int = 0
+    registry_errors: int = 0
+    reregistered: int = 0
 
     def count_reject(self, status: int) -> None:
         self.rejects[status] += 1
@@ -93,6 +97,8 @@ class EdgeServer:
         self._acks: dict[str, list[str]] = {}
         self._leaves: list[Registration] = []
         self._work = asyncio.Event()
+        self._registry_down = False
+        self._resync = False
         self._flush_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -237,31 +243,52 @@ class EdgeServer:
             self._work.clear()
             try:
                 await self._flush_registry_work()
-            except Exception:
-                log.exception("registry or inbox call failed; will retry")
-                await asyncio.sleep(1.0)
+            except Exception as exc:
+                self._registry_failed(exc)
+                await asyncio.sleep(REGISTRY_RETRY_S)
                 self._work.set()
 
     async def _flush_registry_work(self) -> None:
         """Write pending registrations (then replay inboxes), acks and unregistrations. One flush
-        at a time: shutdown's final flush waits for the loop's current one."""
+        at a time: shutdown's final flush waits for the loop's current one. What a failed call
+        left undone is put back, to be retried (every step is idempotent)."""
         async with self._flush_lock:
             await self._flush_once()
 
     async def _flush_once(self) -> None:
         admits, self._admits = self._admits, []
-        live = [conn for conn in admits if conn.state is State.REPLAYING]
         try:
-            await self._admit(live)
+            await self._admit([conn for conn in admits if conn.state is State.REPLAYING])
         except BaseException:
-            self._admits[:0] = [c for c in live if c.state is State.REPLAYING]
+            self._admits[:0] = [c for c in admits if c.state is State.REPLAYING]
             raise
         acks, self._acks = self._acks, {}
-        for client_id, ids in acks.items():
-            await self.inbox.ack(client_id, ids)
+        try:
+            for client_id, ids in acks.items():
+                await self.inbox.ack(client_id, ids)
+        except BaseException:
+            for client_id, ids in acks.items():
+                self._acks.setdefault(client_id, []).extend(ids)
+            raise
         leaves, self._leaves = self._leaves, []
-        for reg in leaves:
-            await self.registry.unregister(reg.client_id, reg.node_id, reg.version)
+        try:
+            for start in range(0, len(leaves), UNREGISTER_CONCURRENCY):
+                await asyncio.gather(*(
+                    self.registry.unregister(reg.client_id, reg.node_id, reg.version)
+                    for reg in leaves[start:start + UNREGISTER_CONCURRENCY]))
+        except BaseException:
+            self._leaves[:0] = leaves
+            raise
+
+    def _registry_failed(self, exc: Exception) -> None:
+        """Note a failed registry or inbox call: log once per outage, re-register everything once
+        it is back. Connections stay open and keep receiving what reaches this node."""
+        self.stats.registry_errors += 1
+        self._resync = True
+        if not self._registry_down:
+            self._registry_down = True
+            log.warning("registry unreachable (%s: %s); serving on, retrying",
+                        type(exc).__name__, exc)
 
     async def _admit(self, conns: list[EdgeConnection]) -> None:
         if not conns:
@@ -298,19 +325,39 @@ class EdgeServer:
 
     async def _refresh_loop(self) -> None:
         """Heartbeat the node record every few seconds (routers read its state and counts) and
-        refresh this node's registrations every third of their TTL."""
+        refresh this node's registrations every third of their TTL, or at once after an outage."""
         refresh_s = self.config.registry_ttl_s / 3
         next_refresh = self.clock() + refresh_s
         while True:
             await asyncio.sleep(min(NODE_HEARTBEAT_S, refresh_s))
             try:
-                if self.clock() >= next_refresh:
-                    next_refresh = self.clock() + refresh_s
-                    await self.registry.refresh(self.node_id, list(self.connections),
-                                                self.config.registry_ttl_s)
                 await self._heartbeat_node()
-            except Exception:
-                log.exception("registry refresh failed; will retry")
+                if self._resync or self.clock() >= next_refresh:
+                    next_refresh = self.clock() + refresh_s
+                    await self._refresh_registrations()
+            except Exception as exc:
+                self._registry_failed(exc)
+            else:
+                if self._registry_down:
+                    self._registry_down = False
+                    log.warning("registry reachable again; registrations restored")
+
+    async def _refresh_registrations(self) -> None:
+        """Extend this node's registrations; if some are gone (the registry restarted, or was
+        unreachable past their TTL), write them all again: registering is idempotent."""
+        self._resync = False
+        conns = [c for c in self.connections.values() if c.state is State.OPEN]
+        regs = [c.registration for c in conns if c.registration is not None]
+        ttl_s = self.config.registry_ttl_s
+        try:
+            extended = await self.registry.refresh(self.node_id, [r.client_id for r in regs],
+                                                   ttl_s)
+            if extended < len(regs):
+                await self.registry.register(regs, ttl_s)
+                self.stats.reregistered += len(regs) - extended
+        except BaseException:
+            self._resync = True
+            raise
 
     async def _heartbeat_node(self) -> None:
         by_type = tuple((t, n) for t, n in self._by_type.items() if n > 0)
