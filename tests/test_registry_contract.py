@@ -1,21 +1,32 @@
 """One contract suite for the registry seam, run against each implementation in `FACTORIES`.
 
-A factory takes a fake clock (seconds) and a device TTL and returns a `Registry`; the Redis one
-will be added as another entry.
+A factory makes a `Made`: the registry under test and its sense of time. The in-memory registry
+runs on a fake clock that `elapse` advances exactly (TTL 60 s, checks 1 s from each deadline). Redis
+expires keys on its own real clock, so the Redis factories use short real TTLs and `elapse` sleeps
+(just past) the time asked for; `slack_s` is how close to a deadline a check may come there.
+Redis factories share session servers (`redis_server`, `redis_cluster`) under a key prefix of
+their own per test (`redis_prefix`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
 
 from registry.base import Device, NodeInfo, NodeState, Registration, Registry
 from registry.memory import MemoryRegistry
+from registry.redis import RedisRegistry
+from tests.support.redis_servers import RedisCluster, RedisServer
 
 TTL_S = 60.0
 DEVICE_TTL_S = 3600.0
+REDIS_TTL_S = 0.3
+REDIS_DEVICE_TTL_S = 0.8
+REDIS_SLACK_S = 0.1
+REDIS_PAST_S = 0.005  # Redis expires a key strictly after its PX, to the millisecond
 
 
 class FakeClock:
@@ -31,23 +42,63 @@ class FakeClock:
 
 @dataclass
 class Made:
+    """A registry under test, the TTLs to test it with, and how to let time pass.
+
+    `ttl_s` is the registration (and node) TTL of the expiry tests, `device_ttl_s` the registry's
+    device TTL, `slack_s` how close to an expiry a check is made, `elapse(s)` lets s seconds pass.
+    Tests that do not wait use the long `TTL_S`.
+    """
+
     registry: Registry
-    clock: FakeClock
+    ttl_s: float
+    device_ttl_s: float
+    slack_s: float
+    elapse: Callable[[float], Awaitable[None]]
 
 
-def memory_registry(clock: FakeClock) -> Registry:
-    return MemoryRegistry(device_ttl_s=DEVICE_TTL_S, clock=clock)
+async def memory_registry(request: pytest.FixtureRequest) -> Made:
+    clock = FakeClock()
+
+    async def elapse(seconds: float) -> None:
+        clock.advance(seconds)
+
+    registry = MemoryRegistry(device_ttl_s=DEVICE_TTL_S, clock=clock)
+    return Made(registry, TTL_S, DEVICE_TTL_S, 1.0, elapse)
 
 
-FACTORIES: dict[str, Callable[[FakeClock], Registry]] = {"memory": memory_registry}
+async def _sleep_past(seconds: float) -> None:
+    await asyncio.sleep(seconds + REDIS_PAST_S)
+
+
+def _on_redis(url: str, request: pytest.FixtureRequest) -> Made:
+    registry = RedisRegistry.from_url(
+        url, prefix=request.getfixturevalue("redis_prefix"), device_ttl_s=REDIS_DEVICE_TTL_S)
+    return Made(registry, REDIS_TTL_S, REDIS_DEVICE_TTL_S, REDIS_SLACK_S, _sleep_past)
+
+
+async def redis_registry(request: pytest.FixtureRequest) -> Made:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return _on_redis(server.url, request)
+
+
+async def cluster_registry(request: pytest.FixtureRequest) -> Made:
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    nodes = ",".join(f"{host}:{port}" for host, port in cluster.startup_nodes)
+    return _on_redis(f"redis+cluster://{nodes}", request)
+
+
+FACTORIES: dict[str, Callable[[pytest.FixtureRequest], Awaitable[Made]]] = {
+    "memory": memory_registry,
+    "redis": redis_registry,
+    "cluster": cluster_registry,
+}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
 async def made(request: pytest.FixtureRequest) -> AsyncIterator[Made]:
-    clock = FakeClock()
-    registry = FACTORIES[request.param](clock)
-    yield Made(registry, clock)
-    await registry.close()
+    made = await FACTORIES[request.param](request)
+    yield made
+    await made.registry.close()
 
 
 def reg(
@@ -80,37 +131,37 @@ async def test_lookup_many_leaves_out_absent_clients(made: Made) -> None:
 
 async def test_registration_expires_after_its_ttl(made: Made) -> None:
     r = made.registry
-    await r.register([reg("c1", "n1", 1)], TTL_S)
-    made.clock.advance(TTL_S - 1)
+    await r.register([reg("c1", "n1", 1)], made.ttl_s)
+    await made.elapse(made.ttl_s - made.slack_s)
     assert await r.lookup("c1") is not None
-    made.clock.advance(1)
+    await made.elapse(made.slack_s)
     assert await r.lookup("c1") is None
     assert await r.lookup_many(["c1"]) == {}
 
 
 async def test_refresh_by_the_owner_extends(made: Made) -> None:
     r = made.registry
-    await r.register([reg("c1", "n1", 1), reg("c2", "n1", 1)], TTL_S)
-    made.clock.advance(TTL_S - 1)
-    assert await r.refresh("n1", ["c1", "c2", "unknown"], TTL_S) == 2
-    made.clock.advance(TTL_S - 1)
+    await r.register([reg("c1", "n1", 1), reg("c2", "n1", 1)], made.ttl_s)
+    await made.elapse(made.ttl_s - made.slack_s)
+    assert await r.refresh("n1", ["c1", "c2", "unknown"], made.ttl_s) == 2
+    await made.elapse(made.ttl_s - made.slack_s)
     assert await r.lookup("c1") == reg("c1", "n1", 1)
 
 
 async def test_refresh_by_another_node_changes_nothing(made: Made) -> None:
     r = made.registry
-    await r.register([reg("c1", "n1", 1)], TTL_S)
-    made.clock.advance(TTL_S - 1)
-    assert await r.refresh("n2", ["c1"], TTL_S) == 0
-    made.clock.advance(1)
+    await r.register([reg("c1", "n1", 1)], made.ttl_s)
+    await made.elapse(made.ttl_s - made.slack_s)
+    assert await r.refresh("n2", ["c1"], made.ttl_s) == 0
+    await made.elapse(made.slack_s)
     assert await r.lookup("c1") is None
 
 
 async def test_refresh_does_not_revive_an_expired_record(made: Made) -> None:
     r = made.registry
-    await r.register([reg("c1", "n1", 1)], TTL_S)
-    made.clock.advance(TTL_S)
-    assert await r.refresh("n1", ["c1"], TTL_S) == 0
+    await r.register([reg("c1", "n1", 1)], made.ttl_s)
+    await made.elapse(made.ttl_s)
+    assert await r.refresh("n1", ["c1"], made.ttl_s) == 0
     assert await r.lookup("c1") is None
 
 
@@ -155,10 +206,10 @@ async def test_registrations_in_one_batch_apply_independently(made: Made) -> Non
 
 async def test_devices_of_user_includes_offline_devices(made: Made) -> None:
     r = made.registry
-    await r.register([reg("c1", "n1", 1, dt="phone"), reg("c2", "n1", 1, dt="tv")], TTL_S)
-    await r.register([reg("c3", "n1", 1, user="u2")], TTL_S)
+    await r.register([reg("c1", "n1", 1, dt="phone"), reg("c2", "n1", 1, dt="tv")], made.ttl_s)
+    await r.register([reg("c3", "n1", 1, user="u2")], made.ttl_s)
     assert await r.unregister("c2", "n1", 1)
-    made.clock.advance(TTL_S)  # registrations gone, devices remembered
+    await made.elapse(made.ttl_s)  # registrations gone, devices remembered
     devices = sorted(await r.devices_of_user("u1"), key=lambda d: d.client_id)
     assert devices == [Device("c1", "phone"), Device("c2", "tv")]
     assert await r.devices_of_user("nobody") == []
@@ -173,8 +224,8 @@ async def test_device_of_one_client(made: Made) -> None:
 
 async def test_devices_expire_after_the_device_ttl(made: Made) -> None:
     r = made.registry
-    await r.register([reg("c1", "n1", 1)], TTL_S)
-    made.clock.advance(DEVICE_TTL_S)
+    await r.register([reg("c1", "n1", 1)], made.ttl_s)
+    await made.elapse(made.device_ttl_s)
     assert await r.devices_of_user("u1") == []
     assert await r.device("c1") is None
 
@@ -192,14 +243,14 @@ async def test_a_device_moving_to_another_user_leaves_the_first(made: Made) -> N
 
 async def test_nodes_heartbeat_state_and_expiry(made: Made) -> None:
     r = made.registry
-    await r.heartbeat_node(node("n1"), TTL_S)
-    await r.heartbeat_node(node("n2", NodeState.DRAINING), TTL_S / 2)
+    await r.heartbeat_node(node("n1"), made.ttl_s)
+    await r.heartbeat_node(node("n2", NodeState.DRAINING), made.ttl_s / 2)
     by_id = {n.node_id: n for n in await r.nodes()}
     assert by_id["n1"].state is NodeState.ACTIVE
     assert by_id["n2"].state is NodeState.DRAINING
-    made.clock.advance(TTL_S / 2)
+    await made.elapse(made.ttl_s / 2)
     assert [n.node_id for n in await r.nodes()] == ["n1"]
-    made.clock.advance(TTL_S / 2)
+    await made.elapse(made.ttl_s / 2)
     assert await r.nodes() == []
 
 
