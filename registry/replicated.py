@@ -1,0 +1,189 @@
+"""A registry replicated across regions: local writes, a change stream, and appliers.
+
+Each region has its own Redis (or Redis Cluster) holding its own full registry. A
+`ReplicatedRegistry` wraps that local registry:
+
+- **Writes go local first, then to the change stream.** Each write (register, refresh,
+  unregister, heartbeat_node, remove_node) is made on the local registry, and only once that
+  succeeded is it appended, as one entry per call, to the local region's change stream
+  (`registry.changes`). Local first, because the stream must only carry what the local region
+  accepted: a refresh appends exactly the records it extended, an unregister the answer it got.
+  Writes never wait for, or touch, another region, so they succeed while other regions are down.
+- **Both steps raise.** If the local write fails (the region's Redis is down) nothing is
+  appended and the error propagates. If the append fails after the local write succeeded (Redis
+  died in between), the error propagates too: the write may be visible locally but not yet
+  announced. Retrying the call is safe (every write is idempotent) and announces it; an edge
+  re-registers its connections after an outage anyway, and its refreshes carry full
+  registrations, so other regions also converge within a third of a TTL without a retry.
+- **Reads are local**, so they see other regions' clients only as fast as the replicators
+  apply their streams (`registry.replicator`): typically well under a second.
+
+Applying another region's change (`apply_change`) goes to the *wrapped* local registry, never
+to a `ReplicatedRegistry`, so applied changes are not appended again (no ping-pong between
+regions). The rules that make every region converge to the same state, in whatever order the
+streams are applied:
+
+- a registration replaces another for the same client only if `(version, node_id)` is higher
+  (last writer wins; the registry's own rule), so concurrent registrations of one client in two
+  regions end with the same winner everywhere;
+- an unregister is a compare-and-delete of exactly `(client, node, version)`, so a late or
+  replayed one never deletes a newer record;
+- a record lives until its origin's absolute expiry: what is left of the TTL carries over, and
+  a change whose records already expired is skipped;
+- a refresh re-registers the full records before extending them, so it recreates a record the
+  receiving region missed (its register entry was trimmed, or the region's Redis restarted);
+- each record originates in exactly one region's stream (the region of the node holding the
+  connection), in which its register precedes its refreshes and its unregister; a replay is
+  always a suffix of a stream in order, so replaying never resurrects a deleted record.
+
+Device records (user -> devices, kept for days) are written in the receiving region with that
+region's own device TTL, counted from when it applies the registration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from registry.base import Device, Location, NodeInfo, Registration, Registry
+from registry.changes import (
+    Change,
+    ChangeLog,
+    NodeBeat,
+    NodeRemoved,
+    Refreshed,
+    Registered,
+    Unregistered,
+    wall_ms,
+)
+
+
+class ReplicatedRegistry:
+    """`Registry` for one region of several: local reads, local writes announced to the others.
+
+    `local` is this region's registry (e.g. `RedisRegistry`), `changes` the change log on the
+    same region's Redis, `region` this region's name (the origin of its changes). `wall_ms` is
+    the wall clock expiries are written in (injected for tests).
+
+    A refresh costs one extra local read: it looks up the records it extended, to carry them in
+    full in its change entry.
+    """
+
+    def __init__(
+        self,
+        local: Registry,
+        changes: ChangeLog,
+        region: str,
+        *,
+        wall_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        if isinstance(local, ReplicatedRegistry):
+            raise TypeError("wrap a region's own registry, not a ReplicatedRegistry")
+        self.local = local
+        self.changes = changes
+        self.region = region
+        self._wall_ms = wall_ms
+
+    async def _announce(self, change: Change) -> None:
+        await self.changes.append(change, self.region)
+
+    def _expiry(self, ttl_s: float) -> int:
+        return self._wall_ms() + round(ttl_s * 1000)
+
+    async def register(self, registrations: Sequence[Registration], ttl_s: float) -> None:
+        if not registrations:
+            return
+        expires_at_ms = self._expiry(ttl_s)
+        await self.local.register(registrations, ttl_s)
+        await self._announce(Registered(tuple(registrations), expires_at_ms))
+
+    async def refresh(self, node_id: str, client_ids: Sequence[str], ttl_s: float) -> int:
+        """As `Registry.refresh`; announces the full records it extended, if any."""
+        expires_at_ms = self._expiry(ttl_s)
+        extended = await self.local.refresh(node_id, client_ids, ttl_s)
+        if not extended:
+            return 0
+        found = await self.local.lookup_many(client_ids)
+        mine = tuple(reg for reg in found.values() if reg.node_id == node_id)
+        if mine:
+            await self._announce(Refreshed(node_id, mine, expires_at_ms))
+        return extended
+
+    async def unregister(self, client_id: str, node_id: str, version: int) -> bool:
+        """As `Registry.unregister`; announced even when nothing was deleted here, since another
+        region may still hold that exact record (compare-and-delete makes this harmless)."""
+        deleted = await self.local.unregister(client_id, node_id, version)
+        await self._announce(Unregistered(client_id, node_id, version))
+        return deleted
+
+    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> None:
+        expires_at_ms = self._expiry(ttl_s)
+        await self.local.heartbeat_node(node, ttl_s)
+        await self._announce(NodeBeat(node, expires_at_ms))
+
+    async def remove_node(self, node_id: str) -> None:
+        await self.local.remove_node(node_id)
+        await self._announce(NodeRemoved(node_id))
+
+    async def lookup(self, client_id: str) -> Registration | None:
+        return await self.local.lookup(client_id)
+
+    async def lookup_many(self, client_ids: Iterable[str]) -> dict[str, Registration]:
+        return await self.local.lookup_many(client_ids)
+
+    async def locate_many(self, client_ids: Iterable[str]) -> dict[str, Location]:
+        return await self.local.locate_many(client_ids)
+
+    async def devices_many(self, client_ids: Iterable[str]) -> dict[str, Device]:
+        return await self.local.devices_many(client_ids)
+
+    async def devices_of_user(self, user_id: str) -> list[Device]:
+        return await self.local.devices_of_user(user_id)
+
+    async def device(self, client_id: str) -> Device | None:
+        return await self.local.device(client_id)
+
+    async def nodes(self) -> list[NodeInfo]:
+        return await self.local.nodes()
+
+    async def close(self) -> None:
+        """Close the local registry (the change log's client belongs to whoever made it)."""
+        await self.local.close()
+
+
+async def apply_change(change: Change, local: Registry, now_ms: int) -> bool:
+    """Apply another region's `change` to this region's own registry `local`.
+
+    `local` must be the wrapped registry, not a `ReplicatedRegistry` (that would append the
+    change again). Idempotent: applying a change twice leaves the registry as applying it once.
+    Returns False if the change was skipped because its records had already expired at
+    `now_ms` (wall-clock milliseconds).
+    """
+    match change:
+        case Registered(regs, expires_at_ms):
+            ttl_s = _remaining_s(expires_at_ms, now_ms)
+            if ttl_s is None:
+                return False
+            await local.register(regs, ttl_s)
+        case Refreshed(node_id, regs, expires_at_ms):
+            ttl_s = _remaining_s(expires_at_ms, now_ms)
+            if ttl_s is None:
+                return False
+            # Recreate what this region lacks (no-op for a record it has at this version or
+            # newer), then extend what node_id holds.
+            await local.register(regs, ttl_s)
+            await local.refresh(node_id, [reg.client_id for reg in regs], ttl_s)
+        case Unregistered(client_id, node_id, version):
+            await local.unregister(client_id, node_id, version)
+        case NodeBeat(node, expires_at_ms):
+            ttl_s = _remaining_s(expires_at_ms, now_ms)
+            if ttl_s is None:
+                return False
+            await local.heartbeat_node(node, ttl_s)
+        case NodeRemoved(node_id):
+            await local.remove_node(node_id)
+    return True
+
+
+def _remaining_s(expires_at_ms: int, now_ms: int) -> float | None:
+    left_ms = expires_at_ms - now_ms
+    return left_ms / 1000 if left_ms > 0 else None

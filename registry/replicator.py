@@ -1,0 +1,377 @@
+"""The replicator: applies one peer region's change stream to this region's registry.
+
+One `Replicator` per (this region, peer region) pair, usually in a long-lived process of the
+region (e.g. the router). It reads the peer's change stream (`registry.changes`) with
+`XREAD BLOCK` in batches, applies each entry to this region's own registry with
+`apply_change` (last writer wins by `(version, node_id)`, TTL carried over, compare-and-delete
+unregisters; see `registry.replicated`), and only then persists its position.
+
+Contracts:
+
+- **Order and idempotency.** Entries are applied one at a time, in stream order. Applying an
+  entry twice changes nothing, so a replicator that restarts, or fails mid-batch, replays from
+  its last persisted position without harm.
+- **Position.** The id and sequence number of the last entry applied are stored in THIS
+  region's Redis at `{prefix}:repl:pos:{peer}` after each batch, so they live and die with the
+  records they describe. A new replicator resumes from there and skips nothing. With no stored
+  position (a new region, or this region's Redis restarted empty and lost its records with its
+  position) it starts from the beginning of the peer's stream: everything the peer still
+  retains is applied again, which recreates this region's copy of the peer's live records.
+  A position that disappears while the replicator runs (this region's Redis restarted) is
+  noticed when it next persists or revalidates (every `revalidate_s`), with the same result.
+- **Trimmed past our position (resync).** The peer caps its stream. If entries we had not
+  applied were trimmed (we were away too long), the next entry's sequence number shows the gap:
+  the replicator logs it, counts it in `stats.resyncs` and continues from the oldest entry the
+  peer still has. What the lost entries said reaches us again within one registry TTL: every
+  edge refreshes its registrations each third of the TTL, refreshes are replicated with their
+  full records, and a replicated refresh of a record we lack recreates it; records whose
+  unregister we lost expire here by their TTL. Node records converge by their next heartbeat.
+  Device records (user -> offline devices) of clients that did not reconnect meanwhile are not
+  recovered until they do.
+- **Peer reset.** A sequence number lower than expected, or a peer stream that ends before our
+  position, means the peer's stream was recreated (its Redis restarted without persistence):
+  the replicator starts over from the beginning of the new stream (`stats.peer_resets`).
+- **Partitions and outages.** When the peer (or this region's Redis) is unreachable, `run()`
+  retries with capped exponential backoff and never raises; it logs once when an outage starts
+  and once when it ends, never per attempt. Local writes are unaffected meanwhile (they never
+  wait for a peer); when the link heals, the replicator catches up from its position.
+- **No loops.** Changes are applied to the wrapped registry, never appended to this region's
+  stream; entries whose origin is this region are skipped.
+
+Run exactly one replicator per peer in a region: two would be harmless (idempotent) but
+wasteful. Run Redis with `noeviction`, or a `volatile-*` policy (the position key has no TTL):
+an evicted position only causes a replay, but evicted records are missing until refreshed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from registry.base import Registry
+from registry.changes import (
+    ChangeFormatError,
+    decode_entry,
+    entry_seq,
+    stream_key,
+    wall_ms,
+)
+from registry.replicated import ReplicatedRegistry, apply_change
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 500
+DEFAULT_BLOCK_MS = 100
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """The last entry applied: its stream id and sequence number (`0-0`, 0 before the first)."""
+
+    entry_id: str
+    seq: int
+
+    def encode(self) -> str:
+        return f"{self.entry_id} {self.seq}"
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Position | None:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        entry_id, _, seq = text.partition(" ")
+        try:
+            _id_key(entry_id)
+            return cls(entry_id, int(seq))
+        except ValueError:
+            return None
+
+
+START = Position("0-0", 0)
+
+
+@dataclass(slots=True)
+class ReplicatorStats:
+    """Counters of one replicator (for logs and metrics); they only grow."""
+
+    entries: int = 0  # entries read from the peer's stream
+    applied: int = 0
+    expired: int = 0  # skipped: their records had expired before we applied them
+    own: int = 0  # skipped: written by this region (misconfiguration)
+    malformed: int = 0  # skipped: not a change this version understands
+    resyncs: int = 0  # times entries were trimmed before we read them
+    missed: int = 0  # how many entries those resyncs lost
+    peer_resets: int = 0
+    local_resets: int = 0
+    outages: int = 0
+
+
+def position_key_of(prefix: str, peer_region: str) -> str:
+    """Where a region stores how far it has applied `peer_region`'s stream."""
+    return f"{prefix}:repl:pos:{peer_region}"
+
+
+class Replicator:
+    """Applies `peer_region`'s change stream (on `peer_redis`) to `local`, this region's own
+    registry, persisting its position in `local_redis` (this region's Redis).
+
+    `local` must be the wrapped registry, not the `ReplicatedRegistry` (TypeError otherwise).
+    `region` names this region, to skip entries it wrote itself. `batch` entries at most are
+    read per step, waiting up to `block_ms` for the first. Backoff after a failure starts at
+    `backoff_initial_s`, doubles, and is capped at `backoff_max_s`.
+    """
+
+    def __init__(
+        self,
+        local: Registry,
+        local_redis: Any,
+        peer_region: str,
+        peer_redis: Any,
+        *,
+        region: str = "",
+        prefix: str = "zp",
+        position_key: str | None = None,
+        batch: int = DEFAULT_BATCH,
+        block_ms: int = DEFAULT_BLOCK_MS,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+        revalidate_s: float = 5.0,
+        wall_ms: Callable[[], int] = wall_ms,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(local, ReplicatedRegistry):
+            raise TypeError("apply to the wrapped registry (ReplicatedRegistry.local), "
+                            "or every applied change would be appended again")
+        if block_ms < 1 or batch < 1:
+            raise ValueError("block_ms and batch must be at least 1")
+        self._local = local
+        self._local_redis = local_redis
+        self.peer_region = peer_region
+        self._peer = peer_redis
+        self._region = region
+        self._stream = stream_key(prefix)
+        self._pos_key = position_key or position_key_of(prefix, peer_region)
+        self._batch = batch
+        self._block_ms = block_ms
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._revalidate_s = revalidate_s
+        self._wall_ms = wall_ms
+        self._monotonic = monotonic
+        self.stats = ReplicatorStats()
+        self._pos: Position | None = None  # None: (re)load the persisted one first
+        self._pos_stored = False  # the position key exists in local Redis, as far as we know
+        self._phase = "starting"
+        self._outage_since: float | None = None
+        self._stop = asyncio.Event()
+
+    @property
+    def position(self) -> Position | None:
+        """The last entry applied, or None until the persisted position is loaded."""
+        return self._pos
+
+    # --- one batch ------------------------------------------------------------------------------
+
+    async def step(self) -> int:
+        """Read one batch (waiting up to `block_ms` for it), apply it, persist the position.
+
+        Returns how many entries were read (0 if none came). Raises what Redis or the local
+        registry raise; after an error the in-memory position is dropped, so the next step
+        resumes from the persisted one and replays the failed batch (harmless).
+        """
+        try:
+            return await self._step()
+        except BaseException:
+            self._pos = None
+            raise
+
+    async def _step(self) -> int:
+        if self._pos is None:
+            self._pos = await self._load_position()
+        self._phase = f"reading {self.peer_region}'s stream"
+        reply = await self._peer.xread({self._stream: self._pos.entry_id},
+                                       count=self._batch, block=self._block_ms)
+        entries = _entries(reply)
+        if not entries:
+            return 0
+        self._phase = "applying changes locally"
+        for entry_id, fields in entries:
+            if not await self._take(entry_id, fields):
+                break
+        await self._persist()
+        return len(entries)
+
+    async def _take(self, entry_id: bytes | str, fields: Mapping[Any, Any]) -> bool:
+        """Apply one entry and advance past it; False if the peer's stream was recreated."""
+        assert self._pos is not None
+        expected = self._pos.seq + 1
+        seq = entry_seq(fields)
+        if seq is None:
+            seq = expected
+        elif seq < expected:
+            self._peer_reset(f"sequence went back from {self._pos.seq} to {seq}")
+            return False
+        elif seq > expected:
+            self._resync(seq - expected)
+        self.stats.entries += 1
+        try:
+            entry = decode_entry(entry_id, fields)
+        except ChangeFormatError as exc:
+            self._malformed(exc)
+        else:
+            if entry.origin == self._region:
+                self.stats.own += 1
+            elif await apply_change(entry.change, self._local, self._wall_ms()):
+                self.stats.applied += 1
+            else:
+                self.stats.expired += 1
+        self._pos = Position(_text(entry_id), seq)
+        return True
+
+    # --- position -------------------------------------------------------------------------------
+
+    async def _load_position(self) -> Position:
+        self._phase = "loading the position"
+        raw = await self._local_redis.get(self._pos_key)
+        pos = Position.decode(raw) if raw is not None else None
+        if pos is None:
+            if self._pos_stored:
+                self._local_reset()
+            self._pos_stored = False
+            return START
+        self._pos_stored = True
+        self._phase = f"checking {self.peer_region}'s stream"
+        last_id = await self._peer_last_id()
+        if last_id is not None and _id_key(last_id) < _id_key(pos.entry_id):
+            self._peer_reset(f"its stream ends at {last_id}, before our position {pos.entry_id}")
+            return START
+        return pos
+
+    async def _peer_last_id(self) -> str | None:
+        try:
+            info = await self._peer.xinfo_stream(self._stream)
+        except ResponseError:  # no such key: nothing written since the peer's Redis started
+            return None
+        last = info.get("last-generated-id", info.get(b"last-generated-id"))
+        return None if last is None else _text(last)
+
+    async def _persist(self) -> None:
+        assert self._pos is not None
+        self._phase = "persisting the position"
+        if not self._pos_stored:
+            await self._local_redis.set(self._pos_key, self._pos.encode())
+            self._pos_stored = True
+        elif not await self._local_redis.set(self._pos_key, self._pos.encode(), xx=True):
+            self._local_reset()
+            self._pos_stored = False
+            self._pos = START
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Apply the peer's stream until `stop()`; never raises (cancellation aside).
+
+        Failures are retried with capped exponential backoff (with jitter), logged once per
+        outage. The position is revalidated every `revalidate_s` (this region's Redis may have
+        restarted under us).
+        """
+        backoff_s = self._backoff_initial_s
+        revalidate_at = self._monotonic() + self._revalidate_s
+        try:
+            while not self._stop.is_set():
+                if self._monotonic() >= revalidate_at:
+                    self._pos = None
+                    revalidate_at = self._monotonic() + self._revalidate_s
+                try:
+                    await self.step()
+                except Exception as exc:
+                    self._failed(exc)
+                    await self._sleep(backoff_s * random.uniform(0.5, 1.0))
+                    backoff_s = min(backoff_s * 2, self._backoff_max_s)
+                    continue
+                self._recovered()
+                backoff_s = self._backoff_initial_s
+        finally:
+            self._stop.clear()
+
+    def stop(self) -> None:
+        """Make `run()` return after the batch in hand (within about `block_ms`)."""
+        self._stop.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+
+    # --- what we log and count ------------------------------------------------------------------
+
+    def _failed(self, exc: Exception) -> None:
+        if self._outage_since is not None:
+            log.debug("replication from %s: still failing: %r", self.peer_region, exc)
+            return
+        self._outage_since = self._monotonic()
+        self.stats.outages += 1
+        log.warning("replication from %s paused while %s: %r; retrying with backoff up to "
+                    "%.1f s (logged once per outage)", self.peer_region, self._phase, exc,
+                    self._backoff_max_s, exc_info=not isinstance(exc, _TRANSIENT))
+
+    def _recovered(self) -> None:
+        if self._outage_since is None:
+            return
+        down_s = self._monotonic() - self._outage_since
+        self._outage_since = None
+        log.warning("replication from %s resumed after %.1f s", self.peer_region, down_s)
+
+    def _resync(self, missed: int) -> None:
+        self.stats.resyncs += 1
+        self.stats.missed += missed
+        log.warning("replication from %s: %d changes were trimmed before we applied them; "
+                    "continuing from the oldest retained one (records converge through "
+                    "refreshes within one registry TTL)", self.peer_region, missed)
+
+    def _peer_reset(self, why: str) -> None:
+        self.stats.peer_resets += 1
+        log.warning("replication from %s: its change stream was recreated (%s); applying it "
+                    "again from the beginning", self.peer_region, why)
+        self._pos = START
+
+    def _local_reset(self) -> None:
+        self.stats.local_resets += 1
+        log.warning("replication from %s: our position is gone (this region's Redis restarted "
+                    "empty?); applying %s's stream again from the beginning",
+                    self.peer_region, self.peer_region)
+
+    def _malformed(self, exc: ChangeFormatError) -> None:
+        self.stats.malformed += 1
+        if self.stats.malformed & (self.stats.malformed - 1) == 0:  # 1st, 2nd, 4th, 8th...
+            log.error("replication from %s: skipped %d unreadable entries; last: %s",
+                      self.peer_region, self.stats.malformed, exc)
+
+
+def _entries(reply: Any) -> Sequence[tuple[Any, Mapping[Any, Any]]]:
+    """The entries of a one-stream XREAD reply, whichever shape redis-py gives it: RESP2
+    `[[key, entries]]`, RESP3 `{key: [entries]}` or unified `{key: entries}`."""
+    if not reply:
+        return []
+    value = next(iter(reply.values())) if isinstance(reply, Mapping) else reply[0][1]
+    if value and isinstance(value[0], list):
+        value = value[0]
+    return value or []
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
