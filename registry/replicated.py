@@ -15,6 +15,15 @@ Each region has its own Redis (or Redis Cluster) holding its own full registry. 
   announced. Retrying the call is safe (every write is idempotent) and announces it; an edge
   re-registers its connections after an outage anyway, and its refreshes carry full
   registrations, so other regions also converge within a third of a TTL without a retry.
+- **The stream's order is the local order.** Two writes that touch one record (a client, or a
+  node) are made and appended one after the other, never interleaved: a write holds a lock
+  stripe per client (or node) it touches, from its local write to its append. Otherwise an
+  unregister racing a re-register or a refresh of the same client (the edge's refresh loop runs
+  beside its flushes) could be appended in the opposite order to the one the local registry saw
+  and leave a stale record in other regions for a TTL. Writes to different clients run
+  concurrently; stripes are taken in a fixed order, so batches cannot deadlock. (This orders the
+  writes of one process; a client's record is only ever written by the one node process
+  holding its connection, and writes from different nodes are ordered by version.)
 - **Reads are local**, so they see other regions' clients only as fast as the replicators
   apply their streams (`registry.replicator`): typically well under a second.
 
@@ -42,7 +51,9 @@ region's own device TTL, counted from when it applies the registration.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 from registry.base import Device, Location, NodeInfo, Registration, Registry
 from registry.changes import (
@@ -55,6 +66,8 @@ from registry.changes import (
     Unregistered,
     wall_ms,
 )
+
+LOCK_STRIPES = 256
 
 
 class ReplicatedRegistry:
@@ -82,6 +95,21 @@ class ReplicatedRegistry:
         self.changes = changes
         self.region = region
         self._wall_ms = wall_ms
+        self._stripes = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
+
+    @contextlib.asynccontextmanager
+    async def _ordered(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the lock stripes of these record keys (in a fixed order: no deadlock)."""
+        held: list[asyncio.Lock] = []
+        try:
+            for stripe in sorted({hash(key) % LOCK_STRIPES for key in keys}):
+                lock = self._stripes[stripe]
+                await lock.acquire()
+                held.append(lock)
+            yield
+        finally:
+            for lock in reversed(held):
+                lock.release()
 
     async def _announce(self, change: Change) -> None:
         await self.changes.append(change, self.region)
@@ -92,37 +120,44 @@ class ReplicatedRegistry:
     async def register(self, registrations: Sequence[Registration], ttl_s: float) -> None:
         if not registrations:
             return
-        expires_at_ms = self._expiry(ttl_s)
-        await self.local.register(registrations, ttl_s)
-        await self._announce(Registered(tuple(registrations), expires_at_ms))
+        async with self._ordered(reg.client_id for reg in registrations):
+            expires_at_ms = self._expiry(ttl_s)
+            await self.local.register(registrations, ttl_s)
+            await self._announce(Registered(tuple(registrations), expires_at_ms))
 
     async def refresh(self, node_id: str, client_ids: Sequence[str], ttl_s: float) -> int:
         """As `Registry.refresh`; announces the full records it extended, if any."""
-        expires_at_ms = self._expiry(ttl_s)
-        extended = await self.local.refresh(node_id, client_ids, ttl_s)
-        if not extended:
+        if not client_ids:
             return 0
-        found = await self.local.lookup_many(client_ids)
-        mine = tuple(reg for reg in found.values() if reg.node_id == node_id)
-        if mine:
-            await self._announce(Refreshed(node_id, mine, expires_at_ms))
-        return extended
+        async with self._ordered(client_ids):
+            expires_at_ms = self._expiry(ttl_s)
+            extended = await self.local.refresh(node_id, client_ids, ttl_s)
+            if not extended:
+                return 0
+            found = await self.local.lookup_many(client_ids)
+            mine = tuple(reg for reg in found.values() if reg.node_id == node_id)
+            if mine:
+                await self._announce(Refreshed(node_id, mine, expires_at_ms))
+            return extended
 
     async def unregister(self, client_id: str, node_id: str, version: int) -> bool:
         """As `Registry.unregister`; announced even when nothing was deleted here, since another
         region may still hold that exact record (compare-and-delete makes this harmless)."""
-        deleted = await self.local.unregister(client_id, node_id, version)
-        await self._announce(Unregistered(client_id, node_id, version))
-        return deleted
+        async with self._ordered((client_id,)):
+            deleted = await self.local.unregister(client_id, node_id, version)
+            await self._announce(Unregistered(client_id, node_id, version))
+            return deleted
 
     async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> None:
-        expires_at_ms = self._expiry(ttl_s)
-        await self.local.heartbeat_node(node, ttl_s)
-        await self._announce(NodeBeat(node, expires_at_ms))
+        async with self._ordered((_node_key(node.node_id),)):
+            expires_at_ms = self._expiry(ttl_s)
+            await self.local.heartbeat_node(node, ttl_s)
+            await self._announce(NodeBeat(node, expires_at_ms))
 
     async def remove_node(self, node_id: str) -> None:
-        await self.local.remove_node(node_id)
-        await self._announce(NodeRemoved(node_id))
+        async with self._ordered((_node_key(node_id),)):
+            await self.local.remove_node(node_id)
+            await self._announce(NodeRemoved(node_id))
 
     async def lookup(self, client_id: str) -> Registration | None:
         return await self.local.lookup(client_id)
@@ -182,6 +217,10 @@ async def apply_change(change: Change, local: Registry, now_ms: int) -> bool:
         case NodeRemoved(node_id):
             await local.remove_node(node_id)
     return True
+
+
+def _node_key(node_id: str) -> str:
+    return "\x00node:" + node_id  # its own key space: sharing a client's stripe costs concurrency
 
 
 def _remaining_s(expires_at_ms: int, now_ms: int) -> float | None:
