@@ -53,13 +53,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
-from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from registry import redis_lua as lua
 from registry.base import Device, Location, NodeInfo, Registration
+from registry.redis_client import Client, connect
 from registry.redis_layout import (
     Keys,
     decode_device,
@@ -76,49 +76,11 @@ DEFAULT_DEVICE_TTL_S = 7 * 24 * 3600.0
 SCRIPT_ITEMS = 500
 PIPELINE_ITEMS = 5000
 MGET_KEYS = 1000
-CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-CLIENT_DEFAULTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
-
-Client = Redis | RedisCluster
 T = TypeVar("T")
 
 
 def wall_ms() -> float:
     return time.time() * 1000.0
-
-
-def connect(url: str, **kwargs: Any) -> Client:
-    """A redis-py asyncio client for `url`.
-
-    - `redis://[user:password@]host:port/db`, `rediss://...` (TLS), `unix:///path.sock`: one
-      server (redis-py's URL syntax, query options included).
-    - `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://` for TLS):
-      a Redis Cluster, discovered from any of the listed nodes.
-
-    `kwargs` go to the client (they override the defaults: 5 s socket timeout, 2 s connect
-    timeout). Replies must stay bytes: `decode_responses` is refused.
-    """
-    if kwargs.get("decode_responses"):
-        raise ValueError("the registry reads bytes: decode_responses must be False")
-    options = {**CLIENT_DEFAULTS, **kwargs}
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ValueError(f"not a Redis URL: {url!r}")
-    if scheme.lower() not in CLUSTER_SCHEMES:
-        return Redis.from_url(url, **options)
-    credentials, _, hosts = rest.rpartition("@")
-    username, _, password = credentials.partition(":")
-    nodes = [_cluster_node(hostport) for hostport in hosts.rstrip("/").split(",")]
-    return RedisCluster(startup_nodes=nodes, username=username or None,
-                        password=password or None, ssl=scheme.lower().startswith("rediss"),
-                        **options)
-
-
-def _cluster_node(hostport: str) -> ClusterNode:
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"cluster node must be host:port, got {hostport!r}")
-    return ClusterNode(host.strip("[]"), int(port))
 
 
 class RedisRegistry:
