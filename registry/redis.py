@@ -270,19 +270,20 @@ class RedisRegistry:
 
     async def _mget(self, keys: list[str]) -> list[bytes | None]:
         """Values of `keys` in order, in one round trip per `PIPELINE_ITEMS` keys."""
-        if not keys:
-            return []
+        values: list[bytes | None] = []
+        for chunk in _chunks(keys, PIPELINE_ITEMS):
+            values += await self._mget_pipelined(chunk)
+        return values
+
+    async def _mget_pipelined(self, keys: Sequence[str]) -> list[bytes | None]:
         if self._cluster:
-            values: list[bytes | None] = []
-            for chunk in _chunks(keys, PIPELINE_ITEMS):
-                values += await self._client.mget_nonatomic(chunk)  # type: ignore[union-attr]
-            return values
+            return await self._client.mget_nonatomic(keys)  # type: ignore[union-attr]
         if len(keys) <= MGET_KEYS:
             return cast(list[bytes | None], await self._client.mget(keys))
         pipe = self._client.pipeline(transaction=False)
         for chunk in _chunks(keys, MGET_KEYS):
             pipe.mget(chunk)
-        return [value for chunk_values in await pipe.execute() for value in chunk_values]
+        return [value for values in await _awaited(pipe.execute()) for value in values]
 
     async def _get(self, key: str) -> bytes | None:
         return cast(bytes | None, await self._client.get(key))

@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import (
     AbstractConnection,
+    BlockingConnectionPool,
     Connection,
-    ConnectionPool,
     SSLConnection,
     UnixDomainSocketConnection,
     parse_url,
@@ -30,6 +30,8 @@ hiredis: Any = importlib.import_module("hiredis") if HIREDIS_AVAILABLE else None
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 CLIENT_DEFAULTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+MAX_CONNECTIONS = 64
+POOL_TIMEOUT_S = 10.0
 
 Client = Redis | RedisCluster
 
@@ -43,8 +45,10 @@ def connect(url: str, **kwargs: Any) -> Client:
       a Redis Cluster, discovered from any of the listed nodes.
 
     `kwargs` go to the client and override the defaults (5 s socket timeout, 2 s connect
-    timeout); options in a single-server URL's query override both. `decode_responses` is
-    refused: the registry reads bytes.
+    timeout); options in a single-server URL's query override both. A single-server client
+    holds at most `max_connections` (64) connections, and a call finding all of them busy waits
+    for one (up to 10 s) rather than failing: many concurrent callers queue, Redis sees a bounded
+    number of clients. `decode_responses` is refused: the registry reads bytes.
     """
     if kwargs.get("decode_responses"):
         raise ValueError("the registry reads bytes: decode_responses must be False")
@@ -58,7 +62,10 @@ def connect(url: str, **kwargs: Any) -> Client:
     connection_class = options.pop("connection_class", Connection)
     if _utf8(options):
         connection_class = _packing_with_hiredis(connection_class)
-    return Redis.from_pool(ConnectionPool(connection_class=connection_class, **options))
+    pool = BlockingConnectionPool(connection_class=connection_class,
+                                  max_connections=options.pop("max_connections", MAX_CONNECTIONS),
+                                  timeout=POOL_TIMEOUT_S, **options)
+    return Redis.from_pool(pool)
 
 
 def _utf8(options: dict[str, Any]) -> bool:
