@@ -1,7 +1,8 @@
 """The client registry: which edge node holds which client's connection.
 
 `registry` knows nothing of the router or the edge. `base` holds the seam and its values;
-`memory` the in-process implementation used by `zuulpush serve`.
+`memory` the in-process implementation used by `zuulpush serve`; `redis` the one on a Redis
+server or Redis Cluster (imported from `registry.redis`, so that only its users load redis-py).
 """
 
 from registry.base import Device, Location, NodeInfo, NodeState, Registration, Registry

@@ -33,6 +33,10 @@ Redis up to `SCRIPT_ITEMS`; on a cluster the items of one slot), and up to `PIPE
 items go in one non-transactional pipeline (a cluster pipeline sends each node its share at
 once). Reads are MGET (on a cluster `mget_nonatomic`, by slot), chunked the same way.
 
+Devices. The device record and the index entry last the device TTL from the client's latest
+registration; `refresh` extends only the registration (edges re-register every connection when it
+reconnects, long before a device TTL of days runs out).
+
 Reads of a user's devices go through the index, and each member is checked against its device
 record (the one source of truth: it expires by Redis TTL and names the current user), so a
 device that expired, or moved to another user in a race between the two slots, is never
@@ -40,6 +44,10 @@ reported; such members are pruned as they are found.
 
 Time. Registration, device and node TTLs are Redis TTLs (server time). Only index scores are
 compared by this code, on wall-clock milliseconds from `clock_ms`.
+
+Clients. `connect(url)` (`registry.redis_client`) makes the client for `from_url`:
+`redis://host:port/db` (also `rediss://`, `unix://`) for one server,
+`redis+cluster://host:port[,host:port...]` for a Redis Cluster.
 
 Errors. redis-py's `ConnectionError` and `TimeoutError` propagate (after redis-py's own
 retries); every write here is idempotent, so callers retry the whole call. Scripts are sent by
