@@ -38,8 +38,15 @@ Contracts:
 - **No loops.** Changes are applied to the wrapped registry, never appended to this region's
   stream; entries whose origin is this region are skipped.
 
-Run exactly one replicator per peer in a region: two would be harmless (idempotent) but
-wasteful. Run Redis with `noeviction`, or a `volatile-*` policy (the position key has no TTL):
+- **One active replicator per peer.** `run()` applies only while it holds a lease in this
+  region's Redis (`{prefix}:repl:lease:{peer}`, `lease_s`, renewed every third of it), so any
+  number of processes may run a replicator for the same peer: one applies, the others stand by
+  and take over within `lease_s` of it stopping or dying (at once after a clean `stop()`, which
+  releases the lease). A paused leader that resumes after losing its lease may apply one more
+  batch beside the new one; that is harmless, as applying is idempotent. `step()` ignores
+  the lease (for tests and tools).
+
+Run Redis with `noeviction`, or a `volatile-*` policy (the position key has no TTL):
 an evicted position only causes a replay, but evicted records are missing until refreshed.
 """
 
@@ -50,6 +57,7 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,11 +121,33 @@ class ReplicatorStats:
     peer_resets: int = 0
     local_resets: int = 0
     outages: int = 0
+    leases: int = 0  # times this replicator took the lease (became the active one)
 
 
 def position_key_of(prefix: str, peer_region: str) -> str:
     """Where a region stores how far it has applied `peer_region`'s stream."""
     return f"{prefix}:repl:pos:{peer_region}"
+
+
+def lease_key_of(prefix: str, peer_region: str) -> str:
+    """Where a region records which of its processes applies `peer_region`'s stream."""
+    return f"{prefix}:repl:lease:{peer_region}"
+
+
+# Take the lease if free, renew it if ours: 1 if we hold it now.
+_HOLD_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+# Give the lease up if it is still ours.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class Replicator:
@@ -145,6 +175,7 @@ class Replicator:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
         revalidate_s: float = 5.0,
+        lease_s: float = 10.0,
         wall_ms: Callable[[], int] = wall_ms,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -165,6 +196,12 @@ class Replicator:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._revalidate_s = revalidate_s
+        self._lease_key = lease_key_of(prefix, peer_region)
+        self._lease_ms = max(1, round(lease_s * 1000))
+        self._lease_token = uuid.uuid4().hex
+        self._hold = local_redis.register_script(_HOLD_LUA)
+        self._release = local_redis.register_script(_RELEASE_LUA)
+        self.leader = False
         self._wall_ms = wall_ms
         self._monotonic = monotonic
         self.stats = ReplicatorStats()
@@ -278,30 +315,62 @@ class Replicator:
     # --- the loop -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Apply the peer's stream until `stop()`; never raises (cancellation aside).
+        """Apply the peer's stream until `stop()`, while holding the lease; never raises
+        (cancellation aside).
 
         Failures are retried with capped exponential backoff (with jitter), logged once per
         outage. The position is revalidated every `revalidate_s` (this region's Redis may have
-        restarted under us).
+        restarted under us). On the way out the lease is released, if this region's Redis
+        answers.
         """
         backoff_s = self._backoff_initial_s
-        revalidate_at = self._monotonic() + self._revalidate_s
+        revalidate_at = renew_at = self._monotonic()
+        renew_s = self._lease_ms / 3000
         try:
             while not self._stop.is_set():
-                if self._monotonic() >= revalidate_at:
+                now = self._monotonic()
+                if now >= revalidate_at:
                     self._pos = None
-                    revalidate_at = self._monotonic() + self._revalidate_s
+                    revalidate_at = now + self._revalidate_s
                 try:
-                    await self.step()
+                    if now >= renew_at:
+                        await self._take_lease()
+                        renew_at = now + renew_s
+                    if self.leader:
+                        await self.step()
                 except Exception as exc:
                     self._failed(exc)
+                    renew_at = self._monotonic()  # the lease may have lapsed meanwhile
                     await self._sleep(backoff_s * random.uniform(0.5, 1.0))
                     backoff_s = min(backoff_s * 2, self._backoff_max_s)
                     continue
                 self._recovered()
                 backoff_s = self._backoff_initial_s
+                if not self.leader:
+                    await self._sleep(renew_s)
         finally:
             self._stop.clear()
+            await self._give_up_lease()
+
+    async def _take_lease(self) -> None:
+        self._phase = "taking the lease"
+        held = bool(await self._hold(keys=[self._lease_key],
+                                     args=[self._lease_token, self._lease_ms]))
+        if held and not self.leader:
+            self.stats.leases += 1
+            self._pos = None  # another replicator may have moved it on: load it
+            log.info("replication from %s: applying it in this process", self.peer_region)
+        elif not held and self.leader:
+            log.warning("replication from %s: lost the lease; standing by", self.peer_region)
+        self.leader = held
+
+    async def _give_up_lease(self) -> None:
+        if not self.leader:
+            return
+        self.leader = False
+        with contextlib.suppress(Exception):  # down: the lease lapses by itself
+            async with asyncio.timeout(1.0):
+                await self._release(keys=[self._lease_key], args=[self._lease_token])
 
     def stop(self) -> None:
         """Make `run()` return after the batch in hand (within about `block_ms`)."""
