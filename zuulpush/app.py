@@ -1,7 +1,11 @@
-"""`zuulpush serve`: the edge, the push-send API and a router worker in one process.
+"""The processes zuulpush runs.
 
-Everything runs on one uvloop event loop with the in-memory registry, queue, node channel and
-inbox: the same code paths, behind the same seams, that a fleet runs on Redis.
+- `EmbeddedApp` (`zuulpush serve`): the edge, the push-send API and a router worker in one process,
+  on one event loop, with the in-memory registry, queue, node channel and inbox: the same code
+  paths, behind the same seams, that a fleet runs on Redis.
+- `EdgeApp` (`zuulpush edge`): one edge node of a fleet, registering its connections in the
+  registry on Redis (one region, or replicated across regions). Until the router runs on Redis
+  too, its inbox and node channel are this process's own.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from registry.config import RegistryConfig
+from registry.factory import RegistryHandle, open_registry
 from registry.memory import MemoryRegistry
 from router.api import create_api_app
 from router.auth import AuthConfig, TokenVerifier
@@ -82,4 +88,40 @@ class EmbeddedApp:
             self._worker_task = None
         await self.edge.shutdown(grace_s)
         for seam in (self.queue, self.channel, self.inbox, self.registry):
+            await seam.close()
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeAppConfig:
+    edge: EdgeConfig
+    auth: AuthConfig
+    router: RouterConfig
+    registry: RegistryConfig
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> EdgeAppConfig:
+        return cls(build(EdgeConfig, settings), build(AuthConfig, settings),
+                   build(RouterConfig, settings), build(RegistryConfig, settings))
+
+
+class EdgeApp:
+    """One edge node with the configured registry. `await start()`, then `await stop()`."""
+
+    def __init__(self, config: EdgeAppConfig) -> None:
+        self.config = config
+        self.handle: RegistryHandle = open_registry(config.registry)
+        self.inbox = MemoryInbox(config.router.inbox_max_per_client)
+        self.channel = MemoryNodeChannel(config.router.node_channel_max_pending)
+        self.edge = EdgeServer(config.edge, verifier=TokenVerifier(config.auth),
+                               registry=self.handle.registry, inbox=self.inbox,
+                               channel=self.channel)
+
+    async def start(self) -> None:
+        await self.handle.start()
+        await self.edge.start()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.edge.shutdown(grace_s)
+        await self.handle.close()
+        for seam in (self.channel, self.inbox):
             await seam.close()

@@ -1,6 +1,8 @@
 """The `zuulpush` command line.
 
     zuulpush serve   everything in one process, in memory (no Redis): edge + push-send API
+    zuulpush edge    one edge node of a fleet, with its registry on Redis
+    zuulpush status  the fleet's edge nodes, their state and connection counts
     zuulpush token   print a device token signed with the configured secret
     zuulpush send    push a message through the push-send API
     zuulpush listen  connect as a device over WebSocket and print what arrives
@@ -20,7 +22,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -51,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zuulpush {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_parser(commands)
+    _edge_parser(commands)
+    _status_parser(commands)
     _token_parser(commands)
     _send_parser(commands)
     _listen_parser(commands)
@@ -87,8 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from zuulpush.app import EmbeddedApp, ServeConfig
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _logging(args.log_level)
     settings = load_settings(args.config, {
         "host": args.host, "port": args.port, "api_host": args.api_host,
         "api_port": args.api_port, "echo": args.echo})
@@ -97,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
         app = EmbeddedApp(ServeConfig.from_settings(settings))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    uvloop.run(_run_until_signal(app, generated))
+    uvloop.run(_run_until_signal(app, lambda app: _banner(app, generated)))
     return 0
 
 
@@ -116,13 +119,13 @@ def _fill_secrets(settings: dict[str, Any]) -> list[str]:
     return generated
 
 
-async def _run_until_signal(app: Any, generated: list[str]) -> None:
+async def _run_until_signal(app: Any, banner: Callable[[Any], str]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
-    print(_banner(app, generated), flush=True)
+    print(banner(app), flush=True)
     await stop.wait()
     logging.getLogger("zuulpush").info("shutting down")
     await app.stop()
@@ -165,6 +168,139 @@ def _banner(app: Any, generated: list[str]) -> str:
         push,
     ]
     return "\n".join(lines)
+
+
+# edge
+
+def _edge_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "edge", help="run one edge node of a fleet, its registry on Redis",
+        description="Run one edge node (WebSocket GET /ws, SSE GET /sse) that registers every "
+                    "connection in the registry on Redis: batched, refreshed before its TTL "
+                    "runs out, removed on close. If Redis goes away the node keeps its "
+                    "connections and registers them all again when Redis is back. Needs a token "
+                    "secret or public key (ZUULPUSH_SECRET / ZUULPUSH_PUBLIC_KEY).")
+    _common(p)
+    p.add_argument("--redis", dest="redis_url", metavar="URL",
+                   help="redis://host:port/db, or redis+cluster://host:port for a Redis Cluster")
+    p.add_argument("--region", help="this region's name (default 'local')")
+    p.add_argument("--peer-region", dest="peer_regions", metavar="NAME=URL", action="append",
+                   help="another region's Redis to replicate with (repeatable)")
+    p.add_argument("--host", help="edge address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="edge port (default 8080; 0 picks a free one)")
+    p.add_argument("--node-id", help="this node's id (default host-pid-random)")
+    p.add_argument("--echo", action="store_true", default=None,
+                   help="enable the diagnostic WebSocket echo endpoint GET /echo")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default info")
+    p.set_defaults(run=_edge)
+
+
+def _edge(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from zuulpush.app import EdgeApp, EdgeAppConfig
+
+    _logging(args.log_level)
+    settings = load_settings(args.config, {
+        "redis_url": args.redis_url, "region": args.region, "peer_regions": args.peer_regions,
+        "host": args.host, "port": args.port, "node_id": args.node_id, "echo": args.echo})
+    if not settings.get("redis_url"):
+        raise ConfigError("zuulpush edge needs --redis URL (or ZUULPUSH_REDIS_URL); "
+                          "for one process without Redis, use zuulpush serve")
+    if not settings.get("secret") and not settings.get("public_key"):
+        raise ConfigError("no token secret or public key: set ZUULPUSH_SECRET or "
+                          "ZUULPUSH_PUBLIC_KEY")
+    try:
+        app = EdgeApp(EdgeAppConfig.from_settings(settings))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    uvloop.run(_run_until_signal(app, _edge_banner))
+    return 0
+
+
+def _edge_banner(app: Any) -> str:
+    config = app.config
+    edge = f"{config.edge.host}:{app.edge.port}"
+    peers = ", ".join(sorted(config.registry.peers())) or "none"
+    return "\n".join([
+        f"zuulpush {__version__} edge node {app.edge.node_id} (region {config.registry.region}, "
+        f"peer regions: {peers})",
+        f"  edge: ws://{edge}/ws   sse: http://{edge}/sse",
+        f"  ready: edge=http://{edge} node={app.edge.node_id}",
+    ])
+
+
+# status
+
+def _status_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "status", help="list the fleet's edge nodes, their state and connection counts",
+        description="Read the node records in the registry on Redis and print each live edge "
+                    "node: region, state (active/draining), connections, by device type.")
+    _common(p)
+    p.add_argument("--redis", dest="redis_url", metavar="URL",
+                   help="redis://host:port/db, or redis+cluster://host:port")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from registry.config import RegistryConfig
+    from registry.factory import open_registry
+    from zuulpush.config import build
+
+    settings = load_settings(args.config, {"redis_url": args.redis_url})
+    if not settings.get("redis_url"):
+        raise ConfigError("zuulpush status needs --redis URL (or ZUULPUSH_REDIS_URL)")
+    config = build(RegistryConfig, {**settings, "peer_regions": ()})
+
+    async def read() -> list[Any]:
+        handle = open_registry(config)
+        try:
+            return await handle.registry.nodes()
+        finally:
+            await handle.close()
+
+    try:
+        nodes = asyncio.run(read())
+    except (OSError, ConnectionError) as exc:
+        print(f"zuulpush: cannot read the registry at {config.redis_url}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # redis-py's errors are not OSErrors
+        if type(exc).__module__.startswith("redis"):
+            print(f"zuulpush: cannot read the registry at {config.redis_url}: {exc}",
+                  file=sys.stderr)
+            return 1
+        raise
+    print(_status_json(nodes) if args.json else _status_table(nodes))
+    return 0
+
+
+def _status_json(nodes: list[Any]) -> str:
+    return orjson.dumps([{
+        "node_id": n.node_id, "address": n.address, "region": n.region, "state": str(n.state),
+        "connections": n.connections, "by_device_type": dict(n.by_device_type)}
+        for n in sorted(nodes, key=lambda n: (n.region, n.node_id))],
+        option=orjson.OPT_INDENT_2).decode()
+
+
+def _status_table(nodes: list[Any]) -> str:
+    rows = [("NODE", "REGION", "STATE", "CONNECTIONS", "ADDRESS", "BY DEVICE TYPE")]
+    for n in sorted(nodes, key=lambda n: (n.region, n.node_id)):
+        types = " ".join(f"{t}={c}" for t, c in sorted(n.by_device_type))
+        rows.append((n.node_id, n.region, str(n.state), str(n.connections), n.address, types))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    total = sum(n.connections for n in nodes)
+    lines.append(f"{len(nodes)} node(s), {total} connection(s)")
+    return "\n".join(lines)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 # token

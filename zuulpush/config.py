@@ -22,12 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from registry.config import RegistryConfig
 from router.auth import AuthConfig
 from router.config import ApiConfig, RouterConfig
 from zuulpush.edge.config import EdgeConfig
 
 ENV_PREFIX = "ZUULPUSH_"
-COMPONENTS: tuple[type, ...] = (EdgeConfig, AuthConfig, ApiConfig, RouterConfig)
+COMPONENTS: tuple[type, ...] = (EdgeConfig, AuthConfig, ApiConfig, RouterConfig, RegistryConfig)
 C = TypeVar("C")
 
 

@@ -34,7 +34,10 @@ BASE_ENV = {
 }
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
-READY = re.compile(r"^\s*ready: edge=(?P<edge>\S+) api=(?P<api>\S+) node=(?P<node>\S+)\s*$")
+READY = re.compile(
+    r"^\s*ready: edge=(?P<edge>\S+)(?: api=(?P<api>\S+))? node=(?P<node>\S+)\s*$")
+SERVE = ("serve", "--port", "0", "--api-port", "0")
+EDGE = ("edge", "--port", "0")
 
 
 def mint_token(client_id: str, user_id: str = "user", device_type: str = "phone", *,
@@ -128,16 +131,16 @@ def _read_lines(stream: Any, lines: list[str], ready: queue.Queue[str | None]) -
 
 
 def start_server(tmp_dir: Path, extra_env: Mapping[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> ServerProcess:
-    """Start `zuulpush serve` and return once its banner's ready line is out."""
+                 args: tuple[str, ...] = (), command: tuple[str, ...] = SERVE) -> ServerProcess:
+    """Start `zuulpush serve` (or another `command`, e.g. `EDGE`) and return once its banner's
+    ready line is out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZUULPUSH_")}
     env.update(BASE_ENV)
     env.update(extra_env or {})
     stderr_path = tmp_dir / f"serve-{time.monotonic_ns()}.stderr"
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "zuulpush", "serve", "--port", "0", "--api-port", "0",
-             "--log-level", "warning", *args],
+            [sys.executable, "-m", "zuulpush", *command, "--log-level", "warning", *args],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
     lines: list[str] = []
     seen: queue.Queue[str | None] = queue.Queue()
@@ -151,7 +154,7 @@ def start_server(tmp_dir: Path, extra_env: Mapping[str, str] | None = None,
         raise AssertionError(
             f"zuulpush serve exited, or printed no ready line within {START_TIMEOUT_S}s.\n"
             f"stdout:\n{server.stdout_text()}\nstderr:\n{server.stderr_text()}")
-    server.edge, server.api, server.node_id = match["edge"], match["api"], match["node"]
+    server.edge, server.api, server.node_id = match["edge"], match["api"] or "", match["node"]
     return server
 
 
