@@ -43,7 +43,8 @@ streams are applied:
   receiving region missed (its register entry was trimmed, or the region's Redis restarted);
 - each record originates in exactly one region's stream (the region of the node holding the
   connection), in which its register precedes its refreshes and its unregister; a replay is
-  always a suffix of a stream in order, so replaying never resurrects a deleted record.
+  always a suffix of a stream, applied in order, so a record a replay recreates is deleted
+  again by its unregister later in the same suffix: replaying ends where applying once did.
 
 Device records (user -> devices, kept for days) are written in the receiving region with that
 region's own device TTL, counted from when it applies the registration.

@@ -1,7 +1,7 @@
 """The replicator: applies one peer region's change stream to this region's registry.
 
-One `Replicator` per (this region, peer region) pair, usually in a long-lived process of the
-region (e.g. the router). It reads the peer's change stream (`registry.changes`) with
+A region runs a `Replicator` per peer region, in any long-lived process (a lease makes one of
+them the active one, see below). It reads the peer's change stream (`registry.changes`) with
 `XREAD BLOCK` in batches, applies each entry to this region's own registry with
 `apply_change` (last writer wins by `(version, node_id)`, TTL carried over, compare-and-delete
 unregisters; see `registry.replicated`), and only then persists its position.
@@ -37,7 +37,6 @@ Contracts:
   wait for a peer); when the link heals, the replicator catches up from its position.
 - **No loops.** Changes are applied to the wrapped registry, never appended to this region's
   stream; entries whose origin is this region are skipped.
-
 - **One active replicator per peer.** `run()` applies only while it holds a lease in this
   region's Redis (`{prefix}:repl:lease:{peer}`, `lease_s`, renewed every third of it), so any
   number of processes may run a replicator for the same peer: one applies, the others stand by
@@ -155,7 +154,10 @@ class Replicator:
     registry, persisting its position in `local_redis` (this region's Redis).
 
     `local` must be the wrapped registry, not the `ReplicatedRegistry` (TypeError otherwise).
-    `region` names this region, to skip entries it wrote itself. `batch` entries at most are
+    `region` names this region, to skip entries it wrote itself. `prefix` is the fleet's key
+    prefix, the same in every region: the peer's stream is `{prefix}:changes`, and the position
+    and lease keys in this region's Redis are derived from it unless `position_key` and
+    `lease_key` are given. `batch` entries at most are
     read per step, waiting up to `block_ms` for the first. Backoff after a failure starts at
     `backoff_initial_s`, doubles, and is capped at `backoff_max_s`.
     """
@@ -170,6 +172,7 @@ class Replicator:
         region: str = "",
         prefix: str = "zp",
         position_key: str | None = None,
+        lease_key: str | None = None,
         batch: int = DEFAULT_BATCH,
         block_ms: int = DEFAULT_BLOCK_MS,
         backoff_initial_s: float = 0.05,
@@ -196,7 +199,7 @@ class Replicator:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._revalidate_s = revalidate_s
-        self._lease_key = lease_key_of(prefix, peer_region)
+        self._lease_key = lease_key or lease_key_of(prefix, peer_region)
         self._lease_ms = max(1, round(lease_s * 1000))
         self._lease_token = uuid.uuid4().hex
         self._hold = local_redis.register_script(_HOLD_LUA)

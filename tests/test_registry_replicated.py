@@ -38,7 +38,7 @@ from registry.changes import (
 from registry.memory import MemoryRegistry
 from registry.redis import RedisRegistry, connect
 from registry.replicated import LOCK_STRIPES, ReplicatedRegistry, apply_change
-from registry.replicator import START, Position, Replicator, position_key_of
+from registry.replicator import START, Position, Replicator, lease_key_of, position_key_of
 from tests.support.redis_servers import RedisCluster, RedisServer
 from tests.support.tcp_proxy import TcpProxy
 
@@ -93,7 +93,7 @@ class Region:
         options.setdefault("backoff_max_s", 0.2)
         return Replicator(self.local, self.redis, peer.name, link, region=self.name,
                           prefix=peer.prefix, position_key=position_key_of(self.prefix, peer.name),
-                          **options)
+                          lease_key=lease_key_of(self.prefix, peer.name), **options)
 
     async def close(self) -> None:
         await self.registry.close()
