@@ -220,6 +220,21 @@ async def apply_change(change: Change, local: Registry, now_ms: int) -> bool:
     return True
 
 
+def records_of(change: Change) -> frozenset[str]:
+    """The records a change touches (client ids, and node ids in a space of their own): two
+    changes that touch none in common may be applied in either order, or at once."""
+    match change:
+        case Registered(regs) | Refreshed(_, regs):
+            return frozenset(reg.client_id for reg in regs)
+        case Unregistered(client_id):
+            return frozenset((client_id,))
+        case NodeBeat(node):
+            return frozenset((_node_key(node.node_id),))
+        case NodeRemoved(node_id):
+            return frozenset((_node_key(node_id),))
+    raise TypeError(f"not a change: {change!r}")
+
+
 def _node_key(node_id: str) -> str:
     return "\x00node:" + node_id  # its own key space: sharing a client's stripe costs concurrency
 

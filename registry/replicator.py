@@ -8,9 +8,11 @@ unregisters; see `registry.replicated`), and only then persists its position.
 
 Contracts:
 
-- **Order and idempotency.** Entries are applied one at a time, in stream order. Applying an
-  entry twice changes nothing, so a replicator that restarts, or fails mid-batch, replays from
-  its last persisted position without harm.
+- **Order and idempotency.** Entries are applied as if one at a time, in stream order: an entry
+  waits for every earlier entry of its batch that touches one of its records (a client or a
+  node); entries with no record in common are applied concurrently (`apply_concurrency`), since
+  their order cannot matter. Applying an entry twice changes nothing, so a replicator that
+  restarts, or fails mid-batch, replays from its last persisted position without harm.
 - **Position.** The id and sequence number of the last entry applied are stored in THIS
   region's Redis at `{prefix}:repl:pos:{peer}` after each batch, so they live and die with the
   records they describe. A new replicator resumes from there and skips nothing. With no stored
@@ -67,18 +69,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from registry.base import Registry
 from registry.changes import (
+    Change,
     ChangeFormatError,
     decode_entry,
     entry_seq,
     stream_key,
     wall_ms,
 )
-from registry.replicated import ReplicatedRegistry, apply_change
+from registry.replicated import ReplicatedRegistry, apply_change, records_of
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 500
 DEFAULT_BLOCK_MS = 100
+DEFAULT_APPLY_CONCURRENCY = 16
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
@@ -174,6 +178,7 @@ class Replicator:
         position_key: str | None = None,
         lease_key: str | None = None,
         batch: int = DEFAULT_BATCH,
+        apply_concurrency: int = DEFAULT_APPLY_CONCURRENCY,
         block_ms: int = DEFAULT_BLOCK_MS,
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
@@ -185,8 +190,8 @@ class Replicator:
         if isinstance(local, ReplicatedRegistry):
             raise TypeError("apply to the wrapped registry (ReplicatedRegistry.local), "
                             "or every applied change would be appended again")
-        if block_ms < 1 or batch < 1:
-            raise ValueError("block_ms and batch must be at least 1")
+        if min(block_ms, batch, apply_concurrency) < 1:
+            raise ValueError("block_ms, batch and apply_concurrency must be at least 1")
         self._local = local
         self._local_redis = local_redis
         self.peer_region = peer_region
@@ -195,6 +200,7 @@ class Replicator:
         self._stream = stream_key(prefix)
         self._pos_key = position_key or position_key_of(prefix, peer_region)
         self._batch = batch
+        self._apply_concurrency = apply_concurrency
         self._block_ms = block_ms
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
@@ -243,39 +249,74 @@ class Replicator:
         entries = _entries(reply)
         if not entries:
             return 0
+        changes, last = self._read(entries)
         self._phase = "applying changes locally"
-        for entry_id, fields in entries:
-            if not await self._take(entry_id, fields):
-                break
+        await self._apply(changes)
+        self._pos = last
         await self._persist()
         return len(entries)
 
-    async def _take(self, entry_id: bytes | str, fields: Mapping[Any, Any]) -> bool:
-        """Apply one entry and advance past it; False if the peer's stream was recreated."""
+    def _read(self, entries: Sequence[tuple[Any, Mapping[Any, Any]]],
+              ) -> tuple[list[Change], Position]:
+        """The changes to apply among `entries`, and the position after them; checks that
+        sequence numbers follow on (a gap: resync; going back: the peer's stream was recreated,
+        so what follows is read again from its start)."""
         assert self._pos is not None
-        expected = self._pos.seq + 1
-        seq = entry_seq(fields)
-        if seq is None:
-            seq = expected
-        elif seq < expected:
-            self._peer_reset(f"sequence went back from {self._pos.seq} to {seq}")
-            return False
-        elif seq > expected:
-            self._resync(seq - expected)
-        self.stats.entries += 1
-        try:
-            entry = decode_entry(entry_id, fields)
-        except ChangeFormatError as exc:
-            self._malformed(exc)
-        else:
+        pos, changes = self._pos, list[Change]()
+        for entry_id, fields in entries:
+            seq = entry_seq(fields)
+            if seq is None:
+                seq = pos.seq + 1
+            elif seq <= pos.seq:
+                self._peer_reset(f"sequence went back from {pos.seq} to {seq}")
+                return changes, START
+            elif seq > pos.seq + 1:
+                self._resync(seq - pos.seq - 1)
+            self.stats.entries += 1
+            pos = Position(_text(entry_id), seq)
+            try:
+                entry = decode_entry(entry_id, fields)
+            except ChangeFormatError as exc:
+                self._malformed(exc)
+                continue
             if entry.origin == self._region:
                 self.stats.own += 1
-            elif await apply_change(entry.change, self._local, self._wall_ms()):
-                self.stats.applied += 1
             else:
-                self.stats.expired += 1
-        self._pos = Position(_text(entry_id), seq)
-        return True
+                changes.append(entry.change)
+        return changes, pos
+
+    async def _apply(self, changes: list[Change]) -> None:
+        """Apply `changes` as if one after the other: a change waits for the earlier ones that
+        touch one of its records; the others run at once, up to `apply_concurrency`."""
+        if len(changes) == 1:
+            self._count(await apply_change(changes[0], self._local, self._wall_ms()))
+            return
+        limit = asyncio.Semaphore(self._apply_concurrency)
+        last: dict[str, asyncio.Task[bool]] = {}
+        try:
+            async with asyncio.TaskGroup() as group:
+                for change in changes:
+                    records = records_of(change)
+                    after = {last[r] for r in records if r in last}
+                    task = group.create_task(self._apply_after(after, change, limit))
+                    last.update(dict.fromkeys(records, task))
+        except ExceptionGroup as failed:  # report the first cause, as a plain step would
+            raise failed.exceptions[0] from None
+
+    async def _apply_after(self, after: set[asyncio.Task[bool]], change: Change,
+                           limit: asyncio.Semaphore) -> bool:
+        for task in after:
+            await task
+        async with limit:
+            applied = await apply_change(change, self._local, self._wall_ms())
+        self._count(applied)
+        return applied
+
+    def _count(self, applied: bool) -> None:
+        if applied:
+            self.stats.applied += 1
+        else:
+            self.stats.expired += 1
 
     # --- position -------------------------------------------------------------------------------
 

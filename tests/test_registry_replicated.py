@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from registry.changes import (
     stream_key,
 )
 from registry.memory import MemoryRegistry
-from registry.redis import RedisRegistry, connect
+from registry.redis import RedisRegistry
+from registry.redis_client import connect
 from registry.replicated import LOCK_STRIPES, ReplicatedRegistry, apply_change
 from registry.replicator import START, Position, Replicator, lease_key_of, position_key_of
 from tests.support.redis_servers import RedisCluster, RedisServer
@@ -357,6 +359,36 @@ async def test_replaying_the_same_entries_changes_nothing(regions: tuple[Region,
     again = b.replicator_from(a)
     assert await catch_up(again) == 9 and again.stats.applied == 9
     assert await snapshot(b.registry, clients, users) == once
+
+
+async def test_a_batch_of_interleaved_changes_ends_as_in_the_origin(
+    regions: tuple[Region, Region],
+) -> None:
+    """Entries of one batch run concurrently unless they share a record: the end state must be
+    the origin's whatever the interleaving."""
+    a, b = regions
+    rng = random.Random(7)
+    clients, nodes = [f"c{i}" for i in range(12)], ["n1", "n2", "n3"]
+    held: dict[str, Registration] = {}
+    for version in range(1, 301):
+        client, node_id = rng.choice(clients), rng.choice(nodes)
+        roll = rng.random()
+        if roll < 0.45:
+            held[client] = reg(client, node_id, version, user=f"u{version % 3}")
+            await a.registry.register([held[client]], TTL_S)
+        elif roll < 0.7 and client in held:
+            old = held.pop(client)
+            await a.registry.unregister(client, old.node_id, old.version)
+        elif roll < 0.85:
+            await a.registry.refresh(node_id, rng.sample(clients, 4), TTL_S)
+        elif roll < 0.95:
+            await a.registry.heartbeat_node(node(node_id, "eu", connections=version), TTL_S)
+        else:
+            await a.registry.remove_node(node_id)
+    b_from_a = b.replicator_from(a, batch=1000)
+    assert await b_from_a.step() > 250  # all of it in one batch
+    users = ["u0", "u1", "u2"]
+    assert await snapshot(b.registry, clients, users) == await snapshot(a.registry, clients, users)
 
 
 async def test_a_new_replicator_resumes_from_the_persisted_position(
