@@ -23,9 +23,9 @@ from tests.support.redis_servers import RedisCluster, RedisServer
 
 TTL_S = 60.0
 DEVICE_TTL_S = 3600.0
-REDIS_TTL_S = 0.3
+REDIS_TTL_S = 0.4
 REDIS_DEVICE_TTL_S = 0.8
-REDIS_SLACK_S = 0.1
+REDIS_SLACK_S = 0.15
 REDIS_PAST_S = 0.005  # Redis expires a key strictly after its PX, to the millisecond
 
 

@@ -126,7 +126,7 @@ async def test_registration_and_device_keys_carry_their_ttls(
 async def test_redis_expires_records_and_the_index_and_node_set_are_pruned(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
-    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix, device_ttl_s=0.3)
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix, device_ttl_s=0.5)
     client, keys = registry.client, registry.keys
     await registry.register([reg("c1"), reg("c2", dt="tv")], 0.15)
     await registry.heartbeat_node(NodeInfo("n1", "a:1", "eu", NodeState.ACTIVE, 2), 0.15)
@@ -135,7 +135,7 @@ async def test_redis_expires_records_and_the_index_and_node_set_are_pruned(
     assert await registry.nodes() == []
     assert await client.smembers(keys.node_set) == set()
     assert len(await registry.devices_of_user("u1")) == 2
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.35)
     assert await registry.devices_of_user("u1") == []
     assert await client.exists(keys.user("u1")) == 0
     await registry.close()
