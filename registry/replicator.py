@@ -42,10 +42,10 @@ Contracts:
 - **One active replicator per peer.** `run()` applies only while it holds a lease in this
   region's Redis (`{prefix}:repl:lease:{peer}`, `lease_s`, renewed every third of it), so any
   number of processes may run a replicator for the same peer: one applies, the others stand by
-  and take over within `lease_s` of it stopping or dying (at once after a clean `stop()`, which
-  releases the lease). A paused leader that resumes after losing its lease may apply one more
-  batch beside the new one; that is harmless, as applying is idempotent. `step()` ignores
-  the lease (for tests and tools).
+  and take over once its lease lapses, within `lease_s` and a third of it after it dies (within
+  a third of `lease_s` after a clean `stop()`, which releases the lease). A paused leader
+  that resumes after losing its lease may apply one more batch beside the new one; that is
+  harmless, as applying is idempotent. `step()` ignores the lease (for tests and tools).
 
 Run Redis with `noeviction`, or a `volatile-*` policy (the position key has no TTL):
 an evicted position only causes a replay, but evicted records are missing until refreshed.
