@@ -2,48 +2,67 @@
 
 Key layout (prefix `zp` by default; `T(id)` is the id as a hash tag, see `registry.redis_layout`):
 
-    zp:c:{T(client)}      registration: one record string (below), PX = the registration TTL
-    zp:d:{T(client)}      device record: the same record string, PX = the device TTL (days)
+    zp:c:{T(client)}      the client's one record (below): its registration and its device.
+                          The key's Redis TTL is the device TTL (days), renewed by registrations
     zp:u:{T(user)}        the user's device index: sorted set of client ids, each scored by
-                          the wall-clock ms (`clock_ms`) its device record lasts until; the key
-                          itself lives for the device TTL from the last registration
+                          the wall-clock ms its device part lasts until; the key itself lives
+                          for the device TTL from the last registration that renewed a device
     {zp:nodes}            set of node ids that heartbeated (members pruned once their record
                           has expired)
     {zp:nodes}:<node>     node record: compact JSON, PX = the heartbeat TTL
 
-A record is `VERSION(20 digits) 0xFF NODE 0xFF USER 0xFF DEVICE_TYPE`: lookups are plain
-GET/MGET of small strings, and the Lua scripts read the version and node at fixed offsets.
+A record is `VERSION(20 digits) 0xFF DEVICE_UNTIL(15) 0xFF LIVE_UNTIL(15) 0xFF NODE 0xFF USER
+0xFF DEVICE_TYPE`: lookups are plain GET/MGET of small strings, parsed here, and the Lua scripts
+read the version, the times and the node at fixed offsets. The registration is live while
+LIVE_UNTIL (wall-clock ms) is later than now; an unregistered client keeps its record with
+LIVE_UNTIL 0, so its device stays known. The device part is known while DEVICE_UNTIL (or
+LIVE_UNTIL) is later than now.
 
-Slots. A client's registration and device record share the client's tag, so the register,
-refresh and unregister scripts (`registry.redis_lua`) each run on one slot. A user's index has
-the user's tag. All node keys share the tag `{zp:nodes}`, so `nodes()` and the node reads of
-`locate_many` each touch one slot. Ids are opaque: a `}` or `%` in an id is percent-escaped
-inside the tag (`%7D`, `%25`), so no id can end the tag early or leave it empty and move one of
-a client's keys to another slot; `{`, `:` and any unicode are kept as they are.
+One key per client, because a reconnect storm is mostly known devices registering again (same
+user, same device type, a newer version, often another node): each costs one GET and one
+`SET ... KEEPTTL` in Redis, no TTL write and no second key or script. Only a new client, a client
+whose user or device type changed, or one whose device part is due (less than half the device TTL
+left) is written with a new DEVICE_UNTIL and `PX`, and only those go on to the user index.
+
+Slots. A client's record has the client's tag, so the register, refresh and unregister scripts
+(`registry.redis_lua`) each touch one slot per call. A user's index has the user's tag. All node
+keys share the tag `{zp:nodes}`, so `nodes()` and the node reads of `locate_many` each touch one
+slot. Ids are opaque: a `}` or `%` in an id is percent-escaped inside the tag (`%7D`, `%25`), so no
+id can end the tag early or leave it empty and move a client's key to another slot; `{`, `:` and
+any unicode are kept as they are.
 
 Writes.
-- `register`: the REGISTER script sets the registration if `(version, node_id)` wins (last writer
-  wins, exact on 20-digit version strings), and the device record unless the stored one wins;
-  INDEX_ADD adds the client to its user's index. Both go in one pipeline. When a device moved to
-  another user, a second round trip removes it from the old user's index.
-- `refresh`: PEXPIRE of the registrations that still name this node (REFRESH).
-- `unregister`: compare-and-delete on `(node, version)` (UNREGISTER).
+- `register`: the REGISTER script writes a record if the client has none, if its registration is
+  no longer live (expired or unregistered), or if the new `(version, node_id)` wins (last writer
+  wins, exact on 20-digit version strings); a losing older write writes nothing. The items whose
+  device part it (re)wrote then go, in a second round trip, to their users' indexes (INDEX_ADD),
+  and a device that moved to another user leaves the old user's index. A batch of known devices
+  registering again costs one round trip.
+- `refresh`: the live registrations that still name this node get a new LIVE_UNTIL (REFRESH).
+- `unregister`: compare-and-delete on `(node, version)`: LIVE_UNTIL becomes 0 (UNREGISTER).
 Batches cost a constant number of round trips: items are packed many to one EVALSHA (on a single
 Redis up to `SCRIPT_ITEMS`; on a cluster the items of one slot), and up to `PIPELINE_ITEMS`
 items go in one non-transactional pipeline (a cluster pipeline sends each node its share at
 once). Reads are MGET (on a cluster `mget_nonatomic`, by slot), chunked the same way.
 
-Devices. The device record and the index entry last the device TTL from the client's latest
-registration; `refresh` extends only the registration (edges re-register every connection when it
+Devices. The device part follows the registration: it is the user and device type of the
+registration that last won, with that registration's `(version, node)`. Regions still converge:
+every replicated register carries the full record (user, device type, version, node), and every
+region applies it by the same rule, so where the registrations agree the devices agree. Its
+DEVICE_UNTIL is counted in each region from when that region last renewed it (as a device TTL
+always was); `refresh` extends only the registration (edges re-register every connection when it
 reconnects, long before a device TTL of days runs out).
 
-Reads of a user's devices go through the index, and each member is checked against its device
-record (the one source of truth: it expires by Redis TTL and names the current user), so a
+Reads of a user's devices go through the index, and each member is checked against the client's
+record (the one source of truth: it names the current user and how long the device lasts), so a
 device that expired, or moved to another user in a race between the two slots, is never
 reported; such members are pruned as they are found.
 
-Time. Registration, device and node TTLs are Redis TTLs (server time). Only index scores are
-compared by this code, on wall-clock milliseconds from `clock_ms`.
+Time. Liveness is decided on the caller's wall clock (`clock_ms`, passed to the scripts as
+`now_ms` and used here on reads), not on Redis TTLs: the edges that write and the routers that
+read need clocks within a few seconds of each other (NTP), which is small beside registration
+TTLs of minutes. Redis TTLs only reclaim memory: a client's key expires with its device part (or
+its registration, if that lasts longer), and node records with their heartbeat TTL.
 
 Clients. `connect(url)` (`registry.redis_client`) makes the client for `from_url`:
 `redis://host:port/db` (also `rediss://`, `unix://`) for one server,
@@ -69,15 +88,14 @@ from registry import redis_lua as lua
 from registry.base import Device, Location, NodeInfo, Registration
 from registry.redis_client import Client, connect
 from registry.redis_layout import (
+    Decoder,
     Keys,
-    decode_device,
     decode_node,
-    decode_registration,
+    encode_head,
     encode_node,
-    encode_record,
+    ms_field,
     node_mark,
-    user_of,
-    version_mark,
+    version_field,
 )
 
 DEFAULT_DEVICE_TTL_S = 7 * 24 * 3600.0
@@ -116,6 +134,7 @@ class RedisRegistry:
         self._keys = Keys(prefix)
         self._device_ttl_ms = _ms(device_ttl_s)
         self._clock_ms = clock_ms
+        self._decoder = Decoder()
         self._owns_client = False
         self._closed = False
 
@@ -143,64 +162,84 @@ class RedisRegistry:
 
     async def _register(self, regs: Sequence[Registration], ttl_ms: int) -> None:
         keys = self._keys
-        groups = self._groups(regs, lambda r: keys.registration(r.client_id))
-        calls: list[_Call] = []
-        for group in groups:
-            call_keys: list[str] = []
-            args: list[Any] = [ttl_ms, self._device_ttl_ms]
-            for reg in group:
-                call_keys += (keys.registration(reg.client_id), keys.device(reg.client_id))
-                args.append(encode_record(reg))
-            calls.append((lua.REGISTER, call_keys, args))
         now = int(self._clock_ms())
-        for group in self._groups(regs, lambda r: keys.user(r.user_id)):
-            calls.append((lua.INDEX_ADD, [keys.user(r.user_id) for r in group],
-                          [now, now + self._device_ttl_ms, self._device_ttl_ms,
-                           *(r.client_id for r in group)]))
-        results = await self._run(calls)
-        await self._unindex_moved(groups, results[:len(groups)])
+        device_until = now + self._device_ttl_ms
+        px = max(self._device_ttl_ms, ttl_ms)
+        renew_before = max(now + self._device_ttl_ms // 2, now + ttl_ms)
+        head = [ms_field(now), ms_field(now + ttl_ms), ms_field(device_until),
+                ms_field(renew_before), px]
+        groups = self._groups(regs, lambda r: keys.client(r.client_id))
+        calls: list[_Call] = [
+            (lua.REGISTER, [keys.client(r.client_id) for r in group],
+             [*head, *(encode_head(r) for r in group)])
+            for group in groups]
+        written = self._written(groups, await self._run(calls))
+        if written:
+            await self._index(written, now, device_until, px)
 
-    async def _unindex_moved(
-        self, groups: list[Sequence[Registration]], results: list[Any]
-    ) -> None:
-        """Drop each client whose device moved to another user from the old user's index.
-        `results` are REGISTER's answers for `groups`: {i, previous device record, ...}."""
-        moved: dict[str, list[str]] = {}
+    @staticmethod
+    def _written(
+        groups: list[Sequence[Registration]], results: list[Any]
+    ) -> list[tuple[Registration, bytes | None]]:
+        """REGISTER's answers for `groups` as (registration, previous user if it moved)."""
+        written: list[tuple[Registration, bytes | None]] = []
         for group, result in zip(groups, results, strict=True):
-            for i in range(0, len(result), 2):
-                old_user = user_of(result[i + 1]).decode()
-                moved.setdefault(self._keys.user(old_user), []).append(
-                    group[int(result[i]) - 1].client_id)
-        if moved:
-            pipe = self._client.pipeline(transaction=False)
-            for user_key, client_ids in moved.items():
-                pipe.zrem(user_key, *client_ids)
-            await _awaited(pipe.execute())
+            items = iter(result)
+            for i in items:
+                if i > 0:
+                    written.append((group[i - 1], None))
+                else:
+                    written.append((group[-i - 1], next(items)))
+        return written
+
+    async def _index(self, written: list[tuple[Registration, bytes | None]], now: int,
+                     device_until: int, px: int) -> None:
+        """Add written devices to their users' indexes; drop moved ones from the old user's."""
+        keys = self._keys
+        regs = [reg for reg, _ in written]
+        calls: list[_Call] = [
+            (lua.INDEX_ADD, [keys.user(r.user_id) for r in group],
+             [now, device_until, px, *(r.client_id for r in group)])
+            for group in self._groups(regs, lambda r: keys.user(r.user_id))]
+        moved: dict[str, list[str]] = {}
+        for reg, old_user in written:
+            if old_user is not None:
+                moved.setdefault(keys.user(old_user.decode()), []).append(reg.client_id)
+        results = await self._pipeline(calls, moved)
+        await self._rerun_missing(calls, results)
 
     async def refresh(self, node_id: str, client_ids: Sequence[str], ttl_s: float) -> int:
         keys, mark, ttl_ms = self._keys, node_mark(node_id), _ms(ttl_s)
         extended = 0
         for chunk in _chunks(client_ids, PIPELINE_ITEMS):
+            now = int(self._clock_ms())
             calls: list[_Call] = [
-                (lua.REFRESH, [keys.registration(c) for c in group], [ttl_ms, mark])
-                for group in self._groups(chunk, keys.registration)]
+                (lua.REFRESH, [keys.client(c) for c in group],
+                 [ms_field(now), ms_field(now + ttl_ms), ttl_ms, mark])
+                for group in self._groups(chunk, keys.client)]
             extended += sum(await self._run(calls))
         return extended
 
     async def unregister(self, client_id: str, node_id: str, version: int) -> bool:
-        key = self._keys.registration(client_id)
-        return bool(await self._eval(lua.UNREGISTER, [key], [version_mark(version, node_id)]))
+        key = self._keys.client(client_id)
+        args = [ms_field(self._clock_ms()), version_field(version), node_mark(node_id)]
+        return bool(await self._eval(lua.UNREGISTER, [key], args))
 
     async def lookup(self, client_id: str) -> Registration | None:
-        raw = await self._get(self._keys.registration(client_id))
-        return None if raw is None else decode_registration(client_id, raw)
+        raw = await self._get(self._keys.client(client_id))
+        return None if raw is None else \
+            self._decoder.registration(client_id, raw, ms_field(self._clock_ms()))
 
     async def lookup_many(self, client_ids: Iterable[str]) -> dict[str, Registration]:
         ids = list(client_ids)
-        key = self._keys.registration
+        key = self._keys.client
         values = await self._mget([key(c) for c in ids])
-        return {c: decode_registration(c, raw)
-                for c, raw in zip(ids, values, strict=True) if raw is not None}
+        now, decode = ms_field(self._clock_ms()), self._decoder.registration
+        found: dict[str, Registration] = {}
+        for client_id, raw in zip(ids, values, strict=True):
+            if raw is not None and (reg := decode(client_id, raw, now)) is not None:
+                found[client_id] = reg
+        return found
 
     async def locate_many(self, client_ids: Iterable[str]) -> dict[str, Location]:
         found = await self.lookup_many(client_ids)
@@ -214,25 +253,32 @@ class RedisRegistry:
 
     async def devices_many(self, client_ids: Iterable[str]) -> dict[str, Device]:
         ids = list(client_ids)
-        values = await self._mget([self._keys.device(c) for c in ids])
-        return {c: decode_device(c, raw)
-                for c, raw in zip(ids, values, strict=True) if raw is not None}
+        values = await self._mget([self._keys.client(c) for c in ids])
+        now, decode = ms_field(self._clock_ms()), self._decoder.device
+        found: dict[str, Device] = {}
+        for client_id, raw in zip(ids, values, strict=True):
+            if raw is not None and (device := decode(client_id, raw, now)) is not None:
+                found[client_id] = device
+        return found
 
     async def device(self, client_id: str) -> Device | None:
-        raw = await self._get(self._keys.device(client_id))
-        return None if raw is None else decode_device(client_id, raw)
+        raw = await self._get(self._keys.client(client_id))
+        now = ms_field(self._clock_ms())
+        return None if raw is None else self._decoder.device(client_id, raw, now)
 
     async def devices_of_user(self, user_id: str) -> list[Device]:
         user_key = self._keys.user(user_id)
         members = await self._eval(lua.INDEX_READ, [user_key], [int(self._clock_ms())])
         client_ids = [member.decode() for member in members[::2]]
-        records = await self._mget([self._keys.device(c) for c in client_ids])
+        records = await self._mget([self._keys.client(c) for c in client_ids])
+        now, user = ms_field(self._clock_ms()), user_id.encode()
         devices: list[Device] = []
         stale: list[bytes] = []
-        user = user_id.encode()
         for i, raw in enumerate(records):
-            if raw is not None and user_of(raw) == user:
-                devices.append(decode_device(client_ids[i], raw))
+            device = None if raw is None else \
+                self._decoder.device(client_ids[i], raw, now, user)
+            if device is not None:
+                devices.append(device)
             else:
                 stale += (members[2 * i], members[2 * i + 1])
         if stale:
@@ -303,7 +349,14 @@ class RedisRegistry:
         """Run script calls in one pipeline; load the scripts and repeat the calls that met
         NOSCRIPT (a restarted or flushed server). Other errors are raised."""
         results = await self._pipeline(calls)
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        await self._rerun_missing(calls, results)
+        return results
+
+    async def _rerun_missing(self, calls: list[_Call], results: list[Any]) -> None:
+        """Repeat (in place) the `calls` whose result is NOSCRIPT, after loading the scripts;
+        raise any other error among `results` (which may go on past the calls)."""
+        missing = [i for i, result in enumerate(results[:len(calls)])
+                   if isinstance(result, NoScriptError)]
         if missing:
             await self._load_scripts()
             for i, result in zip(missing, await self._pipeline([calls[i] for i in missing]),
@@ -312,14 +365,17 @@ class RedisRegistry:
         for result in results:
             if isinstance(result, Exception):
                 raise result
-        return results
 
-    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
-        if not calls:
+    async def _pipeline(self, calls: list[_Call],
+                        zrems: dict[str, list[str]] | None = None) -> list[Any]:
+        """Script calls (then ZREMs: sorted set -> members) in one pipeline; errors returned."""
+        if not calls and not zrems:
             return []
         pipe = self._client.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        for key, members in (zrems or {}).items():
+            pipe.zrem(key, *members)
         return await _awaited(pipe.execute(raise_on_error=False))
 
     async def _load_scripts(self) -> None:

@@ -9,13 +9,18 @@ The layout itself (which key holds what, under which hash tag) is described in
   empty id becomes `%`, which no escaped id can be. A tag therefore never contains `}`, is never
   empty, and maps back to exactly one id (`untag`). A `{` inside a tag is harmless: Redis ends
   the tag at the first `}`, wherever the `{`s are.
-- A *record* (a registration, and the device record written with it) is one byte string:
+- A *record* (a client's registration and device, in one key) is one byte string:
 
-      VERSION \\xff NODE \\xff USER \\xff DEVICE_TYPE
+      VERSION \\xff DEVICE_UNTIL \\xff LIVE_UNTIL \\xff NODE \\xff USER \\xff DEVICE_TYPE
 
   VERSION is the version in 20 zero-padded decimal digits, so that Lua compares versions beyond
-  2**53 exactly, as strings of equal length. The ids are UTF-8, which never contains the byte
-  0xFF, so the separator cannot occur inside them whatever they hold. NODE starts at byte 22.
+  2**53 exactly, as strings of equal length. DEVICE_UNTIL and LIVE_UNTIL are wall-clock
+  milliseconds in 15 zero-padded digits (compared the same way): the registration is live while
+  LIVE_UNTIL is later than now (all zeros once unregistered), the device known while either is.
+  Fixed widths put every field up to NODE at a fixed offset (NODE starts at byte 54), so the
+  scripts find them without searching. The ids are UTF-8, which never contains the byte 0xFF, so
+  the separator cannot occur inside them whatever they hold. A registration sends only its
+  *head*, `VERSION \\xff NODE \\xff USER \\xff DEVICE_TYPE`; the scripts add the times.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from registry.base import Device, NodeInfo, NodeState, Registration
 SEP = b"\xff"
 VERSION_DIGITS = 20
 MAX_VERSION = 10**VERSION_DIGITS - 1
+TIME_DIGITS = 15
 
 
 def tag(id_: str) -> str:
@@ -56,11 +62,8 @@ class Keys:
         self.prefix = prefix
         self.node_set = f"{{{prefix}:nodes}}"
 
-    def registration(self, client_id: str) -> str:
+    def client(self, client_id: str) -> str:
         return f"{self.prefix}:c:{{{tag(client_id)}}}"
-
-    def device(self, client_id: str) -> str:
-        return f"{self.prefix}:d:{{{tag(client_id)}}}"
 
     def user(self, user_id: str) -> str:
         return f"{self.prefix}:u:{{{tag(user_id)}}}"
@@ -69,35 +72,69 @@ class Keys:
         return f"{self.node_set}:{node_id}"
 
 
-def encode_record(reg: Registration) -> bytes:
-    """The stored form of a registration (and of the device record written with it)."""
+def encode_head(reg: Registration) -> bytes:
+    """The first four fields of a registration's record: what `register` sends."""
     if not 0 <= reg.version <= MAX_VERSION:
         raise ValueError(f"version must be in [0, 10**20), got {reg.version}")
     return b"%020d\xff%b\xff%b\xff%b" % (
         reg.version, reg.node_id.encode(), reg.user_id.encode(), reg.device_type.encode())
 
 
-def decode_registration(client_id: str, raw: bytes) -> Registration:
-    version, node, user, device_type = raw.split(SEP)
-    return Registration(client_id, user.decode(), device_type.decode(), node.decode(), int(version))
+class Decoder:
+    """Decodes records, caching the few distinct node ids and device types a fleet has (each
+    cache is dropped when it grows past `CACHE_MAX`, so odd ids cannot make it unbounded)."""
+
+    CACHE_MAX = 4096
+    __slots__ = ("_device_types", "_nodes")
+
+    def __init__(self) -> None:
+        self._nodes: dict[bytes, str] = {}
+        self._device_types: dict[bytes, str] = {}
+
+    def registration(self, client_id: str, raw: bytes, now: bytes) -> Registration | None:
+        """The registration in `raw` if it is live at `now` (`ms_field(now_ms)`), else None."""
+        version, _, live_until, node, user, device_type = raw.split(SEP)
+        if live_until <= now:
+            return None
+        return Registration(client_id, user.decode(), self._device_type(device_type),
+                            self._node(node), int(version))
+
+    def device(self, client_id: str, raw: bytes, now: bytes,
+               user: bytes | None = None) -> Device | None:
+        """The device in `raw` if it is known at `now` (and belongs to `user`, if given)."""
+        _, device_until, live_until, _, owner, device_type = raw.split(SEP)
+        if (user is not None and owner != user) or (device_until <= now and live_until <= now):
+            return None
+        return Device(client_id, self._device_type(device_type))
+
+    def _node(self, raw: bytes) -> str:
+        name = self._nodes.get(raw)
+        if name is None:
+            if len(self._nodes) >= self.CACHE_MAX:
+                self._nodes.clear()
+            name = self._nodes[raw] = raw.decode()
+        return name
+
+    def _device_type(self, raw: bytes) -> str:
+        name = self._device_types.get(raw)
+        if name is None:
+            if len(self._device_types) >= self.CACHE_MAX:
+                self._device_types.clear()
+            name = self._device_types[raw] = raw.decode()
+        return name
 
 
-def decode_device(client_id: str, raw: bytes) -> Device:
-    return Device(client_id, raw.rsplit(SEP, 1)[1].decode())
+def ms_field(ms: float) -> bytes:
+    """A time as the scripts and records hold it: whole ms in `TIME_DIGITS` digits."""
+    return b"%015d" % ms
 
 
-def user_of(raw: bytes) -> bytes:
-    """The user id (UTF-8) a stored record names."""
-    return raw.split(SEP)[2]
-
-
-def version_mark(version: int, node_id: str) -> bytes:
-    """The first bytes of every record written by `node_id` at `version`."""
-    return b"%020d\xff%b\xff" % (version, node_id.encode())
+def version_field(version: int) -> bytes:
+    return b"%020d" % version
 
 
 def node_mark(node_id: str) -> bytes:
-    """What follows the version in every record that names `node_id` (from byte 21 on)."""
+    """NODE with its separators, as in every record that names `node_id` (from byte 53 on)."""
     return SEP + node_id.encode() + SEP
 
 

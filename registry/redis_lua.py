@@ -4,8 +4,11 @@ Each script declares every key it touches, and the keys of one call share one ha
 call runs on one Redis Cluster slot. Batched scripts take many items per call (on a single Redis
 a whole chunk of a batch; on a cluster the items of one slot), so a batch costs a few EVALSHA
 calls, not one per client. Records are laid out as `registry.redis_layout` describes: the version
-is bytes 1-20 (compared as equal-length digit strings, exact beyond 2**53), the node id follows
-from byte 22 up to the next 0xFF byte.
+is bytes 1-20, DEVICE_UNTIL bytes 22-36, LIVE_UNTIL bytes 38-52 (all compared as equal-length
+digit strings: exact beyond 2**53, no number conversions), the node id follows from byte 54 up
+to the next 0xFF byte. Times are wall-clock ms passed in by the caller (`now`): scripts never
+read the server's clock. Lua strings are interned, so every substring costs a hash: the
+register script, the reconnect storm's path, makes as few as it can.
 
 Node ids are compared byte by byte (a loop, not Lua's `<`, which follows the server's locale), so
 that Redis orders equal versions exactly as Python orders the `str` node ids.
@@ -17,13 +20,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 _RECORDS = r"""
-local function node_of(r)
-  return string.sub(r, 22, string.find(r, '\255', 22, true) - 1)
-end
-local function user_of(r)
-  local a = string.find(r, '\255', 22, true)
-  return string.sub(r, a + 1, string.find(r, '\255', a + 1, true) - 1)
-end
+local SEP = '\255'
 local function bytes_gt(a, b)
   for i = 1, math.min(#a, #b) do
     local x, y = string.byte(a, i), string.byte(b, i)
@@ -31,14 +28,7 @@ local function bytes_gt(a, b)
   end
   return #a > #b
 end
--- does record a win over record b: a higher (version, node id)
-local function wins(a, b)
-  local va, vb = string.sub(a, 1, 20), string.sub(b, 1, 20)
-  if va ~= vb then return va > vb end
-  return bytes_gt(node_of(a), node_of(b))
-end
 """
-
 
 @dataclass(frozen=True, slots=True)
 class Lua:
@@ -52,53 +42,79 @@ class Lua:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-# KEYS: registration1, device1, registration2, device2, ...  (a pair per client)
-# ARGV: ttl_ms, device_ttl_ms, record1, record2, ...
-# The registration is replaced only by a record that wins (last writer wins); the device record is
-# replaced unless the stored one wins, and is kept for the device TTL either way. Returns
-# {i, previous device record, ...} for the items whose device record moved from another user, so
-# that the caller can drop the client from that user's index.
+# KEYS: client1, client2, ...
+# ARGV: now, live_until, device_until, renew_before (15-digit ms), px_ms, head1, head2, ...
+# Each head is a registration's VERSION 0xFF NODE 0xFF USER 0xFF DEVICE_TYPE. It is written if
+# the client has no record, if its stored registration is no longer live, or if it wins (a
+# higher version, or an equal one and a higher node id): with KEEPTTL and the stored
+# DEVICE_UNTIL while the user and device type stay and DEVICE_UNTIL is not before renew_before
+# (the caller makes that at least live_until); otherwise with the new device_until and PX px_ms.
+# Returns the items whose device part was (re)written, for the user index: i, or -i followed by
+# the previous user when the device moved from another user. Kept lean: it is the storm's path.
 REGISTER = Lua("register", _RECORDS + r"""
-local ttl, device_ttl, moved = ARGV[1], ARGV[2], {}
-for i = 1, #KEYS / 2 do
-  local record, key, device_key = ARGV[i + 2], KEYS[2 * i - 1], KEYS[2 * i]
-  local live = redis.call('GET', key)
-  if not live or wins(record, live) then
-    redis.call('SET', key, record, 'PX', ttl)
-  end
-  local old = redis.call('SET', device_key, record, 'PX', device_ttl, 'GET')
-  if old then
-    if wins(old, record) then
-      redis.call('SET', device_key, old, 'PX', device_ttl)
-    elseif user_of(old) ~= user_of(record) then
-      moved[#moved + 1] = i
-      moved[#moved + 1] = old
+local now, live, device_until, renew_before, px = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local fresh_times, written = SEP .. device_until .. SEP .. live .. SEP, {}
+for i = 1, #KEYS do
+  local head, key = ARGV[i + 5], KEYS[i]
+  local old = redis.call('GET', key)
+  if not old then
+    redis.call('SET', key, string.sub(head, 1, 20) .. fresh_times .. string.sub(head, 22),
+               'PX', px)
+    written[#written + 1] = i
+  else
+    local version, old_version = string.sub(head, 1, 20), string.sub(old, 1, 20)
+    local h, o = string.find(head, SEP, 22, true), string.find(old, SEP, 54, true)
+    if version > old_version or string.sub(old, 38, 52) <= now or (version == old_version
+        and bytes_gt(string.sub(head, 22, h - 1), string.sub(old, 54, o - 1))) then
+      local old_device = string.sub(old, 22, 36)
+      if old_device >= renew_before and string.sub(head, h) == string.sub(old, o) then
+        redis.call('SET', key, version .. SEP .. old_device .. SEP .. live .. SEP
+                   .. string.sub(head, 22), 'KEEPTTL')
+      else
+        redis.call('SET', key, version .. fresh_times .. string.sub(head, 22), 'PX', px)
+        local old_user = string.sub(old, o + 1, string.find(old, SEP, o + 1, true) - 1)
+        if old_user ~= string.sub(head, h + 1, string.find(head, SEP, h + 1, true) - 1) then
+          written[#written + 1] = -i
+          written[#written + 1] = old_user
+        else
+          written[#written + 1] = i
+        end
+      end
     end
   end
 end
-return moved
+return written
 """)
 
-# KEYS: registration1, registration2, ...   ARGV: ttl_ms, '\xff' .. node_id .. '\xff'
-# Extends the registrations that name this node; returns how many.
+# KEYS: client1, client2, ...   ARGV: now, live_until (15-digit ms), ttl_ms, 0xFF node_id 0xFF
+# Extends the live registrations that name this node to live_until (the key's TTL too, when
+# the registration now outlasts the device part); returns how many.
 REFRESH = Lua("refresh", r"""
-local ttl, mark, n = ARGV[1], ARGV[2], 0
+local now, live, ttl, mark, n = ARGV[1], ARGV[2], ARGV[3], ARGV[4], 0
 for i = 1, #KEYS do
-  local live = redis.call('GET', KEYS[i])
-  if live and string.sub(live, 21, 20 + #mark) == mark then
-    redis.call('PEXPIRE', KEYS[i], ttl)
+  local old = redis.call('GET', KEYS[i])
+  if old and string.sub(old, 53, 52 + #mark) == mark and string.sub(old, 38, 52) > now then
+    local record = string.sub(old, 1, 37) .. live .. string.sub(old, 53)
+    if string.sub(old, 22, 36) >= live then
+      redis.call('SET', KEYS[i], record, 'KEEPTTL')
+    else
+      redis.call('SET', KEYS[i], record, 'PX', ttl)
+    end
     n = n + 1
   end
 end
 return n
 """)
 
-# KEYS: registration   ARGV: version .. '\xff' .. node_id .. '\xff'
-# Compare-and-delete: 1 if the registration was this node's at this version and is now gone.
+# KEYS: client   ARGV: now (15-digit ms), version (20 digits), 0xFF node_id 0xFF
+# Compare-and-delete of the registration (the device part stays): 1 if it was live, this node's
+# at this version, and is now ended (LIVE_UNTIL all zeros).
 UNREGISTER = Lua("unregister", r"""
-local live = redis.call('GET', KEYS[1])
-if live and string.sub(live, 1, #ARGV[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+local old = redis.call('GET', KEYS[1])
+if old and string.sub(old, 1, 20) == ARGV[2] and string.sub(old, 38, 52) > ARGV[1]
+    and string.sub(old, 53, 52 + #ARGV[3]) == ARGV[3] then
+  redis.call('SET', KEYS[1], string.sub(old, 1, 37) .. string.rep('0', 15) .. string.sub(old, 53),
+             'KEEPTTL')
   return 1
 end
 return 0

@@ -1,5 +1,6 @@
-"""What the contract suite cannot see of `RedisRegistry`: where keys land, TTLs in Redis, round
-trips per batch, exact versions beyond 2**53, the cluster's slots, and surviving a restart.
+"""What the contract suite cannot see of `RedisRegistry`: where keys land, TTLs in Redis, when a
+re-registration leaves the TTL and the user index alone, round trips per batch, exact versions
+beyond 2**53, the cluster's slots, and surviving a restart.
 
 Every test runs against real `redis-server` processes (the session `redis_server` and
 `redis_cluster` under a per-test prefix, or a private server from `redis_factory` where a test
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -72,8 +74,8 @@ def test_tags_escape_only_what_would_end_or_empty_the_tag() -> None:
 
 def test_keys_are_where_the_module_docstring_says() -> None:
     keys = Keys("zp")
-    assert keys.registration("c1") == "zp:c:{c1}"
-    assert keys.device("a}b") == "zp:d:{a%7Db}"
+    assert keys.client("c1") == "zp:c:{c1}"
+    assert keys.client("a}b") == "zp:c:{a%7Db}"
     assert keys.user("ü") == "zp:u:{ü}"
     assert keys.node_set == "{zp:nodes}"
     assert keys.node("edge-1}") == "{zp:nodes}:edge-1}"
@@ -83,11 +85,9 @@ def test_keys_are_where_the_module_docstring_says() -> None:
 
 
 @pytest.mark.parametrize("client_id", ODD_IDS)
-def test_a_clients_keys_hash_to_its_own_tag(client_id: str) -> None:
+def test_a_clients_key_hashes_to_its_own_tag(client_id: str) -> None:
     keys = Keys("zp")
-    slot = key_slot(tag(client_id).encode())
-    assert key_slot(keys.registration(client_id).encode()) == slot
-    assert key_slot(keys.device(client_id).encode()) == slot
+    assert key_slot(keys.client(client_id).encode()) == key_slot(tag(client_id).encode())
 
 
 async def test_odd_ids_land_in_their_keys_and_round_trip(single: RedisRegistry) -> None:
@@ -96,8 +96,7 @@ async def test_odd_ids_land_in_their_keys_and_round_trip(single: RedisRegistry) 
             for i, cid in enumerate(ODD_IDS)]
     await single.register(regs, TTL_S)
     for r in regs:
-        assert await client.exists(single.keys.registration(r.client_id)) == 1
-        assert await client.exists(single.keys.device(r.client_id)) == 1
+        assert await client.exists(single.keys.client(r.client_id)) == 1
         assert await single.lookup(r.client_id) == r
         assert await single.device(r.client_id) == Device(r.client_id, "tv:ü")
         assert await single.devices_of_user(r.user_id) == [Device(r.client_id, "tv:ü")]
@@ -105,21 +104,88 @@ async def test_odd_ids_land_in_their_keys_and_round_trip(single: RedisRegistry) 
     for r in regs:
         assert await single.unregister(r.client_id, r.node_id, r.version)
     assert await single.lookup_many(ODD_IDS) == {}
+    assert len(await single.devices_many(ODD_IDS)) == len(ODD_IDS)  # offline, not forgotten
 
 
-async def test_registration_and_device_keys_carry_their_ttls(
+def times(raw: bytes) -> tuple[int, int]:
+    """A stored record's LIVE_UNTIL and DEVICE_UNTIL (wall-clock ms)."""
+    _, device_until, live_until = raw.split(b"\xff")[:3]
+    return int(live_until), int(device_until)
+
+
+async def test_the_client_key_carries_the_device_ttl_and_the_record_its_times(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
     registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix, device_ttl_s=600)
     client, keys = registry.client, registry.keys
+    now = time.time() * 1000
     await registry.register([reg("c1")], 30)
-    assert 29_000 < await client.pttl(keys.registration("c1")) <= 30_000
-    assert 599_000 < await client.pttl(keys.device("c1")) <= 600_000
+    assert 599_000 < await client.pttl(keys.client("c1")) <= 600_000
     assert 599_000 < await client.pttl(keys.user("u1")) <= 600_000
+    live_until, device_until = times(await client.get(keys.client("c1")))
+    assert now + 29_000 < live_until <= now + 31_000
+    assert now + 599_000 < device_until <= now + 601_000
     assert await registry.refresh("n1", ["c1"], 90) == 1
-    assert 89_000 < await client.pttl(keys.registration("c1")) <= 90_000
+    assert now + 89_000 < times(await client.get(keys.client("c1")))[0] <= now + 91_000
+    assert 598_000 < await client.pttl(keys.client("c1")) <= 600_000  # the device TTL, kept
     await registry.heartbeat_node(NodeInfo("n1", "a:1", "eu", NodeState.ACTIVE, 0), 15)
     assert 14_000 < await client.pttl(keys.node("n1")) <= 15_000
+    await registry.close()
+
+
+async def test_a_known_device_registering_again_keeps_its_ttl_until_half_is_gone(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """The reconnect storm's steady state: no TTL write and no index write, until the device
+    part is due (less than half the device TTL left), or the user or device type changes."""
+    clock = [time.time() * 1000]
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix, device_ttl_s=600,
+                                      clock_ms=lambda: clock[0])
+    client, key, index = registry.client, registry.keys.client("c1"), registry.keys.user("u1")
+    await registry.register([reg("c1", "n1", 1)], 30)
+    score = await client.zscore(index, "c1")
+    await client.pexpire(key, 500_000)  # a mark: KEEPTTL leaves it, PX replaces it
+    await registry.register([reg("c1", "n2", 2)], 30)
+    assert await registry.lookup("c1") == reg("c1", "n2", 2)
+    assert await client.pttl(key) <= 500_000 and await client.zscore(index, "c1") == score
+
+    clock[0] += 301_000  # past half the device TTL: due
+    await registry.register([reg("c1", "n2", 3)], 30)
+    assert await client.pttl(key) > 599_000
+    assert await client.zscore(index, "c1") == score + 301_000
+    await client.pexpire(key, 500_000)
+    await registry.register([reg("c1", "n2", 4, dt="tv")], 30)  # the device type changed
+    assert await client.pttl(key) > 599_000
+    assert await registry.device("c1") == Device("c1", "tv")
+    await registry.close()
+
+
+async def test_an_unregistered_or_expired_record_is_replaced_whatever_its_version(
+    single: RedisRegistry,
+) -> None:
+    await single.register([reg("c1", "n1", 5)], TTL_S)
+    assert await single.unregister("c1", "n1", 5)
+    await single.register([reg("c1", "n2", 3)], TTL_S)  # not live: any registration replaces it
+    assert await single.lookup("c1") == reg("c1", "n2", 3)
+    await single.register([reg("c2", "n1", 5)], 0.05)
+    await asyncio.sleep(0.06)
+    await single.register([reg("c2", "n2", 3, user="u2")], TTL_S)
+    assert await single.lookup("c2") == reg("c2", "n2", 3, user="u2")
+    assert await single.devices_of_user("u1") == [Device("c1", "phone")]
+
+
+async def test_a_registration_longer_than_the_device_ttl_keeps_its_key(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix, device_ttl_s=0.2)
+    await registry.register([reg("c1"), reg("c2")], 0.4)
+    await asyncio.sleep(0.25)
+    assert await registry.refresh("n1", ["c2"], 0.4) == 1  # now outlasts the device part
+    assert set(await registry.lookup_many(["c1", "c2"])) == {"c1", "c2"}
+    assert await registry.device("c1") == Device("c1", "phone")  # known while connected
+    await asyncio.sleep(0.2)
+    assert set(await registry.lookup_many(["c1", "c2"])) == {"c2"}
+    assert await registry.client.exists(registry.keys.client("c1")) == 0
     await registry.close()
 
 
@@ -137,7 +203,7 @@ async def test_redis_expires_records_and_the_index_and_node_set_are_pruned(
     assert len(await registry.devices_of_user("u1")) == 2
     await asyncio.sleep(0.35)
     assert await registry.devices_of_user("u1") == []
-    assert await client.exists(keys.user("u1")) == 0
+    assert await client.exists(keys.user("u1"), keys.client("c1"), keys.client("c2")) == 0
     await registry.close()
 
 
@@ -233,14 +299,21 @@ async def test_a_batch_costs_a_bounded_number_of_round_trips_and_commands(
 
     CountingConnection.sends = 0
     await registry.register([reg(c, user=f"u{i}") for i, c in enumerate(ids)], TTL_S)
-    scripts_per_pipeline = 2 * math.ceil(PIPELINE_ITEMS / SCRIPT_ITEMS)  # register + index
+    scripts_per_pipeline = math.ceil(PIPELINE_ITEMS / SCRIPT_ITEMS)
+    assert CountingConnection.sends == 2 * pipelines  # register, then index the new devices
+    assert await command_calls(client, "evalsha") <= pipelines * 2 * scripts_per_pipeline
+
+    await client.config_resetstat()
+    CountingConnection.sends = 0  # a reconnect storm of known devices: no index round trip
+    await registry.register([reg(c, "n2", 2, user=f"u{i}") for i, c in enumerate(ids)], TTL_S)
     assert CountingConnection.sends == pipelines
     assert await command_calls(client, "evalsha") <= pipelines * scripts_per_pipeline
+    assert await command_calls(client, "zadd") == 0
 
     CountingConnection.sends = 0
     assert len(await registry.lookup_many(ids)) == n
     assert len(await registry.devices_many(ids)) == n
-    assert await registry.refresh("n1", ids, TTL_S) == n
+    assert await registry.refresh("n2", ids, TTL_S) == n
     assert CountingConnection.sends == 3 * pipelines
     assert await command_calls(client, "mget") <= 2 * math.ceil(n / 1000)
     await client.aclose()
@@ -249,7 +322,7 @@ async def test_a_batch_costs_a_bounded_number_of_round_trips_and_commands(
 # --- cluster ------------------------------------------------------------------------------------
 
 
-async def test_cluster_keeps_each_clients_keys_and_each_users_index_in_one_slot(
+async def test_cluster_keeps_each_clients_key_and_each_users_index_in_their_tags_slots(
     cluster: RedisRegistry,
 ) -> None:
     client = cluster.client
@@ -257,8 +330,8 @@ async def test_cluster_keeps_each_clients_keys_and_each_users_index_in_one_slot(
     regs = [reg(cid, user=f"user-{cid}") for cid in ODD_IDS]
     await cluster.register(regs, TTL_S)
     for r in regs:
-        slot = await client.cluster_keyslot(cluster.keys.registration(r.client_id))
-        assert await client.cluster_keyslot(cluster.keys.device(r.client_id)) == slot
+        assert await client.cluster_keyslot(cluster.keys.client(r.client_id)) == \
+            key_slot(tag(r.client_id).encode())
         assert await client.cluster_keyslot(cluster.keys.user(r.user_id)) == \
             key_slot(tag(r.user_id).encode())
         assert await cluster.lookup(r.client_id) == r
@@ -342,7 +415,7 @@ async def test_connect_makes_a_cluster_client_for_cluster_urls() -> None:
     ("SET", "k", b"v\xff", 1, 1.5),
     ("SCRIPT LOAD", "return 1"),
     (b"CLIENT SETINFO", b"LIB-NAME", "redis-py"),
-    ("EVALSHA", "0" * 40, 2, "zp:c:{ü}", "zp:d:{ü}", bytearray(b"x"), memoryview(b"y")),
+    ("EVALSHA", "0" * 40, 2, "zp:c:{ü}", "zp:u:{ü}", bytearray(b"x"), memoryview(b"y")),
 ])
 def test_hiredis_packing_matches_redis_pys(args: tuple[Any, ...]) -> None:
     assert pack_with_hiredis(*args) == [b"".join(Connection().pack_command(*args))]
