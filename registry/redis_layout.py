@@ -96,8 +96,8 @@ class Decoder:
         version, _, live_until, node, user, device_type = raw.split(SEP)
         if live_until <= now:
             return None
-        return Registration(client_id, user.decode(), self._device_type(device_type),
-                            self._node(node), int(version))
+        return _registration(client_id, user.decode(), self._device_type(device_type),
+                             self._node(node), int(version))
 
     def device(self, client_id: str, raw: bytes, now: bytes,
                user: bytes | None = None) -> Device | None:
@@ -122,6 +122,24 @@ class Decoder:
                 self._device_types.clear()
             name = self._device_types[raw] = raw.decode()
         return name
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _registration(client_id: str, user_id: str, device_type: str, node_id: str,
+                  version: int) -> Registration:
+    """`Registration(...)` at half the cost: the frozen dataclass's generated `__init__` takes
+    ~0.9 µs, and lookups of many clients are bound by decoding in Python. Registration has no
+    `__post_init__`, so setting its slots directly builds exactly the same value."""
+    reg = _new(Registration)
+    _set(reg, "client_id", client_id)
+    _set(reg, "user_id", user_id)
+    _set(reg, "device_type", device_type)
+    _set(reg, "node_id", node_id)
+    _set(reg, "version", version)
+    return reg
 
 
 def ms_field(ms: float) -> bytes:

@@ -427,3 +427,13 @@ async def test_close_closes_only_a_client_the_registry_made(redis_server: RedisS
     await registry.close()
     assert await client.ping()
     await client.aclose()
+
+
+def test_the_fast_registration_builder_makes_the_same_value() -> None:
+    from registry.redis_layout import _registration
+
+    built = _registration("c", "u", "tv", "n1", 2**60)
+    assert built == Registration("c", "u", "tv", "n1", 2**60)
+    assert hash(built) == hash(Registration("c", "u", "tv", "n1", 2**60))
+    with pytest.raises(AttributeError):
+        built.node_id = "other"  # type: ignore[misc]
