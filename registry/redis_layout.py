@@ -96,8 +96,10 @@ class Decoder:
         version, _, live_until, node, user, device_type = raw.split(SEP)
         if live_until <= now:
             return None
-        return _registration(client_id, user.decode(), self._device_type(device_type),
-                             self._node(node), int(version))
+        # Cache hits inline (this runs once per looked-up client); misses take the slow path.
+        node_id = self._nodes.get(node) or self._node(node)
+        type_name = self._device_types.get(device_type) or self._device_type(device_type)
+        return _registration(client_id, user.decode(), type_name, node_id, int(version))
 
     def device(self, client_id: str, raw: bytes, now: bytes,
                user: bytes | None = None) -> Device | None:
