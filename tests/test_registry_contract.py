@@ -312,3 +312,22 @@ async def test_equal_versions_are_won_by_the_higher_node_id_whatever_the_order(m
     await r.register([reg("c9", "n1", 5)], TTL_S)
     await r.register([reg("c9", "n2", 5)], TTL_S)
     assert (await r.lookup("c1"), await r.lookup("c9")) == (reg("c1", "n2", 5), reg("c9", "n2", 5))
+
+
+# --- what the router asks of every registry -----------------------------------------------------
+
+
+async def test_a_users_devices_narrowed_by_device_type(made: Made) -> None:
+    from router.base import Target
+    from router.resolve import resolve_clients
+
+    r = made.registry
+    await r.register([reg("phone", "n1", 1, user="u1", dt="phone"),
+                      reg("tv", "n2", 1, user="u1", dt="tv"),
+                      reg("other", "n1", 1, user="u2", dt="tv")], made.ttl_s)
+    await r.unregister("tv", "n2", 1)  # offline devices count: their inbox keeps the message
+    assert await resolve_clients(Target(users=("u1",)), r) == ("phone", "tv")
+    assert await resolve_clients(Target(users=("u1",), device_types=frozenset({"tv"})), r) == (
+        "tv",)
+    assert await resolve_clients(
+        Target(clients=("other", "phone"), device_types=frozenset({"tv"})), r) == ("other",)
