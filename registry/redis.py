@@ -231,15 +231,7 @@ class RedisRegistry:
             self._decoder.registration(client_id, raw, ms_field(self._clock_ms()))
 
     async def lookup_many(self, client_ids: Iterable[str]) -> dict[str, Registration]:
-        ids = list(client_ids)
-        key = self._keys.client
-        values = await self._mget([key(c) for c in ids])
-        now, decode = ms_field(self._clock_ms()), self._decoder.registration
-        found: dict[str, Registration] = {}
-        for client_id, raw in zip(ids, values, strict=True):
-            if raw is not None and (reg := decode(client_id, raw, now)) is not None:
-                found[client_id] = reg
-        return found
+        return await self._read_many(client_ids, self._decoder.registration)
 
     async def locate_many(self, client_ids: Iterable[str]) -> dict[str, Location]:
         found = await self.lookup_many(client_ids)
@@ -252,13 +244,19 @@ class RedisRegistry:
     # --- devices --------------------------------------------------------------------------------
 
     async def devices_many(self, client_ids: Iterable[str]) -> dict[str, Device]:
+        return await self._read_many(client_ids, self._decoder.device)
+
+    async def _read_many(self, client_ids: Iterable[str],
+                         decode: Callable[[str, bytes, bytes], T | None]) -> dict[str, T]:
+        """What `decode` makes of each client's record (MGET, chunked), for the clients whose
+        record has it now (a live registration, a known device)."""
         ids = list(client_ids)
         values = await self._mget([self._keys.client(c) for c in ids])
-        now, decode = ms_field(self._clock_ms()), self._decoder.device
-        found: dict[str, Device] = {}
+        now = ms_field(self._clock_ms())
+        found: dict[str, T] = {}
         for client_id, raw in zip(ids, values, strict=True):
-            if raw is not None and (device := decode(client_id, raw, now)) is not None:
-                found[client_id] = device
+            if raw is not None and (item := decode(client_id, raw, now)) is not None:
+                found[client_id] = item
         return found
 
     async def device(self, client_id: str) -> Device | None:

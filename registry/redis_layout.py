@@ -110,20 +110,20 @@ class Decoder:
         return Device(client_id, self._device_type(device_type))
 
     def _node(self, raw: bytes) -> str:
-        name = self._nodes.get(raw)
-        if name is None:
-            if len(self._nodes) >= self.CACHE_MAX:
-                self._nodes.clear()
-            name = self._nodes[raw] = raw.decode()
-        return name
+        return _cached(self._nodes, raw)
 
     def _device_type(self, raw: bytes) -> str:
-        name = self._device_types.get(raw)
-        if name is None:
-            if len(self._device_types) >= self.CACHE_MAX:
-                self._device_types.clear()
-            name = self._device_types[raw] = raw.decode()
-        return name
+        return _cached(self._device_types, raw)
+
+
+def _cached(cache: dict[bytes, str], raw: bytes) -> str:
+    """`raw` decoded, from `cache` when seen before; the cache is dropped past `CACHE_MAX`."""
+    name = cache.get(raw)
+    if name is None:
+        if len(cache) >= Decoder.CACHE_MAX:
+            cache.clear()
+        name = cache[raw] = raw.decode()
+    return name
 
 
 _new = object.__new__

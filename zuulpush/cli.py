@@ -65,6 +65,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML settings file")
 
 
+def _edge_listener(p: argparse.ArgumentParser) -> None:
+    """The options of every command that runs an edge."""
+    p.add_argument("--host", help="edge address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="edge port (default 8080; 0 picks a free one)")
+    p.add_argument("--echo", action="store_true", default=None,
+                   help="enable the diagnostic WebSocket echo endpoint GET /echo")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default info")
+
+
+def _run_app(make: Callable[[], Any], banner: Callable[[Any], str]) -> int:
+    """Build the app (a ValueError is a configuration error), run it on uvloop until SIGINT or
+    SIGTERM, and shut it down cleanly."""
+    import uvloop
+
+    try:
+        app = make()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    uvloop.run(_run_until_signal(app, banner))
+    return 0
+
+
 # serve
 
 def _serve_parser(commands: Any) -> None:
@@ -75,20 +98,13 @@ def _serve_parser(commands: Any) -> None:
                     "inbox. Without a secret or API key configured, makes ones for this run "
                     "and prints a device token and a curl line that pushes to it.")
     _common(p)
-    p.add_argument("--host", help="edge address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="edge port (default 8080; 0 picks a free one)")
+    _edge_listener(p)
     p.add_argument("--api-host", help="push-send API address (default 127.0.0.1)")
     p.add_argument("--api-port", type=int, help="push-send API port (default 8081; 0: free)")
-    p.add_argument("--echo", action="store_true", default=None,
-                   help="enable the diagnostic WebSocket echo endpoint GET /echo")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"], help="default info")
     p.set_defaults(run=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvloop
-
     from zuulpush.app import EmbeddedApp, ServeConfig
 
     _logging(args.log_level)
@@ -96,12 +112,8 @@ def _serve(args: argparse.Namespace) -> int:
         "host": args.host, "port": args.port, "api_host": args.api_host,
         "api_port": args.api_port, "echo": args.echo})
     generated = _fill_secrets(settings)
-    try:
-        app = EmbeddedApp(ServeConfig.from_settings(settings))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    uvloop.run(_run_until_signal(app, lambda app: _banner(app, generated)))
-    return 0
+    return _run_app(lambda: EmbeddedApp(ServeConfig.from_settings(settings)),
+                    lambda app: _banner(app, generated))
 
 
 def _fill_secrets(settings: dict[str, Any]) -> list[str]:
@@ -186,19 +198,12 @@ def _edge_parser(commands: Any) -> None:
     p.add_argument("--region", help="this region's name (default 'local')")
     p.add_argument("--peer-region", dest="peer_regions", metavar="NAME=URL", action="append",
                    help="another region's Redis to replicate with (repeatable)")
-    p.add_argument("--host", help="edge address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="edge port (default 8080; 0 picks a free one)")
+    _edge_listener(p)
     p.add_argument("--node-id", help="this node's id (default host-pid-random)")
-    p.add_argument("--echo", action="store_true", default=None,
-                   help="enable the diagnostic WebSocket echo endpoint GET /echo")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"], help="default info")
     p.set_defaults(run=_edge)
 
 
 def _edge(args: argparse.Namespace) -> int:
-    import uvloop
-
     from zuulpush.app import EdgeApp, EdgeAppConfig
 
     _logging(args.log_level)
@@ -211,12 +216,7 @@ def _edge(args: argparse.Namespace) -> int:
     if not settings.get("secret") and not settings.get("public_key"):
         raise ConfigError("no token secret or public key: set ZUULPUSH_SECRET or "
                           "ZUULPUSH_PUBLIC_KEY")
-    try:
-        app = EdgeApp(EdgeAppConfig.from_settings(settings))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    uvloop.run(_run_until_signal(app, _edge_banner))
-    return 0
+    return _run_app(lambda: EdgeApp(EdgeAppConfig.from_settings(settings)), _edge_banner)
 
 
 def _edge_banner(app: Any) -> str:
