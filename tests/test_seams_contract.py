@@ -1,19 +1,26 @@
 """One contract suite for the router's seams: MessageQueue, NodeChannel and Inbox.
 
-Every test runs against each implementation named in `FACTORIES`. An implementation is added by
-writing a factory (a `Seams` subclass) and naming it there; the Redis one will time its dedup
-window and expiries with the same injected clocks or a short real window. Tests at the end, marked
-as memory-only, check what only the memory implementation promises (bounded bookkeeping).
+Every test runs against each implementation named in `FACTORIES`: in memory, on one Redis, and on
+a Redis Cluster. A factory makes a `Seams`: it builds the seams under test and knows their sense
+of time. The memory seams run on a fake clock that `elapse` advances exactly (dedup window 60 s,
+expiry unit 1 s). Redis keeps dedup windows with its own real clock, so the Redis factories use
+real time throughout: a short real window and unit, and `elapse` sleeps (just past) the time asked
+for; `slack_s` is how far past a deadline a check is made. Redis factories share the session
+servers (`redis_server`, `redis_cluster`) under a key prefix of their own per test
+(`redis_prefix`). Tests at the end, marked as memory-only, check what only the memory
+implementation promises (bounded bookkeeping).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 import pytest
 
+from registry.redis_client import Client, connect
 from router.base import (
     Delivery,
     Inbox,
@@ -25,9 +32,19 @@ from router.base import (
     Target,
 )
 from router.memory import MemoryInbox, MemoryNodeChannel, MemoryQueue
+from router.redis_channel import RedisNodeChannel
+from router.redis_inbox import RedisInbox
+from router.redis_queue import RedisQueue
+from tests.support.redis_servers import RedisCluster, RedisServer
 
 WINDOW_S = 60.0
+FAR_MS = 4_000_000_000_000  # an expiry no test reaches (year 2096)
+REDIS_WINDOW_S = 0.4
+REDIS_UNIT_S = 0.15
+REDIS_PAST_S = 0.01  # sleeps overshoot by this much, so a deadline slept to is passed
 S = TypeVar("S", MessageQueue, NodeChannel, Inbox)
+
+pytestmark = pytest.mark.timeout(60)
 
 
 class FakeClock:
@@ -49,21 +66,34 @@ class FakeClock:
 
 
 class Seams:
-    """Builds seams under test sharing one fake clock; closes them all afterwards."""
+    """Builds seams under test; closes them all afterwards.
+
+    `window_s` is the dedup window queues are made with, `unit_s` the expiry step of the inbox
+    expiry tests, `slack_s` how far past a deadline a check is made; `now_ms()` is the wall clock
+    the inbox reads and `elapse(s)` lets s seconds pass.
+    """
 
     name = "abstract"
+    window_s = WINDOW_S
+    unit_s = 1.0
+    slack_s = 1.0
 
     def __init__(self) -> None:
-        self.clock = FakeClock()
         self._made: list[MessageQueue | NodeChannel | Inbox] = []
 
-    def queue(self, dedup_window_s: float = WINDOW_S) -> MessageQueue:
+    def queue(self) -> MessageQueue:
         raise NotImplementedError
 
     def channel(self, max_pending: int = 1000) -> NodeChannel:
         raise NotImplementedError
 
     def inbox(self, max_per_client: int = 100) -> Inbox:
+        raise NotImplementedError
+
+    def now_ms(self) -> int:
+        raise NotImplementedError
+
+    async def elapse(self, seconds: float) -> None:
         raise NotImplementedError
 
     def _track(self, seam: S) -> S:
@@ -78,8 +108,12 @@ class Seams:
 class MemorySeams(Seams):
     name = "memory"
 
-    def queue(self, dedup_window_s: float = WINDOW_S) -> MessageQueue:
-        return self._track(MemoryQueue(dedup_window_s, clock=self.clock.monotonic))
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+
+    def queue(self) -> MessageQueue:
+        return self._track(MemoryQueue(self.window_s, clock=self.clock.monotonic))
 
     def channel(self, max_pending: int = 1000) -> NodeChannel:
         return self._track(MemoryNodeChannel(max_pending))
@@ -87,13 +121,70 @@ class MemorySeams(Seams):
     def inbox(self, max_per_client: int = 100) -> Inbox:
         return self._track(MemoryInbox(max_per_client, clock_ms=self.clock.wall_ms))
 
+    def now_ms(self) -> int:
+        return self.clock.now_ms
 
-FACTORIES: dict[str, Callable[[], Seams]] = {"memory": MemorySeams}
+    async def elapse(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+
+class RedisSeams(Seams):
+    """Seams on one client of the session server (or cluster), under the test's own prefix."""
+
+    name = "redis"
+    window_s = REDIS_WINDOW_S
+    unit_s = REDIS_UNIT_S
+    slack_s = 0.05
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        super().__init__()
+        self.prefix: str = request.getfixturevalue("redis_prefix")
+        self.client: Client = connect(self.url(request))
+
+    def url(self, request: pytest.FixtureRequest) -> str:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+
+    def queue(self) -> MessageQueue:
+        return self._track(RedisQueue(self.client, prefix=self.prefix,
+                                      dedup_window_s=self.window_s))
+
+    def channel(self, max_pending: int = 1000) -> NodeChannel:
+        return self._track(RedisNodeChannel(self.client, prefix=self.prefix, maxlen=max_pending))
+
+    def inbox(self, max_per_client: int = 100) -> Inbox:
+        return self._track(RedisInbox(self.client, prefix=self.prefix,
+                                      max_per_client=max_per_client))
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    async def elapse(self, seconds: float) -> None:
+        await asyncio.sleep(seconds + REDIS_PAST_S)
+
+    async def close(self) -> None:
+        await super().close()
+        await self.client.aclose()
+
+
+class ClusterSeams(RedisSeams):
+    name = "cluster"
+
+    def url(self, request: pytest.FixtureRequest) -> str:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes)
+
+
+FACTORIES: dict[str, Callable[[pytest.FixtureRequest], Seams]] = {
+    "memory": MemorySeams,
+    "redis": RedisSeams,
+    "cluster": ClusterSeams,
+}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
 async def seams(request: pytest.FixtureRequest) -> AsyncIterator[Seams]:
-    made = FACTORIES[request.param]()
+    made = FACTORIES[request.param](request)
     yield made
     await made.close()
 
@@ -111,7 +202,7 @@ def message(
     )
 
 
-def entry(n: int, *, expires_at_ms: int = 1_700_000_000_000 + 60_000) -> InboxEntry:
+def entry(n: int, *, expires_at_ms: int = FAR_MS) -> InboxEntry:
     return InboxEntry(f"E{n:04d}", b'{"n":%d}' % n, expires_at_ms)
 
 
@@ -206,9 +297,9 @@ async def test_queue_dedup_within_window(seams: Seams) -> None:
 async def test_queue_dedup_key_free_again_after_window(seams: Seams) -> None:
     queue = seams.queue()
     assert await queue.put(message(dedup_key="k"))
-    seams.clock.advance(WINDOW_S / 2)
+    await seams.elapse(seams.window_s / 2)
     assert not await queue.put(message(dedup_key="k"))
-    seams.clock.advance(WINDOW_S / 2 + 1)
+    await seams.elapse(seams.window_s / 2 + seams.slack_s)
     assert await queue.put(message(dedup_key="k"))
 
 
@@ -361,19 +452,19 @@ async def test_inbox_cap_drops_the_oldest(seams: Seams) -> None:
 
 async def test_inbox_skips_expired_entries(seams: Seams) -> None:
     inbox = seams.inbox()
-    now = seams.clock.now_ms
-    await inbox.add(["c1"], entry(1, expires_at_ms=now + 1_000))
-    await inbox.add(["c1"], entry(2, expires_at_ms=now + 10_000))
-    await inbox.add(["c1"], entry(3, expires_at_ms=now + 1_000))
-    seams.clock.advance(1)
-    assert await inbox.after("c1", None, 10) == [entry(2, expires_at_ms=now + 10_000)]
-    seams.clock.advance(9)
+    now, unit_ms = seams.now_ms(), int(seams.unit_s * 1000)
+    await inbox.add(["c1"], entry(1, expires_at_ms=now + unit_ms))
+    await inbox.add(["c1"], entry(2, expires_at_ms=now + 4 * unit_ms))
+    await inbox.add(["c1"], entry(3, expires_at_ms=now + unit_ms))
+    await seams.elapse(seams.unit_s)
+    assert await inbox.after("c1", None, 10) == [entry(2, expires_at_ms=now + 4 * unit_ms)]
+    await seams.elapse(3 * seams.unit_s)
     assert await inbox.after("c1", None, 10) == []
 
 
 async def test_inbox_does_not_store_an_already_expired_entry(seams: Seams) -> None:
     inbox = seams.inbox()
-    await inbox.add(["c1"], entry(1, expires_at_ms=seams.clock.now_ms))
+    await inbox.add(["c1"], entry(1, expires_at_ms=seams.now_ms()))
     assert await inbox.after("c1", None, 10) == []
 
 

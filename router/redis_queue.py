@@ -1,0 +1,351 @@
+"""`MessageQueue` on Redis Streams: one stream per priority, one consumer group for all routers.
+
+Key layout (prefix `zp` by default); every key shares the hash tag `{zp:q}`, so the whole queue
+lives in one Redis Cluster slot:
+
+    {zp:q}:high, {zp:q}:normal, {zp:q}:low   one stream per priority; entry fields
+                                             `m` (the message's metadata, compact JSON) and
+                                             `p` (its payload bytes, as sent)
+    {zp:q}:credits                           hash: the weighted round's credit left per priority
+    {zp:q}:d:<dedup key>                     "1" with PX = the dedup window
+
+Why one slot: dedup and enqueue are one atomic script (a duplicate is never half-enqueued, and
+no window exists between "seen" and "queued"), a take is one script over all three streams, and
+an idle consumer blocks on all three in one XREAD. The price is that the queue is served by one
+Redis primary; one primary XADDs and XREADGROUPs well beyond 50,000 messages/s, far past what one
+region's API and routers need. A fleet that outgrows it runs several queues (prefixes).
+
+Put. The PUT script refuses a dedup key it has seen within the window (returns False, enqueues
+nothing), refuses a full queue (`max_depth` entries in the three streams, counting taken and not
+yet done ones: `Unavailable`, 503), then remembers the key (`SET PX window`) and XADDs.
+
+Take. The TAKE script serves the three streams in weighted rounds exactly as `MemoryQueue` does:
+a round serves up to `weights[p]` messages of priority `p`, higher first, and the round's credit
+is kept in Redis, so it carries across takes *and across every consumer of the fleet*: low
+priority never starves, whoever takes. Each priority is read with `XREADGROUP ... COUNT n >`,
+so the group hands every entry to one consumer. When nothing is waiting the script answers with
+the group's last-delivered id of each stream, and the consumer blocks (`XREAD BLOCK` over the
+three streams, in slices of at most a second) for entries after those ids, then takes again:
+no entry added between the empty take and the wait is missed, and a put wakes a waiting
+consumer at once (two round trips from XADD to the message in hand).
+
+Claim. A consumer that died (or is stuck) with entries taken and not done leaves them pending in
+the group. At most every `claim_idle_s / 2` (and on a waiting consumer's schedule, too) a take
+first claims, by `XAUTOCLAIM`, entries pending longer than `claim_idle_s` to itself, highest
+priority first and before new ones. `claim_idle_s` is the visibility timeout: a batch must be
+handled and `done` within it, or it may be handled twice (at least once, never lost).
+
+Done. `done` XACKs and XDELs each entry in one script: the streams hold only entries waiting or
+taken-not-done (no MAXLEN trimming, which could drop messages not yet taken). So
+`depth()` = XLEN - pending, per priority, exact.
+
+Receipts are `<priority>:<stream entry id>`.
+
+Groups. The group is made (`XGROUP CREATE ... 0 MKSTREAM`, idempotent) on first use, and again
+whenever Redis answers NOGROUP (a restarted Redis without persistence): from id 0, so messages put
+before any router started, or since a restart, are all taken.
+
+Errors. An unreachable Redis raises `Unavailable` (see `router.redis_common`); `put` is not
+idempotent without a dedup key, so the API answers 503 and the sender retries with one if it
+cares. After `close`, `put` raises `Unavailable`, a waiting take returns [] at once and later
+takes return [] after their timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from redis.exceptions import ResponseError
+
+from registry.redis_client import Client, connect
+from registry.redis_lua import Lua
+from router.base import Message, Priority, Taken, Target
+from router.errors import Unavailable
+from router.memory import DEFAULT_WEIGHTS
+from router.redis_common import block_ms, idle, run_script, unavailable, unless_closed
+
+DEFAULT_MAX_DEPTH = 1_000_000
+DONE_ITEMS = 1000
+
+# KEYS: high, normal, low, [dedup key]
+# ARGV: stream index (1-3), window_ms, max_depth (0: none), meta, payload
+# Returns 1 (enqueued), 0 (duplicate within the window), -1 (queue full).
+PUT = Lua("queue_put", r"""
+local dedup = KEYS[4]
+if dedup and redis.call('EXISTS', dedup) == 1 then return 0 end
+local max = tonumber(ARGV[3])
+if max > 0 then
+  local n = redis.call('XLEN', KEYS[1]) + redis.call('XLEN', KEYS[2]) + redis.call('XLEN', KEYS[3])
+  if n >= max then return -1 end
+end
+if dedup then redis.call('SET', dedup, '1', 'PX', ARGV[2]) end
+redis.call('XADD', KEYS[tonumber(ARGV[1])], '*', 'm', ARGV[4], 'p', ARGV[5])
+return 1
+""")
+
+# KEYS: high, normal, low, credits
+# ARGV: group, consumer, max_n, weight high, normal, low, claim_min_idle_ms (0: no claim)
+# Returns {entries, ids}: entries flat (stream index, entry id, meta, payload)...; when there are
+# none, ids are the group's last-delivered id per stream (what to block after).
+TAKE = Lua("queue_take", r"""
+local group, consumer, max_n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local weights = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
+local min_idle = tonumber(ARGV[7])
+local out, taken = {}, 0
+local function keep(p, entries)
+  local got = 0
+  for _, e in ipairs(entries) do
+    local f = e[2]
+    if f then  -- a claimed entry deleted meanwhile comes back without fields
+      out[#out + 1] = p; out[#out + 1] = e[1]; out[#out + 1] = f[2]; out[#out + 1] = f[4]
+      got = got + 1
+    end
+  end
+  taken = taken + got
+  return got
+end
+if min_idle > 0 then
+  for p = 1, 3 do
+    if taken >= max_n then break end
+    local r = redis.call('XAUTOCLAIM', KEYS[p], group, consumer, min_idle, '0-0',
+                         'COUNT', max_n - taken)
+    keep(p, r[2])
+  end
+end
+local stored = redis.call('HMGET', KEYS[4], '1', '2', '3')
+local credits = {}
+for p = 1, 3 do credits[p] = tonumber(stored[p]) or weights[p] end
+local empty, saved, took = {false, false, false}, nil, false
+while taken < max_n do
+  local p
+  for i = 1, 3 do
+    if not empty[i] and credits[i] > 0 then p = i; break end
+  end
+  if p then
+    local want = math.min(credits[p], max_n - taken)
+    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want,
+                         'STREAMS', KEYS[p], '>')
+    local got = 0
+    if r then got = keep(p, r[1][2]) end
+    if got > 0 then took = true end
+    credits[p] = credits[p] - got
+    if got < want then empty[p] = true end
+  elseif empty[1] and empty[2] and empty[3] then
+    break
+  else  -- every priority with messages has spent its credit: a new round
+    saved, took = {credits[1], credits[2], credits[3]}, false
+    credits = {weights[1], weights[2], weights[3]}
+  end
+end
+if saved and not took then credits = saved end  -- a round begins only when it serves
+redis.call('HSET', KEYS[4], '1', credits[1], '2', credits[2], '3', credits[3])
+local ids = {}
+if taken == 0 then
+  for p = 1, 3 do
+    ids[p] = '0-0'
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[p])) do
+      local name, last
+      for i = 1, #g, 2 do
+        if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then
+          last = g[i + 1] end
+      end
+      if name == group then ids[p] = last end
+    end
+  end
+end
+return {out, ids}
+""")
+
+# KEYS: high, normal, low; ARGV: group, then (stream index, entry id) pairs. Returns XACKed.
+DONE = Lua("queue_done", r"""
+local n = 0
+for i = 2, #ARGV, 2 do
+  local key = KEYS[tonumber(ARGV[i])]
+  n = n + redis.call('XACK', key, ARGV[1], ARGV[i + 1])
+  redis.call('XDEL', key, ARGV[i + 1])
+end
+return n
+""")
+
+# KEYS: high, normal, low; ARGV: group. Returns the entries not yet delivered per stream.
+DEPTH = Lua("queue_depth", r"""
+local out = {}
+for p = 1, 3 do
+  out[p] = redis.call('XLEN', KEYS[p]) - redis.call('XPENDING', KEYS[p], ARGV[1])[1]
+end
+return out
+""")
+
+
+class RedisQueue:
+    """`MessageQueue` on Redis Streams (layout and behaviour in the module docstring).
+
+    `client` is a redis-py asyncio `Redis` or `RedisCluster` with bytes replies; the queue closes
+    it only if it made it (`from_url`). Queues with different `prefix`es are separate queues.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "zp",
+        dedup_window_s: float,
+        group: str = "routers",
+        claim_idle_s: float = 30.0,
+        weights: Mapping[Priority, int] = DEFAULT_WEIGHTS,
+        max_depth: int | None = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
+        if any(weights.get(p, 0) < 1 for p in Priority):
+            raise ValueError("every priority needs a weight of at least 1")
+        if claim_idle_s <= 0 or dedup_window_s <= 0:
+            raise ValueError("claim_idle_s and dedup_window_s must be positive")
+        self._client = client
+        tag = f"{{{prefix}:q}}"
+        self.streams = tuple(f"{tag}:{p.label}" for p in Priority)
+        self.credits_key = f"{tag}:credits"
+        self._dedup_prefix = f"{tag}:d:"
+        self._window_ms = max(1, round(dedup_window_s * 1000))
+        self._group = group
+        self._claim_idle_ms = max(1, round(claim_idle_s * 1000))
+        self._claim_every_s = claim_idle_s / 2
+        self._next_claim = 0.0
+        self._weights = [weights[p] for p in Priority]
+        self._max_depth = max_depth or 0
+        self._groups_made = False
+        self._owns_client = False
+        self._closed = asyncio.Event()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisQueue:
+        """A queue on a client made by `connect(url)`, closed by `close()`."""
+        queue = cls(connect(url), **kwargs)
+        queue._owns_client = True
+        return queue
+
+    def dedup_key(self, key: str) -> str:
+        return self._dedup_prefix + key
+
+    async def put(self, message: Message) -> bool:
+        if self._closed.is_set():
+            raise Unavailable("message queue is closed")
+        keys = list(self.streams)
+        if message.dedup_key is not None:
+            keys.append(self.dedup_key(message.dedup_key))
+        args = [int(message.priority) + 1, self._window_ms, self._max_depth,
+                encode_meta(message), message.payload]
+        with unavailable("message queue"):
+            result = await run_script(self._client, PUT, keys, args)
+        if result < 0:
+            raise Unavailable("message queue is full", retry_after_s=1.0)
+        return bool(result)
+
+    async def take(self, consumer: str, max_n: int, timeout_s: float) -> list[Taken]:
+        if self._closed.is_set():
+            await idle(timeout_s)
+            return []
+        if max_n <= 0:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout_s)
+        with unavailable("message queue"):
+            while True:
+                taken, after = await self._take_now(consumer, max_n)
+                remaining = deadline - loop.time()
+                if taken or remaining <= 0 or self._closed.is_set():
+                    return taken
+                wait_s = min(remaining, max(0.001, self._next_claim - loop.time()))
+                if not await self._wait_for_new(after, wait_s):
+                    return []
+
+    async def done(self, consumer: str, receipts: Sequence[str]) -> None:
+        pairs: list[str] = []
+        for receipt in receipts:
+            priority, _, entry_id = receipt.partition(":")
+            pairs += (str(int(priority) + 1), entry_id)
+        with unavailable("message queue"):
+            for start in range(0, len(pairs), 2 * DONE_ITEMS):
+                await self._script(DONE, [self._group, *pairs[start:start + 2 * DONE_ITEMS]])
+
+    async def depth(self) -> dict[Priority, int]:
+        with unavailable("message queue"):
+            counts = await self._script(DEPTH, [self._group])
+        return {p: int(n) for p, n in zip(Priority, counts, strict=True)}
+
+    async def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._owns_client:
+            await asyncio.sleep(0)  # let waiting takes see the close before the client goes
+            await self._client.aclose()
+
+    async def _take_now(self, consumer: str, max_n: int) -> tuple[list[Taken], list[bytes]]:
+        now = asyncio.get_running_loop().time()
+        claim_ms = 0
+        if now >= self._next_claim:
+            claim_ms, self._next_claim = self._claim_idle_ms, now + self._claim_every_s
+        entries, after = await self._script(
+            TAKE, [self._group, consumer, max_n, *self._weights, claim_ms],
+            keys=[*self.streams, self.credits_key])
+        taken = [_taken(entries[i:i + 4]) for i in range(0, len(entries), 4)]
+        return taken, after
+
+    async def _wait_for_new(self, after: list[bytes], wait_s: float) -> bool:
+        """Block until some stream has an entry after `after` (or `wait_s` passes); False if the
+        queue was closed meanwhile."""
+        read = self._client.execute_command(
+            "XREAD", "COUNT", 1, "BLOCK", block_ms(wait_s), "STREAMS", *self.streams, *after)
+        finished, _ = await unless_closed(self._closed, read)
+        return finished and not self._closed.is_set()
+
+    async def _script(self, script: Lua, args: list[Any], *,
+                      keys: Sequence[str] | None = None) -> Any:
+        """Run a group script; make the groups first if needed, or again after NOGROUP."""
+        keys = self.streams if keys is None else keys
+        if not self._groups_made:
+            await self._make_groups()
+        try:
+            return await run_script(self._client, script, keys, args)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+        await self._make_groups()
+        return await run_script(self._client, script, keys, args)
+
+    async def _make_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                await self._client.execute_command(
+                    "XGROUP", "CREATE", stream, self._group, "0", "MKSTREAM")
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_made = True
+
+
+def encode_meta(message: Message) -> bytes:
+    """Every field of `message` but its payload, as compact JSON."""
+    target = message.target
+    return orjson.dumps([
+        message.id, message.topic, message.ts_ms, int(message.priority), message.ttl_s,
+        target.clients, target.users, sorted(target.device_types), target.broadcast,
+        message.dedup_key])
+
+
+def decode_message(meta: bytes, payload: bytes) -> Message:
+    """The message `encode_meta` and its payload were made from."""
+    (id_, topic, ts_ms, priority, ttl_s, clients, users, device_types, broadcast,
+     dedup_key) = orjson.loads(meta)
+    target = Target(tuple(clients), tuple(users), frozenset(device_types), broadcast)
+    return Message(id_, topic, payload, ts_ms, Priority(priority), ttl_s, target, dedup_key)
+
+
+def _taken(fields: list[bytes]) -> Taken:
+    stream, entry_id, meta, payload = fields
+    priority = int(stream) - 1
+    return Taken(decode_message(meta, payload), f"{priority}:{entry_id.decode()}")
