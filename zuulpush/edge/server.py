@@ -318,8 +318,22 @@ class EdgeServer:
             last_id = page[-1].id
 
     async def _delivery_loop(self) -> None:
+        """Write what the node channel brings. A failing channel is retried, logged once per
+        outage: meanwhile messages wait in inboxes, and devices get them when they reconnect."""
+        failing = False
         while True:
-            batch = await self.channel.receive(self.node_id, DELIVERY_BATCH, 1.0)
+            try:
+                batch = await self.channel.receive(self.node_id, DELIVERY_BATCH, 1.0)
+            except Exception as exc:
+                if not failing:
+                    log.warning("node channel unreachable (%s: %s); retrying",
+                                type(exc).__name__, exc)
+                failing = True
+                await asyncio.sleep(REGISTRY_RETRY_S)
+                continue
+            if failing:
+                log.warning("node channel reachable again")
+                failing = False
             for delivery in batch:
                 self.deliver(delivery)
 
