@@ -9,6 +9,7 @@ with independent parsers: wsproto as the WebSocket client, h11 as the SSE client
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import Iterable
@@ -1267,3 +1268,32 @@ async def test_an_outage_is_logged_once_and_its_end_triggers_a_resync(
     assert edge.server._resync
     await edge.server._refresh_registrations()
     assert not edge.server._resync
+
+
+async def test_a_failing_node_channel_is_retried_not_fatal(
+        edge: Edge, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from zuulpush.edge import server as server_module
+
+    monkeypatch.setattr(server_module, "REGISTRY_RETRY_S", 0.001)
+    device = edge.ws("c1")
+    await edge.flush()
+    channel = Flaky(edge.channel, edge.clock)
+    channel.down = True
+    edge.server.channel = channel  # type: ignore[assignment]
+    loop_task = asyncio.get_running_loop().create_task(edge.server._delivery_loop())
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0.005)  # several failed receives
+        assert not loop_task.done()
+        channel.down = False
+        await edge.channel.publish("edge-test-1", [Delivery("m1", payload("m1"), ("c1",))])
+        pushed: list[dict[str, Any]] = []
+        for _ in range(200):
+            pushed += device.pushes()  # what arrived since the last read
+            if pushed:
+                break
+            await asyncio.sleep(0.005)
+        assert [p["id"] for p in pushed] == ["m1"]
+    finally:
+        loop_task.cancel()
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
