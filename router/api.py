@@ -3,6 +3,9 @@
     POST /v1/push    Authorization: Bearer <api key>; body as in `router.validation`
                      202 {"id": "...", "targets": N}
                      202 {"id": "...", "targets": 0, "duplicate": true} for a repeated dedup_key
+    POST /v1/push/batch  Authorization: Bearer <api key>; {"messages": [<push body>, ...]}
+                     202 {"results": [{"id", "targets"} | {"id", "targets": 0, "duplicate": true}
+                                      | {"error": {"code", "message"}}, ...]}, one per message
     GET  /healthz    200 {"status": "ok"}
 
 Decisions:
@@ -13,6 +16,15 @@ Decisions:
 - A duplicate (the dedup_key was put within the dedup window) is still a success, 202, because the
   push the sender meant is accepted: only a retry of it is dropped. Its `id` is the one this
   request was given and nothing is sent under it; the queue does not remember the first id.
+- A batch is all or nothing on input: every message is validated (and resolved) before any is
+  enqueued, and one bad message is a 400 naming it (`messages[3].ttl`), with nothing enqueued.
+  Its limits: `max_batch` messages, `max_batch_payload_bytes` for the body, `max_payload_bytes`
+  for each message's device-facing payload. Valid messages are then enqueued in order; if the
+  queue refuses one (`Unavailable`: full or unreachable), that one and every later one are
+  answered `{"error": {"code": "unavailable", ...}}` and not enqueued (the sender retries just
+  those, with dedup keys if it must not risk a repeat); if it refuses the first, the whole
+  request is the 503. Messages of one batch resolve in one registry round and their ids
+  increase in batch order.
 - The body is parsed as JSON whatever the Content-Type says: senders (and curl) often omit it.
 - The API key is checked before the body is read; the size limit (413, naming it) before parsing,
   from Content-Length when given and while reading otherwise.
@@ -23,6 +35,7 @@ Decisions:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -32,15 +45,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from registry.base import Registry
+from registry.base import NodeInfo, Registry
 from router.auth import AuthConfig, bearer, check_key
 from router.base import Message, MessageQueue, Target
 from router.clock import ClockMs, wall_ms
 from router.config import ApiConfig
 from router.errors import PayloadTooLarge, Unauthorized, Unavailable, ZuulpushError
 from router.ids import IdGenerator
-from router.resolve import count_broadcast, resolve_clients
-from router.validation import parse_push
+from router.resolve import broadcast_reach, resolve_many
+from router.validation import parse_batch, parse_push
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +77,11 @@ def create_api_app(
 ) -> web.Application:
     """The API as an aiohttp application; the caller runs it (AppRunner, TCPSite) and closes the
     queue and registry it passed in."""
-    app = web.Application(client_max_size=config.max_payload_bytes, middlewares=[_json_errors])
+    max_body = max(config.max_payload_bytes, config.max_batch_payload_bytes)
+    app = web.Application(client_max_size=max_body, middlewares=[_json_errors])
     push = _PushHandler(config, auth, queue, registry, ids or IdGenerator(), clock_ms)
     app.router.add_post("/v1/push", push.handle)
+    app.router.add_post("/v1/push/batch", push.handle_batch)
     app.router.add_get("/healthz", _healthz)
     return app
 
@@ -96,19 +111,56 @@ class _PushHandler:
         check_key(bearer(request.headers.get("Authorization")), self._auth.api_keys)
         body = await _read_body(request, self._config.max_payload_bytes)
         message = parse_push(body, config=self._config, ids=self._ids, now_ms=self._clock_ms())
-        message, targets = await self._resolve(message)
-        if not await self._queue.put(message):
-            return _json({"id": message.id, "targets": 0, "duplicate": True}, status=202)
-        return _json({"id": message.id, "targets": targets}, status=202)
+        [(message, targets)] = await self._resolve([message])
+        return _json(await self._put(message, targets), status=202)
 
-    async def _resolve(self, message: Message) -> tuple[Message, int]:
-        """The message as queued (targeted: clients resolved, users gone) and its target count."""
-        target = message.target
-        if target.broadcast:
-            return message, await count_broadcast(target.device_types, self._registry)
-        clients = await resolve_clients(target, self._registry)
-        resolved = Target(clients=clients, device_types=target.device_types)
-        return dataclasses.replace(message, target=resolved), len(clients)
+    async def handle_batch(self, request: web.Request) -> web.Response:
+        check_key(bearer(request.headers.get("Authorization")), self._auth.api_keys)
+        body = await _read_body(request, self._config.max_batch_payload_bytes)
+        messages = parse_batch(body, config=self._config, ids=self._ids, now_ms=self._clock_ms())
+        resolved = await self._resolve(messages)
+        results: list[dict[str, Any]] = []
+        for index, (message, targets) in enumerate(resolved):
+            try:
+                results.append(await self._put(message, targets))
+            except Unavailable as exc:
+                if index == 0:
+                    raise
+                refused = {"error": exc.body()["error"]}
+                results += [refused] * (len(resolved) - index)
+                break
+        return _json({"results": results}, status=202)
+
+    async def _put(self, message: Message, targets: int) -> dict[str, Any]:
+        """Enqueue one resolved message; its result object."""
+        if not await self._queue.put(message):
+            return {"id": message.id, "targets": 0, "duplicate": True}
+        return {"id": message.id, "targets": targets}
+
+    async def _resolve(self, messages: list[Message]) -> list[tuple[Message, int]]:
+        """Each message as queued (targeted: clients resolved, users gone) and its target count,
+        from one registry round for them all."""
+        targeted = [m for m in messages if not m.target.broadcast]
+        broadcasts = len(targeted) < len(messages)
+        resolved, nodes = await asyncio.gather(
+            resolve_many([m.target for m in targeted], self._registry),
+            self._registry.nodes() if broadcasts else _no_nodes(),
+        )
+        clients = iter(resolved)
+        out: list[tuple[Message, int]] = []
+        for message in messages:
+            target = message.target
+            if target.broadcast:
+                out.append((message, broadcast_reach(target.device_types, nodes)))
+                continue
+            reached = next(clients)
+            queued = Target(clients=reached, device_types=target.device_types)
+            out.append((dataclasses.replace(message, target=queued), len(reached)))
+        return out
+
+
+async def _no_nodes() -> list[NodeInfo]:
+    return []
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -120,11 +172,15 @@ async def _read_body(request: web.Request, max_bytes: int) -> bytes:
     too_large = PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
-    try:
-        # The application's client_max_size (= max_bytes) stops reading past the limit.
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+    chunks: list[bytes] = []
+    size = 0
+    # Read here rather than by request.read(): each route has its own limit.
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @web.middleware

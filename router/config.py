@@ -7,7 +7,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
-    """The push-send API for backend services."""
+    """The push-send API for backend services.
+
+    `max_batch` messages at most in one `POST /v1/push/batch`, whose body may be up to
+    `max_batch_payload_bytes` (each message in it is still held to `max_payload_bytes`).
+    `max_inbox_page` bounds a device's `GET /v1/inbox?limit=` and the ids of one inbox ack.
+    """
 
     api_host: str = "127.0.0.1"
     api_port: int = 8081
@@ -15,13 +20,18 @@ class ApiConfig:
     default_ttl_s: int = 3600
     max_ttl_s: int = 7 * 24 * 3600
     max_targets: int = 10_000
+    max_batch: int = 500
+    max_batch_payload_bytes: int = 1024 * 1024
+    max_inbox_page: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
-    """Queue consumers, dedup and inboxes."""
+    """Queue consumers, dedup, inboxes, and the broadcast history (the newest
+    `broadcast_history_max` broadcasts, each kept until its TTL, that resuming devices replay)."""
 
     dedup_window_s: float = 600.0
     inbox_max_per_client: int = 1000
     worker_batch: int = 256
     node_channel_max_pending: int = 100_000
+    broadcast_history_max: int = 1000

@@ -17,6 +17,12 @@ The body is one JSON object:
 
 Every rejection is an `InvalidRequest` whose `field` names the culprit, dotted for nested ones
 (`to.clients[3]`); a body over `max_payload_bytes` is a `PayloadTooLarge`.
+
+A batch (`parse_batch`) is `{"messages": [<push body>, ...]}`: 1 to `max_batch` of them, the whole
+body at most `max_batch_payload_bytes`, and each message's device-facing payload (`id`, `topic`,
+`ts`, `data`) at most `max_payload_bytes` (else `PayloadTooLarge` naming `messages[i].data`).
+Every item is validated before any is accepted: the first bad one rejects the whole batch, its
+field prefixed with the item (`messages[3].to.clients[0]`), so nothing is half-enqueued.
 """
 
 from __future__ import annotations
@@ -33,13 +39,46 @@ from router.ids import IdGenerator
 MAX_ID_CHARS = 256
 DEFAULT_TOPIC = "default"
 _TOP_LEVEL = frozenset({"to", "topic", "data", "priority", "ttl", "dedup_key"})
+_BATCH_KEYS = frozenset({"messages"})
 _TO_KEYS = frozenset({"clients", "users", "device_types", "broadcast"})
 _PRIORITIES = {p.label: p for p in Priority}
 
 
 def parse_push(body: bytes, *, config: ApiConfig, ids: IdGenerator, now_ms: int) -> Message:
     """The message `body` asks for, stamped `now_ms` with a fresh id; raises `InvalidRequest`."""
-    request = _decode(body, config.max_payload_bytes)
+    return _message(_decode(body, config.max_payload_bytes), config, ids, now_ms)
+
+
+def parse_batch(
+    body: bytes, *, config: ApiConfig, ids: IdGenerator, now_ms: int
+) -> list[Message]:
+    """The messages of a batch body, in order, each stamped `now_ms` with a fresh id (ids
+    increase along the batch); raises `InvalidRequest` for the first bad item, naming it."""
+    request = _decode(body, config.max_batch_payload_bytes)
+    _reject_unknown(request, _BATCH_KEYS, prefix="")
+    items = request.get("messages")
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest("'messages' must be a non-empty list", field="messages")
+    if len(items) > config.max_batch:
+        raise InvalidRequest(f"at most {config.max_batch} messages in a batch", field="messages")
+    return [_batch_item(raw, f"messages[{i}]", config, ids, now_ms) for i, raw in enumerate(items)]
+
+
+def _batch_item(raw: Any, field: str, config: ApiConfig, ids: IdGenerator, now_ms: int) -> Message:
+    if not isinstance(raw, dict):
+        raise InvalidRequest("each message must be a JSON object", field=field)
+    try:
+        message = _message(raw, config, ids, now_ms)
+    except InvalidRequest as exc:
+        raise type(exc)(exc.message, field=f"{field}.{exc.field}") from None
+    if len(message.payload) > config.max_payload_bytes:
+        raise PayloadTooLarge(
+            f"message exceeds the limit of {config.max_payload_bytes} bytes", field=f"{field}.data"
+        )
+    return message
+
+
+def _message(request: dict[str, Any], config: ApiConfig, ids: IdGenerator, now_ms: int) -> Message:
     _reject_unknown(request, _TOP_LEVEL, prefix="")
     if "to" not in request:
         raise InvalidRequest("'to' is required", field="to")

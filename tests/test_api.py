@@ -22,7 +22,8 @@ from router.resolve import count_broadcast, resolve_clients
 
 NOW_MS = 1_700_000_000_000
 KEY = "secret-api-key"
-CONFIG = ApiConfig(max_payload_bytes=1024, default_ttl_s=300, max_ttl_s=3600, max_targets=10)
+CONFIG = ApiConfig(max_payload_bytes=1024, default_ttl_s=300, max_ttl_s=3600, max_targets=10,
+                   max_batch=4, max_batch_payload_bytes=3000)
 AUTH = AuthConfig(api_keys=("other-key", KEY))
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 
@@ -36,6 +37,12 @@ class Api:
     async def push(self, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
         kwargs.setdefault("headers", HEADERS)
         response = await self.http.post("/v1/push", json=body, **kwargs)
+        return response.status, await response.json()
+
+    async def batch(self, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        kwargs.setdefault("headers", HEADERS)
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        response = await self.http.post("/v1/push/batch", data=raw, **kwargs)
         return response.status, await response.json()
 
     async def queued(self) -> list[Message]:
@@ -268,6 +275,125 @@ async def test_unavailable_queue_is_503_with_retry_after() -> None:
         assert response.status == 503
         assert response.headers["Retry-After"] == "3"
         assert (await response.json())["error"]["code"] == "unavailable"
+    finally:
+        await http.close()
+
+
+# --- batch -------------------------------------------------------------------------------------
+
+
+def item(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"to": {"clients": ["phone-1"]}, "data": 1}
+    body.update(changes)
+    return body
+
+
+async def test_batch_answers_per_message_in_order(api: Api) -> None:
+    messages = [
+        item(data="a"),
+        item(to={"users": ["alice"]}, priority="high"),
+        item(to={"broadcast": True, "device_types": ["tv"]}),
+        item(to={"users": ["nobody"]}),
+    ]
+    status, body = await api.batch({"messages": messages})
+    assert status == 202
+    results = body["results"]
+    assert [r["targets"] for r in results] == [1, 2, 2, 0]
+    ids = [r["id"] for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == 4  # ids increase in batch order
+    queued = {m.id: m for m in await api.queued()}
+    assert set(queued) == set(ids)
+    assert queued[ids[1]].target == Target(clients=("phone-1", "tv-1"))  # users resolved away
+    assert queued[ids[2]].target.broadcast
+    assert orjson.loads(queued[ids[0]].payload)["data"] == "a"
+
+
+async def test_batch_repeated_dedup_key_is_a_duplicate_within_the_batch(api: Api) -> None:
+    messages = [item(dedup_key="k"), item(dedup_key="k"), item(dedup_key="other")]
+    status, body = await api.batch({"messages": messages})
+    assert status == 202
+    assert [r.get("duplicate", False) for r in body["results"]] == [False, True, False]
+    assert body["results"][1]["targets"] == 0
+    assert len(await api.queued()) == 2
+
+
+BAD_BATCHES: list[tuple[str, Any, str]] = [
+    ("not json", b"{nope", "body"),
+    ("not an object", [item()], "body"),
+    ("no messages", {}, "messages"),
+    ("empty", {"messages": []}, "messages"),
+    ("not a list", {"messages": item()}, "messages"),
+    ("too many", {"messages": [item()] * 5}, "messages"),
+    ("unknown key", {"messages": [item()], "extra": 1}, "extra"),
+    ("item not an object", {"messages": [item(), 7]}, "messages[1]"),
+    ("bad client id", {"messages": [item(), item(), item(to={"clients": [""]})]},
+     "messages[2].to.clients[0]"),
+    ("bad ttl", {"messages": [item(), item(ttl=0)]}, "messages[1].ttl"),
+    ("item unknown key", {"messages": [item(oops=1)]}, "messages[0].oops"),
+    ("item missing data", {"messages": [{"to": {"clients": ["c"]}}]}, "messages[0].data"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), [b[1:] for b in BAD_BATCHES],
+                         ids=[b[0] for b in BAD_BATCHES])
+async def test_batch_with_one_bad_message_is_400_naming_it_and_enqueues_nothing(
+    api: Api, body: Any, field: str
+) -> None:
+    status, answer = await api.batch(body)
+    assert status == 400
+    assert (answer["error"]["code"], answer["error"]["field"]) == ("invalid_request", field)
+    assert await api.queued() == []
+
+
+async def test_batch_message_over_the_message_limit_is_413_naming_it(api: Api) -> None:
+    big = item(data="x" * CONFIG.max_payload_bytes)
+    status, answer = await api.batch({"messages": [item(), big]})
+    assert status == 413
+    assert answer["error"]["field"] == "messages[1].data"
+    assert await api.queued() == []
+
+
+async def test_batch_body_has_its_own_larger_limit(api: Api) -> None:
+    # Over the single-push limit, within the batch limit: accepted.
+    messages = [item(data="x" * (CONFIG.max_payload_bytes // 2)) for _ in range(3)]
+    status, _ = await api.batch({"messages": messages})
+    assert status == 202
+    over = [item(data="x" * (CONFIG.max_payload_bytes - 100)) for _ in range(4)]
+    status, answer = await api.batch({"messages": over})
+    assert status == 413
+    assert str(CONFIG.max_batch_payload_bytes) in answer["error"]["message"]
+
+
+async def test_batch_needs_the_api_key(api: Api) -> None:
+    status, _ = await api.batch({"messages": [item()]}, headers={})
+    assert status == 401
+    status, _ = await api.batch({"messages": [item()]}, headers={"Authorization": "Bearer no"})
+    assert status == 403
+    assert await api.queued() == []
+
+
+async def test_batch_refused_by_a_full_queue_part_way_answers_the_rest_unavailable() -> None:
+    queue = MemoryQueue(600.0, max_depth=2)
+    http = await serve(queue, MemoryRegistry())
+    try:
+        response = await http.post("/v1/push/batch", headers=HEADERS,
+                                   json={"messages": [item(), item(), item(), item()]})
+        assert response.status == 202
+        results = (await response.json())["results"]
+    finally:
+        await http.close()
+        await queue.close()
+    assert ["id" in r for r in results] == [True, True, False, False]
+    assert [r["error"]["code"] for r in results[2:]] == ["unavailable", "unavailable"]
+
+
+async def test_batch_refused_at_its_first_message_is_503() -> None:
+    http = await serve(BrokenQueue(Unavailable("full", retry_after_s=1)), MemoryRegistry())
+    try:
+        response = await http.post("/v1/push/batch", headers=HEADERS,
+                                   json={"messages": [item(), item()]})
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
     finally:
         await http.close()
 

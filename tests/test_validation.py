@@ -11,9 +11,10 @@ from router.base import Priority, Target
 from router.config import ApiConfig
 from router.errors import InvalidRequest, PayloadTooLarge
 from router.ids import IdGenerator
-from router.validation import DEFAULT_TOPIC, parse_push
+from router.validation import DEFAULT_TOPIC, parse_batch, parse_push
 
-CONFIG = ApiConfig(max_payload_bytes=4096, default_ttl_s=300, max_ttl_s=3600, max_targets=5)
+CONFIG = ApiConfig(max_payload_bytes=4096, default_ttl_s=300, max_ttl_s=3600, max_targets=5,
+                   max_batch=10)
 NOW_MS = 1_700_000_000_000
 
 
@@ -175,3 +176,36 @@ def test_body_over_the_limit_is_too_large() -> None:
         parse(None, raw=raw)
     assert caught.value.http_status == 413
     assert str(CONFIG.max_payload_bytes) in caught.value.message
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+def parse_many(body: Any) -> Any:
+    return parse_batch(orjson.dumps(body), config=CONFIG, ids=IdGenerator(), now_ms=NOW_MS)
+
+
+def test_batch_messages_keep_their_order_and_get_increasing_ids() -> None:
+    messages = parse_many({"messages": [valid(topic="a"), valid(topic="b"), valid(topic="c")]})
+    assert [m.topic for m in messages] == ["a", "b", "c"]
+    assert [m.id for m in messages] == sorted(m.id for m in messages)
+
+
+def test_batch_rejects_the_first_bad_message_naming_it() -> None:
+    body = {"messages": [valid(), valid(to={"clients": ["ok", 5]}), valid(ttl=0)]}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_many(body)
+    assert caught.value.field == "messages[1].to.clients[1]"
+    assert caught.value.http_status == 400
+
+
+def test_batch_message_payload_over_the_message_limit_is_too_large() -> None:
+    with pytest.raises(PayloadTooLarge) as caught:
+        parse_many({"messages": [valid(data="x" * CONFIG.max_payload_bytes)]})
+    assert caught.value.field == "messages[0].data"
+
+
+def test_batch_over_max_batch_names_messages() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_many({"messages": [valid()] * (CONFIG.max_batch + 1)})
+    assert caught.value.field == "messages"
