@@ -6,6 +6,12 @@
     POST /v1/push/batch  Authorization: Bearer <api key>; {"messages": [<push body>, ...]}
                      202 {"results": [{"id", "targets"} | {"id", "targets": 0, "duplicate": true}
                                       | {"error": {"code", "message"}}, ...]}, one per message
+    GET  /v1/inbox?after=ID&limit=N   device token (`Authorization: Bearer` or `?token=`)
+                     200 {"messages": [<message objects exactly as devices get them over
+                     WebSocket/SSE>, ...], "more": bool}: the token's own client's inbox,
+                     oldest first, after ID (from the oldest without it)
+    POST /v1/inbox/ack   device token; {"ids": [...]} or {"through": ID}
+                     200 {"removed": N}
     GET  /healthz    200 {"status": "ok"}
 
 Decisions:
@@ -25,6 +31,12 @@ Decisions:
   those, with dedup keys if it must not risk a repeat); if it refuses the first, the whole
   request is the 503. Messages of one batch resolve in one registry round and their ids
   increase in batch order.
+- The inbox routes exist only when the app is given an inbox (and then need a device-token
+  secret or public key in `auth`). The client id is the token's, never a parameter: a device
+  reads and acks its own inbox only. A bad or missing token is 401 `invalid_token`, as at the
+  edge. A pull does not remove anything: messages stay until acked (or expired, or pushed out by
+  the inbox cap). `more` is true when messages after the last one returned are waiting; the
+  next pull passes the last id as `after`. Broadcasts are not in an inbox and not pulled.
 - The body is parsed as JSON whatever the Content-Type says: senders (and curl) often omit it.
 - The API key is checked before the body is read; the size limit (413, naming it) before parsing,
   from Content-Length when given and while reading otherwise.
@@ -46,14 +58,14 @@ import orjson
 from aiohttp import web
 
 from registry.base import NodeInfo, Registry
-from router.auth import AuthConfig, bearer, check_key
-from router.base import Message, MessageQueue, Target
+from router.auth import AuthConfig, TokenVerifier, bearer, check_key
+from router.base import Inbox, Message, MessageQueue, Target
 from router.clock import ClockMs, wall_ms
 from router.config import ApiConfig
 from router.errors import PayloadTooLarge, Unauthorized, Unavailable, ZuulpushError
 from router.ids import IdGenerator
 from router.resolve import broadcast_reach, resolve_many
-from router.validation import parse_batch, parse_push
+from router.validation import parse_batch, parse_inbox_ack, parse_inbox_query, parse_push
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +84,22 @@ def create_api_app(
     auth: AuthConfig,
     queue: MessageQueue,
     registry: Registry,
+    inbox: Inbox | None = None,
     ids: IdGenerator | None = None,
     clock_ms: ClockMs = wall_ms,
 ) -> web.Application:
     """The API as an aiohttp application; the caller runs it (AppRunner, TCPSite) and closes the
-    queue and registry it passed in."""
+    queue, registry and inbox it passed in. Without `inbox` the device inbox routes are absent
+    (404)."""
     max_body = max(config.max_payload_bytes, config.max_batch_payload_bytes)
     app = web.Application(client_max_size=max_body, middlewares=[_json_errors])
     push = _PushHandler(config, auth, queue, registry, ids or IdGenerator(), clock_ms)
     app.router.add_post("/v1/push", push.handle)
     app.router.add_post("/v1/push/batch", push.handle_batch)
+    if inbox is not None:
+        pull = _InboxHandler(config, TokenVerifier(auth), inbox)
+        app.router.add_get("/v1/inbox", pull.pull)
+        app.router.add_post("/v1/inbox/ack", pull.ack)
     app.router.add_get("/healthz", _healthz)
     return app
 
@@ -157,6 +175,43 @@ class _PushHandler:
             queued = Target(clients=reached, device_types=target.device_types)
             out.append((dataclasses.replace(message, target=queued), len(reached)))
         return out
+
+
+class _InboxHandler:
+    """GET /v1/inbox and POST /v1/inbox/ack, for devices, on their own inbox."""
+
+    __slots__ = ("_config", "_inbox", "_verifier")
+
+    def __init__(self, config: ApiConfig, verifier: TokenVerifier, inbox: Inbox) -> None:
+        self._config = config
+        self._verifier = verifier
+        self._inbox = inbox
+
+    async def pull(self, request: web.Request) -> web.Response:
+        client_id = self._client_id(request)
+        after, limit = parse_inbox_query(request.query, max_page=self._config.max_inbox_page)
+        entries = await self._inbox.after(client_id, after, limit + 1)
+        more = len(entries) > limit
+        # The payloads are the very JSON objects devices receive: spliced, not re-encoded.
+        body = b"".join((b'{"messages":[', b",".join(e.payload for e in entries[:limit]),
+                         b'],"more":', b"true}" if more else b"false}"))
+        return web.Response(body=body, content_type="application/json")
+
+    async def ack(self, request: web.Request) -> web.Response:
+        client_id = self._client_id(request)
+        body = await _read_body(request, self._config.max_payload_bytes)
+        ack = parse_inbox_ack(body, max_ids=self._config.max_inbox_page,
+                              max_bytes=self._config.max_payload_bytes)
+        if ack.through is not None:
+            removed = await self._inbox.ack_through(client_id, ack.through)
+        else:
+            removed = await self._inbox.ack(client_id, ack.ids)
+        return _json({"removed": removed})
+
+    def _client_id(self, request: web.Request) -> str:
+        """The verified token's client id; InvalidToken (401) otherwise."""
+        token = request.query.get("token") or bearer(request.headers.get("Authorization"))
+        return self._verifier.verify(token or "").client_id
 
 
 async def _no_nodes() -> list[NodeInfo]:

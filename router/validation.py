@@ -23,10 +23,17 @@ body at most `max_batch_payload_bytes`, and each message's device-facing payload
 `ts`, `data`) at most `max_payload_bytes` (else `PayloadTooLarge` naming `messages[i].data`).
 Every item is validated before any is accepted: the first bad one rejects the whole batch, its
 field prefixed with the item (`messages[3].to.clients[0]`), so nothing is half-enqueued.
+
+A device's inbox pull (`parse_inbox_query`) takes `after` (an id; absent: from the oldest) and
+`limit` (1 to `max_inbox_page`, default `DEFAULT_INBOX_PAGE`); its ack (`parse_inbox_ack`) is
+`{"ids": [...]}` (1 to `max_inbox_page` ids) or `{"through": "<id>"}` (everything up to and
+including it), exactly one of the two.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -38,8 +45,10 @@ from router.ids import IdGenerator
 
 MAX_ID_CHARS = 256
 DEFAULT_TOPIC = "default"
+DEFAULT_INBOX_PAGE = 100
 _TOP_LEVEL = frozenset({"to", "topic", "data", "priority", "ttl", "dedup_key"})
 _BATCH_KEYS = frozenset({"messages"})
+_ACK_KEYS = frozenset({"ids", "through"})
 _TO_KEYS = frozenset({"clients", "users", "device_types", "broadcast"})
 _PRIORITIES = {p.label: p for p in Priority}
 
@@ -199,3 +208,48 @@ def _dedup_key(raw: Any) -> str | None:
             field="dedup_key",
         )
     return str(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxAck:
+    """What a device acknowledges: these `ids`, or everything `through` an id (then `ids` is
+    empty)."""
+
+    ids: tuple[str, ...] = ()
+    through: str | None = None
+
+
+def parse_inbox_query(query: Mapping[str, str], *, max_page: int) -> tuple[str | None, int]:
+    """`(after, limit)` of `GET /v1/inbox`; raises `InvalidRequest` naming the parameter."""
+    after = query.get("after")
+    if after is not None and not _is_short_string(after):
+        raise InvalidRequest(
+            f"'after' must be a message id of 1 to {MAX_ID_CHARS} characters", field="after"
+        )
+    raw = query.get("limit")
+    if raw is None:
+        return after, min(DEFAULT_INBOX_PAGE, max_page)
+    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= max_page:
+        raise InvalidRequest(f"'limit' must be a whole number from 1 to {max_page}",
+                             field="limit")
+    return after, int(raw)
+
+
+def parse_inbox_ack(body: bytes, *, max_ids: int, max_bytes: int) -> InboxAck:
+    """The ack `body` asks for; raises `InvalidRequest` naming the field."""
+    request = _decode(body, max_bytes)
+    _reject_unknown(request, _ACK_KEYS, prefix="")
+    if ("ids" in request) == ("through" in request):
+        raise InvalidRequest("send exactly one of 'ids' and 'through'", field="ids")
+    if "through" in request:
+        through = request["through"]
+        if not _is_short_string(through):
+            raise InvalidRequest(
+                f"'through' must be a message id of 1 to {MAX_ID_CHARS} characters",
+                field="through",
+            )
+        return InboxAck(through=through)
+    ids = _ids(request["ids"], "ids")
+    if not 0 < len(ids) <= max_ids:
+        raise InvalidRequest(f"'ids' must hold 1 to {max_ids} ids", field="ids")
+    return InboxAck(ids=ids)
