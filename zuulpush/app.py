@@ -4,31 +4,48 @@
   on one event loop, with the in-memory registry, queue, node channel and inbox: the same code
   paths, behind the same seams, that a fleet runs on Redis.
 - `EdgeApp` (`zuulpush edge`): one edge node of a fleet, registering its connections in the
-  registry on Redis (one region, or replicated across regions). Until the router runs on Redis
-  too, its inbox and node channel are this process's own.
+  registry on Redis (one region, or replicated across regions), reading its deliveries from its
+  node channel and its clients' inboxes on the same Redis (the local region's).
+- `ApiApp` (`zuulpush api`): the push-send API, resolving targets in the registry on Redis and
+  enqueueing on the queue on Redis.
+- `RouterApp` (`zuulpush router`): N router workers in one process, taking from the queue on
+  Redis, storing in inboxes and publishing to node channels there. Stateless: run any number.
+
+Every fleet process opens the seams on one `redis_url` (`redis+cluster://` for a Cluster), under
+`router_prefix` (queue, inboxes, node channels) and `registry_prefix` (the registry). The API and
+the routers read this region's registry only and run no replicators: a client whose connection
+another region's registry reports is looked up here like any other, but its node channel is in
+that region's Redis, so live delivery across regions is not done; the message waits in this
+region's inbox (see the README).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from registry.base import Registry
 from registry.config import RegistryConfig
 from registry.factory import RegistryHandle, open_registry
 from registry.memory import MemoryRegistry
 from router.api import create_api_app
 from router.auth import AuthConfig, TokenVerifier
+from router.base import Inbox, MessageQueue, NodeChannel
 from router.config import ApiConfig, RouterConfig
 from router.memory import MemoryInbox, MemoryNodeChannel, MemoryQueue
+from router.redis_channel import RedisNodeChannel
+from router.redis_inbox import RedisInbox
+from router.redis_queue import RedisQueue
 from router.worker import RouterWorker
-from zuulpush.config import build
+from zuulpush.config import FleetConfig, build
 from zuulpush.edge.config import EdgeConfig
-from zuulpush.edge.server import EdgeServer
+from zuulpush.edge.server import EdgeServer, default_node_id
 
 log = logging.getLogger("zuulpush")
 
@@ -59,36 +76,175 @@ class EmbeddedApp:
                                registry=self.registry, inbox=self.inbox, channel=self.channel)
         self.worker = RouterWorker(self.queue, self.registry, self.inbox, self.channel,
                                    consumer=f"{self.edge.node_id}-router", config=config.router)
-        self.api_port = config.api.api_port
-        self._runner: web.AppRunner | None = None
-        self._worker_task: asyncio.Task[None] | None = None
+        self.api = ApiSite(config.api, config.auth, self.queue, self.registry)
+        self.workers = Workers([self.worker])
+
+    @property
+    def api_port(self) -> int:
+        return self.api.port
 
     async def start(self) -> None:
         await self.edge.start()
-        app = create_api_app(config=self.config.api, auth=self.config.auth, queue=self.queue,
-                             registry=self.registry)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.api.api_host, self.config.api.api_port,
-                           backlog=1024)
-        await site.start()
-        self.api_port = self._runner.addresses[0][1]
-        self._worker_task = asyncio.get_running_loop().create_task(self.worker.run())
+        await self.api.start()
+        self.workers.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop the API, drain the worker's current batch, close every connection with a
         reconnect hint, then release the seams."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._worker_task is not None:
-            self.worker.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._worker_task, timeout=grace_s)
-            self._worker_task = None
+        await self.api.stop()
+        await self.workers.stop(grace_s)
         await self.edge.shutdown(grace_s)
         for seam in (self.queue, self.channel, self.inbox, self.registry):
             await seam.close()
+
+
+class ApiSite:
+    """The push-send API (aiohttp) on its address. `await start()`, then `await stop()`."""
+
+    def __init__(self, config: ApiConfig, auth: AuthConfig, queue: MessageQueue,
+                 registry: Registry) -> None:
+        self._config = config
+        self._auth = auth
+        self._queue = queue
+        self._registry = registry
+        self._runner: web.AppRunner | None = None
+        self.port = config.api_port
+
+    async def start(self) -> None:
+        app = create_api_app(config=self._config, auth=self._auth, queue=self._queue,
+                             registry=self._registry)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._config.api_host, self._config.api_port,
+                           backlog=1024)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Stop accepting and finish the requests in flight (each one enqueues or fails)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class Workers:
+    """Router workers as tracked tasks. `start()`, then `await stop()`."""
+
+    def __init__(self, workers: list[RouterWorker]) -> None:
+        self.workers = workers
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(w.run()) for w in self.workers]
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop taking; wait up to `grace_s` for the batches in hand, then cancel (a cancelled
+        batch is not marked done: another router claims it after `claim_idle_s`)."""
+        if not self._tasks:
+            return
+        for worker in self.workers:
+            worker.stop()
+        _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
+        for task in pending:
+            log.warning("a router worker did not finish its batch within %.1f s", grace_s)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+
+def redis_queue(url: str, router: RouterConfig, fleet: FleetConfig) -> RedisQueue:
+    return RedisQueue.from_url(url, prefix=fleet.router_prefix,
+                               dedup_window_s=router.dedup_window_s,
+                               claim_idle_s=fleet.claim_idle_s, max_depth=fleet.queue_max_depth)
+
+
+def redis_inbox(url: str, router: RouterConfig, fleet: FleetConfig) -> RedisInbox:
+    return RedisInbox.from_url(url, prefix=fleet.router_prefix,
+                               max_per_client=router.inbox_max_per_client)
+
+
+def redis_channel(url: str, fleet: FleetConfig) -> RedisNodeChannel:
+    return RedisNodeChannel.from_url(url, prefix=fleet.router_prefix)
+
+
+def _local_registry(config: RegistryConfig) -> RegistryHandle:
+    """This region's registry alone: the API and routers read, they do not replicate."""
+    if not config.redis_url:
+        raise ValueError("a fleet process needs redis_url (--redis URL or ZUULPUSH_REDIS_URL)")
+    return open_registry(dataclasses.replace(config, peer_regions=()))
+
+
+@dataclass(frozen=True, slots=True)
+class FleetAppConfig:
+    """What `zuulpush api` and `zuulpush router` are built from."""
+
+    auth: AuthConfig
+    api: ApiConfig
+    router: RouterConfig
+    registry: RegistryConfig
+    fleet: FleetConfig
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> FleetAppConfig:
+        return cls(build(AuthConfig, settings), build(ApiConfig, settings),
+                   build(RouterConfig, settings), build(RegistryConfig, settings),
+                   build(FleetConfig, settings))
+
+
+class ApiApp:
+    """The push-send API of a fleet, on Redis. `await start()`, then `await stop()`."""
+
+    def __init__(self, config: FleetAppConfig) -> None:
+        self.config = config
+        self.node_id = default_node_id()
+        self.handle = _local_registry(config.registry)
+        self.queue = redis_queue(config.registry.redis_url, config.router, config.fleet)
+        self.api = ApiSite(config.api, config.auth, self.queue, self.handle.registry)
+
+    @property
+    def api_port(self) -> int:
+        return self.api.port
+
+    async def start(self) -> None:
+        await self.handle.start()
+        await self.api.start()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.api.stop()
+        await self.queue.close()
+        await self.handle.close()
+
+
+class RouterApp:
+    """`router_workers` router workers on Redis, consumers named `<process id>-w<i>`. `await
+    start()`, then `await stop()`: stop taking, finish the batches in hand, close the seams."""
+
+    def __init__(self, config: FleetAppConfig) -> None:
+        if config.fleet.router_workers < 1:
+            raise ValueError("router_workers must be at least 1")
+        self.config = config
+        self.node_id = default_node_id()
+        url = config.registry.redis_url
+        self.handle = _local_registry(config.registry)
+        self.queue = redis_queue(url, config.router, config.fleet)
+        self.inbox = redis_inbox(url, config.router, config.fleet)
+        self.channel = redis_channel(url, config.fleet)
+        self.workers = Workers([
+            RouterWorker(self.queue, self.handle.registry, self.inbox, self.channel,
+                         consumer=f"{self.node_id}-w{i}", config=config.router)
+            for i in range(config.fleet.router_workers)])
+
+    async def start(self) -> None:
+        await self.handle.start()
+        self.workers.start()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.workers.stop(grace_s)
+        for seam in (self.queue, self.channel, self.inbox):
+            await seam.close()
+        await self.handle.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,21 +253,31 @@ class EdgeAppConfig:
     auth: AuthConfig
     router: RouterConfig
     registry: RegistryConfig
+    fleet: FleetConfig = dataclasses.field(default_factory=FleetConfig)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> EdgeAppConfig:
         return cls(build(EdgeConfig, settings), build(AuthConfig, settings),
-                   build(RouterConfig, settings), build(RegistryConfig, settings))
+                   build(RouterConfig, settings), build(RegistryConfig, settings),
+                   build(FleetConfig, settings))
 
 
 class EdgeApp:
-    """One edge node with the configured registry. `await start()`, then `await stop()`."""
+    """One edge node with the configured registry; with `redis_url`, its inbox and node channel
+    are on that Redis too (else this process's memory). `await start()`, then `await stop()`."""
 
     def __init__(self, config: EdgeAppConfig) -> None:
         self.config = config
         self.handle: RegistryHandle = open_registry(config.registry)
-        self.inbox = MemoryInbox(config.router.inbox_max_per_client)
-        self.channel = MemoryNodeChannel(config.router.node_channel_max_pending)
+        url = config.registry.redis_url
+        self.inbox: Inbox
+        self.channel: NodeChannel
+        if url:
+            self.inbox = redis_inbox(url, config.router, config.fleet)
+            self.channel = redis_channel(url, config.fleet)
+        else:
+            self.inbox = MemoryInbox(config.router.inbox_max_per_client)
+            self.channel = MemoryNodeChannel(config.router.node_channel_max_pending)
         self.edge = EdgeServer(config.edge, verifier=TokenVerifier(config.auth),
                                registry=self.handle.registry, inbox=self.inbox,
                                channel=self.channel)
@@ -121,6 +287,7 @@ class EdgeApp:
         await self.edge.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        """Drain the node (go-aways, unregister), then close the registry, channel and inbox."""
         await self.edge.shutdown(grace_s)
         await self.handle.close()
         for seam in (self.channel, self.inbox):

@@ -1,7 +1,9 @@
 """The `zuulpush` command line.
 
     zuulpush serve   everything in one process, in memory (no Redis): edge + push-send API
-    zuulpush edge    one edge node of a fleet, with its registry on Redis
+    zuulpush edge    one edge node of a fleet, on Redis (registry, inboxes, node channel)
+    zuulpush api     the push-send API of a fleet, enqueueing on Redis
+    zuulpush router  router workers of a fleet, on Redis
     zuulpush status  the fleet's edge nodes, their state and connection counts
     zuulpush token   print a device token signed with the configured secret
     zuulpush send    push a message through the push-send API
@@ -54,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_parser(commands)
     _edge_parser(commands)
+    _api_parser(commands)
+    _router_parser(commands)
     _status_parser(commands)
     _token_parser(commands)
     _send_parser(commands)
@@ -65,14 +69,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML settings file")
 
 
+def _redis_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis", dest="redis_url", metavar="URL",
+                   help="redis://host:port/db, or redis+cluster://host:port for a Redis Cluster")
+
+
+def _log_level(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default info")
+
+
+def _need_redis(settings: dict[str, Any], command: str) -> None:
+    if not settings.get("redis_url"):
+        raise ConfigError(f"zuulpush {command} needs --redis URL (or ZUULPUSH_REDIS_URL); "
+                          "for one process without Redis, use zuulpush serve")
+
+
 def _edge_listener(p: argparse.ArgumentParser) -> None:
     """The options of every command that runs an edge."""
     p.add_argument("--host", help="edge address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="edge port (default 8080; 0 picks a free one)")
     p.add_argument("--echo", action="store_true", default=None,
                    help="enable the diagnostic WebSocket echo endpoint GET /echo")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"], help="default info")
+    _log_level(p)
 
 
 def _run_app(make: Callable[[], Any], banner: Callable[[Any], str]) -> int:
@@ -193,8 +212,7 @@ def _edge_parser(commands: Any) -> None:
                     "connections and registers them all again when Redis is back. Needs a token "
                     "secret or public key (ZUULPUSH_SECRET / ZUULPUSH_PUBLIC_KEY).")
     _common(p)
-    p.add_argument("--redis", dest="redis_url", metavar="URL",
-                   help="redis://host:port/db, or redis+cluster://host:port for a Redis Cluster")
+    _redis_option(p)
     p.add_argument("--region", help="this region's name (default 'local')")
     p.add_argument("--peer-region", dest="peer_regions", metavar="NAME=URL", action="append",
                    help="another region's Redis to replicate with (repeatable)")
@@ -210,9 +228,7 @@ def _edge(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, {
         "redis_url": args.redis_url, "region": args.region, "peer_regions": args.peer_regions,
         "host": args.host, "port": args.port, "node_id": args.node_id, "echo": args.echo})
-    if not settings.get("redis_url"):
-        raise ConfigError("zuulpush edge needs --redis URL (or ZUULPUSH_REDIS_URL); "
-                          "for one process without Redis, use zuulpush serve")
+    _need_redis(settings, "edge")
     if not settings.get("secret") and not settings.get("public_key"):
         raise ConfigError("no token secret or public key: set ZUULPUSH_SECRET or "
                           "ZUULPUSH_PUBLIC_KEY")
@@ -231,6 +247,82 @@ def _edge_banner(app: Any) -> str:
     ])
 
 
+# api
+
+def _api_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "api", help="run the push-send API of a fleet, enqueueing on Redis",
+        description="Run the push-send API (POST /v1/push) for backend services: it resolves "
+                    "targets in the registry on Redis and enqueues on the priority queue "
+                    "there, for `zuulpush router` to deliver. Needs API keys "
+                    "(ZUULPUSH_API_KEYS).")
+    _common(p)
+    _redis_option(p)
+    p.add_argument("--api-host", help="push-send API address (default 127.0.0.1)")
+    p.add_argument("--api-port", type=int, help="push-send API port (default 8081; 0: free)")
+    _log_level(p)
+    p.set_defaults(run=_api)
+
+
+def _api(args: argparse.Namespace) -> int:
+    from zuulpush.app import ApiApp, FleetAppConfig
+
+    _logging(args.log_level)
+    settings = load_settings(args.config, {
+        "redis_url": args.redis_url, "api_host": args.api_host, "api_port": args.api_port})
+    _need_redis(settings, "api")
+    if not settings.get("api_keys"):
+        raise ConfigError("no API key: set ZUULPUSH_API_KEYS (comma-separated)")
+    return _run_app(lambda: ApiApp(FleetAppConfig.from_settings(settings)), _api_banner)
+
+
+def _api_banner(app: Any) -> str:
+    api = f"http://{app.config.api.api_host}:{app.api_port}"
+    return "\n".join([
+        f"zuulpush {__version__} push-send API {app.node_id} on {app.config.registry.redis_url}",
+        f"  api:  {api}/v1/push",
+        f"  ready: api={api} node={app.node_id}",
+    ])
+
+
+# router
+
+def _router_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "router", help="run router workers of a fleet, on Redis",
+        description="Run N router workers: take messages off the priority queue on Redis "
+                    "(high first, low never starved), drop expired ones, store each in its "
+                    "clients' inboxes and publish it to the node channel of the edge node "
+                    "holding each client. Stateless: run any number of these processes; a "
+                    "killed one's messages are claimed by the others after claim_idle_s. "
+                    "SIGTERM stops taking and finishes the batches in hand.")
+    _common(p)
+    _redis_option(p)
+    p.add_argument("--workers", dest="router_workers", type=int,
+                   help="router workers (queue consumers) in this process (default 1)")
+    _log_level(p)
+    p.set_defaults(run=_router)
+
+
+def _router(args: argparse.Namespace) -> int:
+    from zuulpush.app import FleetAppConfig, RouterApp
+
+    _logging(args.log_level)
+    settings = load_settings(args.config, {
+        "redis_url": args.redis_url, "router_workers": args.router_workers})
+    _need_redis(settings, "router")
+    return _run_app(lambda: RouterApp(FleetAppConfig.from_settings(settings)), _router_banner)
+
+
+def _router_banner(app: Any) -> str:
+    n = len(app.workers.workers)
+    return "\n".join([
+        f"zuulpush {__version__} router {app.node_id}: {n} worker(s) on "
+        f"{app.config.registry.redis_url}",
+        f"  ready: node={app.node_id} workers={n}",
+    ])
+
+
 # status
 
 def _status_parser(commands: Any) -> None:
@@ -239,8 +331,7 @@ def _status_parser(commands: Any) -> None:
         description="Read the node records in the registry on Redis and print each live edge "
                     "node: region, state (active/draining), connections, by device type.")
     _common(p)
-    p.add_argument("--redis", dest="redis_url", metavar="URL",
-                   help="redis://host:port/db, or redis+cluster://host:port")
+    _redis_option(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_status)
 

@@ -19,6 +19,7 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,8 +29,27 @@ from router.config import ApiConfig, RouterConfig
 from zuulpush.edge.config import EdgeConfig
 
 ENV_PREFIX = "ZUULPUSH_"
-COMPONENTS: tuple[type, ...] = (EdgeConfig, AuthConfig, ApiConfig, RouterConfig, RegistryConfig)
 C = TypeVar("C")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """The router's seams on Redis, shared by `zuulpush api`, `zuulpush router` and
+    `zuulpush edge --redis` (all on the one `redis_url`).
+
+    `claim_idle_s` is the queue's visibility timeout: a router that died with messages taken
+    and not done has them claimed by another after this long (a live router must finish a
+    batch within it, or the batch may be handled twice).
+    """
+
+    router_workers: int = 1
+    router_prefix: str = "zp"
+    claim_idle_s: float = 30.0
+    queue_max_depth: int = 1_000_000
+
+
+COMPONENTS: tuple[type, ...] = (EdgeConfig, AuthConfig, ApiConfig, RouterConfig, RegistryConfig,
+                                FleetConfig)
 
 
 class ConfigError(ValueError):
@@ -120,4 +140,4 @@ def _to_bool(value: Any) -> bool:
     raise ValueError(value)
 
 
-__all__ = ["ConfigError", "build", "known_keys", "load_settings"]
+__all__ = ["ConfigError", "FleetConfig", "build", "known_keys", "load_settings"]

@@ -1,4 +1,5 @@
-"""`zuulpush serve` as a real process for tests: start it, read its banner, stop it by PID."""
+"""`zuulpush serve` (or `edge`, `api`, `router`) as a real process for tests: start it, read its
+banner's `ready:` line, stop it by PID."""
 
 from __future__ import annotations
 
@@ -35,9 +36,12 @@ BASE_ENV = {
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 READY = re.compile(
-    r"^\s*ready: edge=(?P<edge>\S+)(?: api=(?P<api>\S+))? node=(?P<node>\S+)\s*$")
+    r"^\s*ready:(?: edge=(?P<edge>\S+))?(?: api=(?P<api>\S+))? node=(?P<node>\S+)"
+    r"(?: workers=(?P<workers>\d+))?\s*$")
 SERVE = ("serve", "--port", "0", "--api-port", "0")
 EDGE = ("edge", "--port", "0")
+API = ("api", "--api-port", "0")
+ROUTER = ("router",)
 
 
 def mint_token(client_id: str, user_id: str = "user", device_type: str = "phone", *,
@@ -87,6 +91,16 @@ class ServerProcess:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
+
+    def kill(self) -> int:
+        """SIGKILL this PID (a crash, as far as the rest of the fleet can tell) and reap it."""
+        if self.returncode is None:
+            try:
+                self._kill()
+            finally:
+                self._release()
+        assert self.returncode is not None
+        return self.returncode
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM this PID, wait for it to exit (SIGKILL it after `timeout_s`); exit status."""
@@ -154,7 +168,7 @@ def start_server(tmp_dir: Path, extra_env: Mapping[str, str] | None = None,
         raise AssertionError(
             f"zuulpush serve exited, or printed no ready line within {START_TIMEOUT_S}s.\n"
             f"stdout:\n{server.stdout_text()}\nstderr:\n{server.stderr_text()}")
-    server.edge, server.api, server.node_id = match["edge"], match["api"] or "", match["node"]
+    server.edge, server.api, server.node_id = match["edge"] or "", match["api"] or "", match["node"]
     return server
 
 
