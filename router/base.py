@@ -5,6 +5,9 @@ kept in each target client's `Inbox` until acked, and handed as a `Delivery` ove
 to every edge node that holds one of its clients. Each seam has an in-memory implementation
 (`router.memory`) and, from the Redis issue on, a Redis one; one contract suite tests both.
 
+A broadcast reaches nodes, not inboxes: the worker keeps it in the capped, TTL-bound
+`BroadcastLog`, from which a device that resumes after an id gets the broadcasts it missed.
+
 Delivery is at least once: a device may see a message twice (after a reconnect) and drops the
 repeat by `id`. Message ids are time-ordered (`router.ids`), so "after id X" is a string compare.
 """
@@ -117,6 +120,24 @@ class InboxEntry:
     expires_at_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """A broadcast kept in the history until `expires_at_ms` (wall clock), for devices of
+    `device_types` (every device when empty)."""
+
+    id: str
+    payload: bytes
+    expires_at_ms: int
+    device_types: frozenset[str] = frozenset()
+
+    def reaches(self, device_type: str) -> bool:
+        return not self.device_types or device_type in self.device_types
+
+    def entry(self) -> InboxEntry:
+        """The broadcast as a device's replay carries it."""
+        return InboxEntry(self.id, self.payload, self.expires_at_ms)
+
+
 class MessageQueue(Protocol):
     """Priority queues of accepted messages, shared by all router workers."""
 
@@ -181,6 +202,25 @@ class Inbox(Protocol):
     async def ack_through(self, client_id: str, last_id: str) -> int:
         """Remove every entry with id up to and including `last_id` (a device that resumes after
         `last_id` has seen them). Returns how many were removed."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources. Idempotent."""
+        ...
+
+
+class BroadcastLog(Protocol):
+    """The recent broadcasts, one history for the whole fleet, capped and TTL-bound, that devices
+    resuming after an id are replayed from."""
+
+    async def add(self, broadcast: Broadcast) -> None:
+        """Keep `broadcast` until its expiry. Past the cap the oldest are dropped. Adding an id
+        already present is a no-op; an already expired broadcast is not kept."""
+        ...
+
+    async def after(self, last_id: str, limit: int) -> list[Broadcast]:
+        """Up to `limit` unexpired broadcasts with id greater than `last_id`, oldest first, with
+        their payloads and device types exactly as added."""
         ...
 
     async def close(self) -> None:

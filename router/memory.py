@@ -13,8 +13,9 @@ import time
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Generic, TypeVar
 
-from router.base import Delivery, InboxEntry, Message, Priority, Taken
+from router.base import Broadcast, Delivery, InboxEntry, Message, Priority, Taken
 from router.clock import ClockMs, wall_ms
 from router.errors import Unavailable
 
@@ -231,16 +232,20 @@ class MemoryNodeChannel:
         return box
 
 
-class _Box:
-    """One client's entries: `ids` sorted (time-ordered ids), `entries` by id."""
+E = TypeVar("E", InboxEntry, Broadcast)
+
+
+class _Box(Generic[E]):
+    """One client's entries (or the broadcast history): `ids` sorted (time-ordered ids),
+    `entries` by id."""
 
     __slots__ = ("entries", "ids")
 
     def __init__(self) -> None:
         self.ids: list[str] = []
-        self.entries: dict[str, InboxEntry] = {}
+        self.entries: dict[str, E] = {}
 
-    def add(self, entry: InboxEntry, cap: int) -> None:
+    def add(self, entry: E, cap: int) -> None:
         if entry.id in self.entries:
             return
         self.entries[entry.id] = entry
@@ -266,6 +271,23 @@ class _Box:
     def expired(self, now_ms: int) -> list[str]:
         return [i for i, e in self.entries.items() if now_ms >= e.expires_at_ms]
 
+    def after(self, last_id: str | None, limit: int, now_ms: int) -> list[E]:
+        """Up to `limit` unexpired entries after `last_id`; the expired ones passed are removed."""
+        start = 0 if last_id is None else bisect_right(self.ids, last_id)
+        found: list[E] = []
+        expired: list[str] = []
+        for index in range(start, len(self.ids)):
+            entry = self.entries[self.ids[index]]
+            if now_ms >= entry.expires_at_ms:
+                expired.append(entry.id)
+                continue
+            found.append(entry)
+            if len(found) >= limit:
+                break
+        for entry_id in expired:
+            self.remove(entry_id)
+        return found
+
 
 class MemoryInbox:
     """`Inbox` in memory: per client, entries sorted by id, at most `max_per_client`.
@@ -288,7 +310,7 @@ class MemoryInbox:
         self._clock_ms = clock_ms
         self._sweep_interval_ms = sweep_interval_ms
         self._next_sweep_ms = 0
-        self._boxes: dict[str, _Box] = {}
+        self._boxes: dict[str, _Box[InboxEntry]] = {}
 
     async def add(self, client_ids: Iterable[str], entry: InboxEntry) -> None:
         now = self._clock_ms()
@@ -298,26 +320,15 @@ class MemoryInbox:
         for client_id in client_ids:
             box = self._boxes.get(client_id)
             if box is None:
-                box = self._boxes[client_id] = _Box()
+                box = self._boxes[client_id] = _Box[InboxEntry]()
             box.add(entry, self._cap)
 
     async def after(self, client_id: str, last_id: str | None, limit: int) -> list[InboxEntry]:
         box = self._boxes.get(client_id)
         if box is None or limit <= 0:
             return []
-        now = self._clock_ms()
-        start = 0 if last_id is None else bisect_right(box.ids, last_id)
-        found: list[InboxEntry] = []
-        expired: list[str] = []
-        for index in range(start, len(box.ids)):
-            entry = box.entries[box.ids[index]]
-            if now >= entry.expires_at_ms:
-                expired.append(entry.id)
-                continue
-            found.append(entry)
-            if len(found) >= limit:
-                break
-        self._remove(client_id, box, expired)
+        found = box.after(last_id, limit, self._clock_ms())
+        self._forget_if_empty(client_id, box)
         return found
 
     async def ack(self, client_id: str, ids: Sequence[str]) -> int:
@@ -341,12 +352,12 @@ class MemoryInbox:
         """Clients with at least one stored entry (expired ones included until pruned)."""
         return len(self._boxes)
 
-    def _remove(self, client_id: str, box: _Box, ids: Iterable[str]) -> int:
+    def _remove(self, client_id: str, box: _Box[InboxEntry], ids: Iterable[str]) -> int:
         removed = sum(box.remove(entry_id) for entry_id in ids)
         self._forget_if_empty(client_id, box)
         return removed
 
-    def _forget_if_empty(self, client_id: str, box: _Box) -> None:
+    def _forget_if_empty(self, client_id: str, box: _Box[InboxEntry]) -> None:
         if not box.ids:
             self._boxes.pop(client_id, None)
 
@@ -356,3 +367,31 @@ class MemoryInbox:
         self._next_sweep_ms = now_ms + self._sweep_interval_ms
         for client_id, box in list(self._boxes.items()):
             self._remove(client_id, box, box.expired(now_ms))
+
+
+class MemoryBroadcastLog:
+    """`BroadcastLog` in memory: broadcasts sorted by id, at most `max_entries`, each dropped
+    once its `expires_at_ms` has passed on the `clock_ms` wall clock (reads prune what they pass;
+    the cap bounds the rest)."""
+
+    def __init__(self, max_entries: int, *, clock_ms: ClockMs = wall_ms) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._cap = max_entries
+        self._clock_ms = clock_ms
+        self._box = _Box[Broadcast]()
+
+    async def add(self, broadcast: Broadcast) -> None:
+        if self._clock_ms() < broadcast.expires_at_ms:
+            self._box.add(broadcast, self._cap)
+
+    async def after(self, last_id: str, limit: int) -> list[Broadcast]:
+        if limit <= 0:
+            return []
+        return self._box.after(last_id, limit, self._clock_ms())
+
+    async def close(self) -> None:
+        self._box = _Box[Broadcast]()
+
+    def __len__(self) -> int:
+        return len(self._box.ids)

@@ -7,7 +7,10 @@ Per batch of taken messages:
    target client's inbox, THEN the clients are looked up in the registry, and a `Delivery` is
    queued for each active node holding some of them. Clients that are offline, or held by a node
    that is draining or dead, get nothing live: the message waits in their inbox.
-3. A broadcast goes to every active node as one `Delivery(broadcast=True)`; it is not stored.
+3. A broadcast is FIRST kept in the broadcast history (when the worker has one), THEN goes to
+   every active node as one `Delivery(broadcast=True)`; it is in no inbox. The same ordering
+   argument as below holds for a device resuming with a last id: it either is reachable on a
+   node the lookup found, or reads the history after registering and finds the broadcast there.
 4. Deliveries are published once per node for the whole batch, then the batch is marked done.
 
 Why inbox-add comes before lookup: the edge registers a connection *before* it reads that client's
@@ -27,7 +30,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from registry.base import Location, NodeState, Registry
-from router.base import Delivery, Inbox, InboxEntry, Message, MessageQueue, NodeChannel, Taken
+from router.base import (
+    Broadcast,
+    BroadcastLog,
+    Delivery,
+    Inbox,
+    InboxEntry,
+    Message,
+    MessageQueue,
+    NodeChannel,
+    Taken,
+)
 from router.clock import ClockMs, wall_ms
 from router.config import RouterConfig
 
@@ -41,6 +54,7 @@ class WorkerStats:
     taken: int = 0
     expired: int = 0  # messages dropped because their TTL ran out before handling
     stored: int = 0  # inbox entries added (one per message per target client)
+    kept: int = 0  # broadcasts added to the broadcast history
     delivered: int = 0  # deliveries handed to nodes (one per message per node)
     held: int = 0  # target clients not reachable live now (offline, or on a non-active node)
     publish_errors: int = 0  # node batches the channel failed to take (messages are in inboxes)
@@ -61,11 +75,15 @@ class RouterWorker:
         config: RouterConfig,
         clock_ms: ClockMs = wall_ms,
         take_timeout_s: float = 1.0,
+        history: BroadcastLog | None = None,
     ) -> None:
+        """`history`, when given, keeps every broadcast for devices that resume; without it a
+        broadcast reaches only the devices connected when it is delivered."""
         self._queue = queue
         self._registry = registry
         self._inbox = inbox
         self._channel = channel
+        self._history = history
         self._consumer = consumer
         self._config = config
         self._clock_ms = clock_ms
@@ -121,6 +139,8 @@ class RouterWorker:
     async def _route(self, messages: list[Message]) -> None:
         per_node: dict[str, list[Delivery]] = {}
         broadcasts = [m for m in messages if m.target.broadcast]
+        if broadcasts:
+            await self._keep(broadcasts)  # history first, node lookup second: module docstring
         active = await self._active_nodes() if broadcasts else frozenset()
         for message in messages:
             if message.target.broadcast:
@@ -128,6 +148,15 @@ class RouterWorker:
             else:
                 await self._targeted(message, per_node)
         await self._publish(per_node)
+
+    async def _keep(self, broadcasts: list[Message]) -> None:
+        if self._history is None:
+            return
+        for m in broadcasts:
+            await self._history.add(
+                Broadcast(m.id, m.payload, m.expires_at_ms, m.target.device_types)
+            )
+        self.stats.kept += len(broadcasts)
 
     async def _active_nodes(self) -> frozenset[str]:
         nodes = await self._registry.nodes()

@@ -1,4 +1,4 @@
-"""One contract suite for the router's seams: MessageQueue, NodeChannel and Inbox.
+"""One contract suite for the router's seams: MessageQueue, NodeChannel, Inbox and BroadcastLog.
 
 Every test runs against each implementation named in `FACTORIES`: in memory, on one Redis, and on
 a Redis Cluster. A factory makes a `Seams`: it builds the seams under test and knows their sense
@@ -22,6 +22,8 @@ import pytest
 
 from registry.redis_client import Client, connect
 from router.base import (
+    Broadcast,
+    BroadcastLog,
     Delivery,
     Inbox,
     InboxEntry,
@@ -31,8 +33,9 @@ from router.base import (
     Priority,
     Target,
 )
-from router.memory import MemoryInbox, MemoryNodeChannel, MemoryQueue
+from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.redis_channel import RedisNodeChannel
+from router.redis_history import RedisBroadcastLog
 from router.redis_inbox import RedisInbox
 from router.redis_queue import RedisQueue
 from tests.support.redis_servers import RedisCluster, RedisServer
@@ -42,7 +45,7 @@ FAR_MS = 4_000_000_000_000  # an expiry no test reaches (year 2096)
 REDIS_WINDOW_S = 0.4
 REDIS_UNIT_S = 0.15
 REDIS_PAST_S = 0.01  # sleeps overshoot by this much, so a deadline slept to is passed
-S = TypeVar("S", MessageQueue, NodeChannel, Inbox)
+S = TypeVar("S", MessageQueue, NodeChannel, Inbox, BroadcastLog)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,12 +82,15 @@ class Seams:
     slack_s = 1.0
 
     def __init__(self) -> None:
-        self._made: list[MessageQueue | NodeChannel | Inbox] = []
+        self._made: list[MessageQueue | NodeChannel | Inbox | BroadcastLog] = []
 
     def queue(self) -> MessageQueue:
         raise NotImplementedError
 
     def channel(self, max_pending: int = 1000) -> NodeChannel:
+        raise NotImplementedError
+
+    def history(self, max_entries: int = 100) -> BroadcastLog:
         raise NotImplementedError
 
     def inbox(self, max_per_client: int = 100) -> Inbox:
@@ -121,6 +127,9 @@ class MemorySeams(Seams):
     def inbox(self, max_per_client: int = 100) -> Inbox:
         return self._track(MemoryInbox(max_per_client, clock_ms=self.clock.wall_ms))
 
+    def history(self, max_entries: int = 100) -> BroadcastLog:
+        return self._track(MemoryBroadcastLog(max_entries, clock_ms=self.clock.wall_ms))
+
     def now_ms(self) -> int:
         return self.clock.now_ms
 
@@ -155,6 +164,10 @@ class RedisSeams(Seams):
     def inbox(self, max_per_client: int = 100) -> Inbox:
         return self._track(RedisInbox(self.client, prefix=self.prefix,
                                       max_per_client=max_per_client))
+
+    def history(self, max_entries: int = 100) -> BroadcastLog:
+        return self._track(RedisBroadcastLog(self.client, prefix=self.prefix,
+                                             max_entries=max_entries))
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)
@@ -204,6 +217,10 @@ def message(
 
 def entry(n: int, *, expires_at_ms: int = FAR_MS) -> InboxEntry:
     return InboxEntry(f"E{n:04d}", b'{"n":%d}' % n, expires_at_ms)
+
+
+def broadcast(n: int, *types: str, expires_at_ms: int = FAR_MS) -> Broadcast:
+    return Broadcast(f"B{n:04d}", b'{"b":%d}' % n, expires_at_ms, frozenset(types))
 
 
 def delivery(n: int) -> Delivery:
@@ -492,6 +509,62 @@ async def test_inbox_close_is_idempotent(seams: Seams) -> None:
     inbox = seams.inbox()
     await inbox.close()
     await inbox.close()
+
+
+# --- BroadcastLog -------------------------------------------------------------------------------
+
+
+async def test_history_after_is_strictly_after_oldest_first(seams: Seams) -> None:
+    history = seams.history()
+    for n in (3, 1, 2, 4):  # out of order, as from several routers
+        await history.add(broadcast(n))
+    assert await history.after(broadcast(1).id, 10) == [broadcast(2), broadcast(3), broadcast(4)]
+    assert await history.after(broadcast(4).id, 10) == []
+    assert await history.after("B0002x", 10) == [broadcast(3), broadcast(4)]  # never stored
+    assert await history.after("A", 2) == [broadcast(1), broadcast(2)]
+    assert await history.after("A", 0) == []
+
+
+async def test_history_keeps_payload_and_device_types_exactly(seams: Seams) -> None:
+    history = seams.history()
+    kept = [broadcast(1), broadcast(2, "tv"), broadcast(3, "tv", "ios,\"odd\""),
+            Broadcast("B0004", b"\x00{\"data\":\"\\n\"}" + bytes(range(200, 256)), FAR_MS)]
+    for b in kept:
+        await history.add(b)
+    assert await history.after("A", 10) == kept
+    assert kept[1].reaches("tv") and not kept[1].reaches("ios") and kept[0].reaches("ios")
+
+
+async def test_history_add_is_idempotent(seams: Seams) -> None:
+    history = seams.history()
+    await history.add(broadcast(1, "tv"))
+    await history.add(broadcast(1, "tv"))
+    assert await history.after("A", 10) == [broadcast(1, "tv")]
+
+
+async def test_history_cap_drops_the_oldest(seams: Seams) -> None:
+    history = seams.history(max_entries=3)
+    for n in range(1, 6):
+        await history.add(broadcast(n))
+    assert await history.after("A", 10) == [broadcast(3), broadcast(4), broadcast(5)]
+
+
+async def test_history_skips_expired_and_never_keeps_an_expired_one(seams: Seams) -> None:
+    history = seams.history()
+    now, unit_ms = seams.now_ms(), int(seams.unit_s * 1000)
+    await history.add(broadcast(1, expires_at_ms=now + unit_ms))
+    await history.add(broadcast(2, expires_at_ms=now + 4 * unit_ms))
+    await history.add(broadcast(3, expires_at_ms=now))
+    await seams.elapse(seams.unit_s)
+    assert await history.after("A", 10) == [broadcast(2, expires_at_ms=now + 4 * unit_ms)]
+    await seams.elapse(3 * seams.unit_s)
+    assert await history.after("A", 10) == []
+
+
+async def test_history_close_is_idempotent(seams: Seams) -> None:
+    history = seams.history()
+    await history.close()
+    await history.close()
 
 
 # --- memory only: bounded bookkeeping -------------------------------------------------------------

@@ -10,9 +10,9 @@ import pytest
 
 from registry.base import NodeInfo, NodeState, Registration
 from registry.memory import MemoryRegistry
-from router.base import Delivery, InboxEntry, Message, Priority, Taken, Target
+from router.base import Broadcast, Delivery, InboxEntry, Message, Priority, Taken, Target
 from router.config import RouterConfig
-from router.memory import MemoryInbox, MemoryNodeChannel, MemoryQueue
+from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.worker import RouterWorker
 
 NOW_MS = 1_700_000_000_000
@@ -46,6 +46,7 @@ class World:
     inbox: MemoryInbox
     channel: MemoryNodeChannel
     worker: RouterWorker
+    history: MemoryBroadcastLog
 
     async def connect(self, client: str, node_id: str) -> None:
         await self.registry.register([Registration(client, "u", "phone", node_id, 1)], TTL_S)
@@ -66,11 +67,12 @@ async def make_world(channel: MemoryNodeChannel | None = None) -> World:
     world_clock = [NOW_MS]
     inbox = MemoryInbox(100, clock_ms=lambda: world_clock[0])
     channel = channel or MemoryNodeChannel(1000)
+    history = MemoryBroadcastLog(100, clock_ms=lambda: world_clock[0])
     worker = RouterWorker(
         queue, registry, inbox, channel, consumer="w1", config=RouterConfig(),
-        clock_ms=lambda: world_clock[0], take_timeout_s=0.01,
+        clock_ms=lambda: world_clock[0], take_timeout_s=0.01, history=history,
     )
-    return World(queue, registry, inbox, channel, worker)
+    return World(queue, registry, inbox, channel, worker, history)
 
 
 @pytest.fixture
@@ -177,6 +179,43 @@ async def test_broadcast_goes_to_every_active_node_and_no_inbox(world: World) ->
     assert await world.received("n3") == []
     assert world.inbox.clients() == 0
     assert world.worker.stats.delivered == 2
+
+
+class HistoryCheckingChannel(MemoryNodeChannel):
+    """Records, at each publish, which broadcasts the history already held."""
+
+    def __init__(self) -> None:
+        super().__init__(1000)
+        self.history: MemoryBroadcastLog | None = None
+        self.kept_at_publish: list[list[str]] = []
+
+    async def publish(self, node_id: str, deliveries: Sequence[Delivery]) -> None:
+        assert self.history is not None
+        self.kept_at_publish.append([b.id for b in await self.history.after("", 100)])
+        await super().publish(node_id, deliveries)
+
+
+async def test_broadcast_is_kept_in_the_history_before_it_is_published() -> None:
+    channel = HistoryCheckingChannel()
+    world = await make_world(channel)
+    channel.history = world.history
+    await world.node("n1")
+    tv, everyone = message(broadcast=True, device_types=frozenset({"tv"})), message(broadcast=True)
+    await world.worker.handle(taken(tv, everyone))
+    assert await world.history.after("", 10) == [
+        Broadcast(tv.id, tv.payload, tv.expires_at_ms, frozenset({"tv"})),
+        Broadcast(everyone.id, everyone.payload, everyone.expires_at_ms),
+    ]
+    assert channel.kept_at_publish == [[tv.id, everyone.id]]
+    assert world.worker.stats.kept == 2
+
+
+async def test_only_live_broadcasts_are_kept(world: World) -> None:
+    await world.connect("c1", "n1")
+    expired = message(broadcast=True, ts_ms=NOW_MS - 120_000)
+    await world.worker.handle(taken(message("c1"), expired))
+    assert await world.history.after("", 10) == []
+    assert world.worker.stats.kept == 0
 
 
 async def test_message_resolved_to_nobody_is_just_done(world: World) -> None:
