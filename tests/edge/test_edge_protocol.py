@@ -24,7 +24,7 @@ from wsproto.frame_protocol import FrameProtocol, Opcode
 from registry.base import Registration
 from registry.memory import MemoryRegistry
 from router.auth import AuthConfig, TokenVerifier, issue_token
-from router.base import Delivery, InboxEntry
+from router.base import BroadcastLog, Delivery, InboxEntry
 from router.memory import MemoryInbox, MemoryNodeChannel
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.protocol import HELD_MAX, EdgeConnection
@@ -292,7 +292,7 @@ class SseDevice:
 class Edge:
     """An `EdgeServer` on memory seams and a fake clock, and the means to drive it by hand."""
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, *, history: BroadcastLog | None = None, **config: Any) -> None:
         self.clock = FakeClock()
         self.registry = MemoryRegistry(clock=self.clock)
         self.inbox = MemoryInbox(1000, clock_ms=lambda: NOW_MS)
@@ -302,7 +302,8 @@ class Edge:
         settings.update(config)
         self.server = EdgeServer(
             EdgeConfig(**settings), verifier=TokenVerifier(AuthConfig(secret=SECRET)),
-            registry=self.registry, inbox=self.inbox, channel=self.channel, clock=self.clock)
+            registry=self.registry, inbox=self.inbox, channel=self.channel, clock=self.clock,
+            history=history)
 
     def device(self) -> Device:
         return Device(self.server)

@@ -7,6 +7,13 @@ written in one call, then each new connection's inbox is read and replayed. Regi
 reading the inbox is what makes delivery gap-free: a router stores a message in the inbox before it
 looks up the client, so a message is either found by that lookup (and delivered live) or already
 in the inbox when the connection reads it.
+
+Broadcasts are in no inbox. With a broadcast history (`history`), a device that resumes WITH a
+last id is replayed its inbox after that id merged with the history after it narrowed to its
+device type, in id order, each id once (`merge_replay`); the same registration-first argument
+covers them, as a router keeps a broadcast in the history before it looks up nodes. A device
+connecting WITHOUT a last id gets no old broadcasts: it has no point to resume from, and a new
+device is not sent the fleet's recent announcements as if it had missed them.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 
 from registry.base import NodeInfo, NodeState, Registration, Registry
 from router.auth import TokenVerifier
-from router.base import Delivery, Inbox, InboxEntry, NodeChannel
+from router.base import Broadcast, BroadcastLog, Delivery, Inbox, InboxEntry, NodeChannel
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.protocol import EdgeConnection
 from zuulpush.edge.state import State
@@ -76,12 +83,15 @@ class EdgeServer:
         inbox: Inbox,
         channel: NodeChannel,
         clock: Callable[[], float] = time.monotonic,
+        history: BroadcastLog | None = None,
     ) -> None:
+        """Without `history`, resuming devices get their inbox only (no missed broadcasts)."""
         self.config = config
         self.verifier = verifier
         self.registry = registry
         self.inbox = inbox
         self.channel = channel
+        self.history = history
         self.clock = clock
         self.node_id = config.node_id or default_node_id()
         self.state = NodeState.ACTIVE
@@ -298,11 +308,16 @@ class EdgeServer:
         for conn in conns:
             if conn.state is not State.REPLAYING:
                 continue
-            client_id = conn.registration.client_id  # type: ignore[union-attr]
+            reg = conn.registration
+            assert reg is not None
             last_id = conn.resume_after
             if last_id is not None:
-                await self.inbox.ack_through(client_id, last_id)
-            conn.replayed(await self._unacked(client_id, last_id))
+                await self.inbox.ack_through(reg.client_id, last_id)
+            entries = await self._unacked(reg.client_id, last_id)
+            if last_id is not None and self.history is not None:
+                missed = await self._missed_broadcasts(self.history, last_id)
+                entries = merge_replay(entries, missed, reg.device_type)
+            conn.replayed(entries)
 
     async def _unacked(self, client_id: str, last_id: str | None) -> list[InboxEntry]:
         """The whole of a client's inbox after `last_id`, read a page at a time. All of it: a
@@ -315,6 +330,17 @@ class EdgeServer:
             entries.extend(page)
             if len(page) < page_size:
                 return entries
+            last_id = page[-1].id
+
+    async def _missed_broadcasts(self, history: BroadcastLog, last_id: str) -> list[Broadcast]:
+        """The whole broadcast history after `last_id`, a page at a time (its cap bounds it)."""
+        page_size = self.config.replay_page_size
+        found: list[Broadcast] = []
+        while True:
+            page = await history.after(last_id, page_size)
+            found.extend(page)
+            if len(page) < page_size:
+                return found
             last_id = page[-1].id
 
     async def _delivery_loop(self) -> None:
@@ -383,3 +409,15 @@ class EdgeServer:
         conns = list(self._wheel.members())
         conns.extend(conn for _, conn in self._handshakes if conn.state is State.HANDSHAKE)
         return conns
+
+
+def merge_replay(
+    inbox: list[InboxEntry], broadcasts: list[Broadcast], device_type: str
+) -> list[InboxEntry]:
+    """What a resuming device is replayed: its inbox entries and the broadcasts that reach its
+    `device_type`, in id order, each id once (an inbox entry wins over a broadcast of its id)."""
+    merged = {entry.id: entry for entry in inbox}
+    for broadcast in broadcasts:
+        if broadcast.reaches(device_type) and broadcast.id not in merged:
+            merged[broadcast.id] = broadcast.entry()
+    return sorted(merged.values(), key=lambda entry: entry.id)
