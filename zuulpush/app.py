@@ -7,7 +7,8 @@
   registry on Redis (one region, or replicated across regions), reading its deliveries from its
   node channel and its clients' inboxes on the same Redis (the local region's).
 - `ApiApp` (`zuulpush api`): the push-send API, resolving targets in the registry on Redis and
-  enqueueing on the queue on Redis.
+  enqueueing on the queue on Redis; with a device-token secret or public key configured, also
+  the devices' inbox pull and ack (`GET /v1/inbox`, `POST /v1/inbox/ack`) on the inboxes there.
 - `RouterApp` (`zuulpush router`): N router workers in one process, taking from the queue on
   Redis, storing in inboxes and publishing to node channels there. Stateless: run any number.
 
@@ -76,7 +77,7 @@ class EmbeddedApp:
                                registry=self.registry, inbox=self.inbox, channel=self.channel)
         self.worker = RouterWorker(self.queue, self.registry, self.inbox, self.channel,
                                    consumer=f"{self.edge.node_id}-router", config=config.router)
-        self.api = ApiSite(config.api, config.auth, self.queue, self.registry)
+        self.api = ApiSite(config.api, config.auth, self.queue, self.registry, self.inbox)
         self.workers = Workers([self.worker])
 
     @property
@@ -102,17 +103,18 @@ class ApiSite:
     """The push-send API (aiohttp) on its address. `await start()`, then `await stop()`."""
 
     def __init__(self, config: ApiConfig, auth: AuthConfig, queue: MessageQueue,
-                 registry: Registry) -> None:
+                 registry: Registry, inbox: Inbox | None = None) -> None:
         self._config = config
         self._auth = auth
         self._queue = queue
         self._registry = registry
+        self._inbox = inbox
         self._runner: web.AppRunner | None = None
         self.port = config.api_port
 
     async def start(self) -> None:
         app = create_api_app(config=self._config, auth=self._auth, queue=self._queue,
-                             registry=self._registry)
+                             registry=self._registry, inbox=self._inbox)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.api_host, self._config.api_port,
@@ -201,7 +203,10 @@ class ApiApp:
         self.node_id = default_node_id()
         self.handle = _local_registry(config.registry)
         self.queue = redis_queue(config.registry.redis_url, config.router, config.fleet)
-        self.api = ApiSite(config.api, config.auth, self.queue, self.handle.registry)
+        self.inbox: RedisInbox | None = None
+        if config.auth.secret or config.auth.public_key:
+            self.inbox = redis_inbox(config.registry.redis_url, config.router, config.fleet)
+        self.api = ApiSite(config.api, config.auth, self.queue, self.handle.registry, self.inbox)
 
     @property
     def api_port(self) -> int:
@@ -214,6 +219,8 @@ class ApiApp:
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.api.stop()
         await self.queue.close()
+        if self.inbox is not None:
+            await self.inbox.close()
         await self.handle.close()
 
 

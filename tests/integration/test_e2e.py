@@ -383,3 +383,38 @@ def test_api_and_router_without_redis_explain_themselves() -> None:
                               env={k: v for k, v in os.environ.items()
                                    if not k.startswith("ZUULPUSH_")})
         assert done.returncode == 2 and "--redis" in done.stderr, done
+
+
+async def test_a_device_that_never_connects_pulls_its_inbox_and_acks(
+        fleet_factory: FleetFactory) -> None:
+    fleet = fleet_factory()
+    assert fleet.api is not None
+    headers = {"Authorization": f"Bearer {fleet.token('tv-1', 'viewer', 'tv')}"}
+    inbox = RedisInbox.from_url(fleet.redis.url, max_per_client=1000)
+    try:
+        async with push_api(fleet.api.api, fleet.api.api_key) as api:
+            sent = [(await push(api, to_clients("tv-1", data=i)))["id"] for i in range(3)]
+
+            async def stored() -> bool:
+                return len(await inbox.after("tv-1", None, 10)) == 3
+            await eventually(stored)
+
+            async def pull(after: str | None = None) -> dict[str, Any]:
+                query = f"?limit=2&after={after}" if after else "?limit=2"
+                async with api.session.get(f"{fleet.api.api}/v1/inbox{query}",
+                                           headers=headers) as response:
+                    assert response.status == 200, await response.text()
+                    return dict(orjson.loads(await response.read()))
+
+            first = await pull()
+            assert [m["id"] for m in first["messages"]] == sent[:2] and first["more"]
+            rest = await pull(sent[1])
+            assert [m["id"] for m in rest["messages"]] == sent[2:] and not rest["more"]
+            assert [m["data"] for m in first["messages"] + rest["messages"]] == [0, 1, 2]
+            async with api.session.post(f"{fleet.api.api}/v1/inbox/ack", headers=headers,
+                                        data=orjson.dumps({"ids": sent})) as response:
+                assert response.status == 200
+                assert orjson.loads(await response.read()) == {"removed": 3}
+            assert (await pull())["messages"] == []
+    finally:
+        await inbox.close()
