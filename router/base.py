@@ -191,6 +191,11 @@ class Inbox(Protocol):
         Adding an id already present is a no-op."""
         ...
 
+    async def add_many(self, items: Sequence[tuple[Sequence[str], InboxEntry]]) -> None:
+        """`add(client_ids, entry)` for each item, in order, as one batched call (on Redis one
+        pipeline): what a router worker stores for a whole batch of messages."""
+        ...
+
     async def after(self, client_id: str, last_id: str | None, limit: int) -> list[InboxEntry]:
         """Unexpired entries with id greater than `last_id` (all when None), oldest first."""
         ...

@@ -323,6 +323,10 @@ class MemoryInbox:
                 box = self._boxes[client_id] = _Box[InboxEntry]()
             box.add(entry, self._cap)
 
+    async def add_many(self, items: Sequence[tuple[Sequence[str], InboxEntry]]) -> None:
+        for client_ids, entry in items:
+            await self.add(client_ids, entry)
+
     async def after(self, client_id: str, last_id: str | None, limit: int) -> list[InboxEntry]:
         box = self._boxes.get(client_id)
         if box is None or limit <= 0:

@@ -151,12 +151,18 @@ class RedisInbox:
         return [ids, ids + ":e"]
 
     async def add(self, client_ids: Iterable[str], entry: InboxEntry) -> None:
-        ttl_ms = entry.expires_at_ms - self._clock_ms()
-        if ttl_ms <= 0:
-            return
-        value = b"%015d%b" % (entry.expires_at_ms, entry.payload)
-        args = [entry.id, value, self._cap, ttl_ms]
-        calls: list[ScriptCall] = [(ADD, self.keys(c), args) for c in dict.fromkeys(client_ids)]
+        await self.add_many([(tuple(client_ids), entry)])
+
+    async def add_many(self, items: Sequence[tuple[Sequence[str], InboxEntry]]) -> None:
+        now_ms = self._clock_ms()
+        calls: list[ScriptCall] = []
+        for client_ids, entry in items:
+            ttl_ms = entry.expires_at_ms - now_ms
+            if ttl_ms <= 0:
+                continue
+            value = b"%015d%b" % (entry.expires_at_ms, entry.payload)
+            args = [entry.id, value, self._cap, ttl_ms]
+            calls += [(ADD, self.keys(c), args) for c in dict.fromkeys(client_ids)]
         if calls:
             with unavailable("inbox"):
                 await run_pipelined(self._client, calls)

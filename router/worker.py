@@ -3,9 +3,10 @@
 Per batch of taken messages:
 
 1. An expired message is dropped and counted: never stored, never delivered.
-2. A targeted message (its `target.clients` already resolved by the API) is FIRST added to every
-   target client's inbox, THEN the clients are looked up in the registry, and a `Delivery` is
-   queued for each active node holding some of them. Clients that are offline, or held by a node
+2. The targeted messages (their `target.clients` already resolved by the API) are FIRST added
+   to every target client's inbox, all of the batch in one batched call, THEN all their clients
+   are looked up in the registry at once, and a `Delivery` is queued for each active node holding
+   some of a message's clients. Clients that are offline, or held by a node
    that is draining or dead, get nothing live: the message waits in their inbox.
 3. A broadcast is FIRST kept in the broadcast history (when the worker has one), THEN goes to
    every active node as one `Delivery(broadcast=True)`; it is in no inbox. The same ordering
@@ -142,12 +143,26 @@ class RouterWorker:
         if broadcasts:
             await self._keep(broadcasts)  # history first, node lookup second: module docstring
         active = await self._active_nodes() if broadcasts else frozenset()
+        targeted = [m for m in messages if not m.target.broadcast and m.target.clients]
+        locations = await self._store_and_locate(targeted)
         for message in messages:
             if message.target.broadcast:
                 self._broadcast(message, active, per_node)
-            else:
-                await self._targeted(message, per_node)
+            elif message.target.clients:
+                self._targeted(message, locations, per_node)
         await self._publish(per_node)
+
+    async def _store_and_locate(self, messages: list[Message]) -> dict[str, Location]:
+        """Store every targeted message of the batch in its clients' inboxes (one batched call),
+        THEN locate all their clients at once: inbox first, lookup second (module docstring),
+        two round trips per batch rather than per message."""
+        if not messages:
+            return {}
+        await self._inbox.add_many([
+            (m.target.clients, InboxEntry(m.id, m.payload, m.expires_at_ms)) for m in messages])
+        self.stats.stored += sum(len(m.target.clients) for m in messages)
+        clients = dict.fromkeys(c for m in messages for c in m.target.clients)
+        return await self._registry.locate_many(clients)
 
     async def _keep(self, broadcasts: list[Message]) -> None:
         if self._history is None:
@@ -171,15 +186,10 @@ class RouterWorker:
         for node_id in active:
             per_node.setdefault(node_id, []).append(delivery)
 
-    async def _targeted(self, message: Message, per_node: dict[str, list[Delivery]]) -> None:
+    def _targeted(self, message: Message, locations: dict[str, Location],
+                  per_node: dict[str, list[Delivery]]) -> None:
         clients = message.target.clients
-        if not clients:
-            return
-        # Inbox first, lookup second: see the module docstring.
-        entry = InboxEntry(message.id, message.payload, message.expires_at_ms)
-        await self._inbox.add(clients, entry)
-        self.stats.stored += len(clients)
-        by_node = _group_by_node(clients, await self._registry.locate_many(clients))
+        by_node = _group_by_node(clients, locations)
         reached = 0
         for node_id, node_clients in by_node.items():
             per_node.setdefault(node_id, []).append(

@@ -453,6 +453,15 @@ async def test_inbox_add_stores_for_each_client_separately(seams: Seams) -> None
     assert await inbox.after("c2", None, 10) == [entry(1)]
 
 
+async def test_inbox_add_many_is_add_for_each_item(seams: Seams) -> None:
+    inbox = seams.inbox()
+    await inbox.add_many([(["c1", "c2"], entry(2)), (["c1"], entry(1)), ([], entry(3)),
+                          (["c2"], entry(2))])
+    assert await inbox.after("c1", None, 10) == [entry(1), entry(2)]
+    assert await inbox.after("c2", None, 10) == [entry(2)]
+    await inbox.add_many([])
+
+
 async def test_inbox_add_is_idempotent(seams: Seams) -> None:
     inbox = seams.inbox()
     await inbox.add(["c1"], entry(1))
