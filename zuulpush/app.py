@@ -37,10 +37,11 @@ from registry.factory import RegistryHandle, open_registry
 from registry.memory import MemoryRegistry
 from router.api import create_api_app
 from router.auth import AuthConfig, TokenVerifier
-from router.base import Inbox, MessageQueue, NodeChannel
+from router.base import BroadcastLog, Inbox, MessageQueue, NodeChannel
 from router.config import ApiConfig, RouterConfig
-from router.memory import MemoryInbox, MemoryNodeChannel, MemoryQueue
+from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.redis_channel import RedisNodeChannel
+from router.redis_history import RedisBroadcastLog
 from router.redis_inbox import RedisInbox
 from router.redis_queue import RedisQueue
 from router.worker import RouterWorker
@@ -73,10 +74,13 @@ class EmbeddedApp:
         self.queue = MemoryQueue(config.router.dedup_window_s)
         self.inbox = MemoryInbox(config.router.inbox_max_per_client)
         self.channel = MemoryNodeChannel(config.router.node_channel_max_pending)
+        self.history = MemoryBroadcastLog(config.router.broadcast_history_max)
         self.edge = EdgeServer(config.edge, verifier=TokenVerifier(config.auth),
-                               registry=self.registry, inbox=self.inbox, channel=self.channel)
+                               registry=self.registry, inbox=self.inbox, channel=self.channel,
+                               history=self.history)
         self.worker = RouterWorker(self.queue, self.registry, self.inbox, self.channel,
-                                   consumer=f"{self.edge.node_id}-router", config=config.router)
+                                   consumer=f"{self.edge.node_id}-router", config=config.router,
+                                   history=self.history)
         self.api = ApiSite(config.api, config.auth, self.queue, self.registry, self.inbox)
         self.workers = Workers([self.worker])
 
@@ -95,7 +99,7 @@ class EmbeddedApp:
         await self.api.stop()
         await self.workers.stop(grace_s)
         await self.edge.shutdown(grace_s)
-        for seam in (self.queue, self.channel, self.inbox, self.registry):
+        for seam in (self.queue, self.channel, self.inbox, self.history, self.registry):
             await seam.close()
 
 
@@ -165,6 +169,11 @@ def redis_queue(url: str, router: RouterConfig, fleet: FleetConfig) -> RedisQueu
 def redis_inbox(url: str, router: RouterConfig, fleet: FleetConfig) -> RedisInbox:
     return RedisInbox.from_url(url, prefix=fleet.router_prefix,
                                max_per_client=router.inbox_max_per_client)
+
+
+def redis_history(url: str, router: RouterConfig, fleet: FleetConfig) -> RedisBroadcastLog:
+    return RedisBroadcastLog.from_url(url, prefix=fleet.router_prefix,
+                                      max_entries=router.broadcast_history_max)
 
 
 def redis_channel(url: str, fleet: FleetConfig) -> RedisNodeChannel:
@@ -238,9 +247,11 @@ class RouterApp:
         self.queue = redis_queue(url, config.router, config.fleet)
         self.inbox = redis_inbox(url, config.router, config.fleet)
         self.channel = redis_channel(url, config.fleet)
+        self.history = redis_history(url, config.router, config.fleet)
         self.workers = Workers([
             RouterWorker(self.queue, self.handle.registry, self.inbox, self.channel,
-                         consumer=f"{self.node_id}-w{i}", config=config.router)
+                         consumer=f"{self.node_id}-w{i}", config=config.router,
+                         history=self.history)
             for i in range(config.fleet.router_workers)])
 
     async def start(self) -> None:
@@ -249,7 +260,7 @@ class RouterApp:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.workers.stop(grace_s)
-        for seam in (self.queue, self.channel, self.inbox):
+        for seam in (self.queue, self.channel, self.inbox, self.history):
             await seam.close()
         await self.handle.close()
 
@@ -279,15 +290,18 @@ class EdgeApp:
         url = config.registry.redis_url
         self.inbox: Inbox
         self.channel: NodeChannel
+        self.history: BroadcastLog
         if url:
             self.inbox = redis_inbox(url, config.router, config.fleet)
             self.channel = redis_channel(url, config.fleet)
+            self.history = redis_history(url, config.router, config.fleet)
         else:
             self.inbox = MemoryInbox(config.router.inbox_max_per_client)
             self.channel = MemoryNodeChannel(config.router.node_channel_max_pending)
+            self.history = MemoryBroadcastLog(config.router.broadcast_history_max)
         self.edge = EdgeServer(config.edge, verifier=TokenVerifier(config.auth),
                                registry=self.handle.registry, inbox=self.inbox,
-                               channel=self.channel)
+                               channel=self.channel, history=self.history)
 
     async def start(self) -> None:
         await self.handle.start()
@@ -297,5 +311,5 @@ class EdgeApp:
         """Drain the node (go-aways, unregister), then close the registry, channel and inbox."""
         await self.edge.shutdown(grace_s)
         await self.handle.close()
-        for seam in (self.channel, self.inbox):
+        for seam in (self.channel, self.inbox, self.history):
             await seam.close()

@@ -418,3 +418,32 @@ async def test_a_device_that_never_connects_pulls_its_inbox_and_acks(
             assert (await pull())["messages"] == []
     finally:
         await inbox.close()
+
+
+async def test_a_resuming_device_gets_the_broadcasts_it_missed_of_its_type(
+        fleet_factory: FleetFactory) -> None:
+    fleet = fleet_factory()
+    assert fleet.api is not None
+    async with push_api(fleet.api.api, fleet.api.api_key) as api:
+        tv = await connect(fleet, fleet.a, "bc-tv", device_type="tv")
+        await registered(fleet, {"bc-tv": "edge-a"})
+        first = await push(api, to_clients("bc-tv", data="before"))
+        assert await tv.next_ids(1) == [first["id"]]
+        await tv.ws.close()
+        await registered(fleet, {"bc-tv": None})
+        for_tvs = await push(api, {"to": {"broadcast": True, "device_types": ["tv"]},
+                                   "data": "tvs"})
+        await push(api, {"to": {"broadcast": True, "device_types": ["phone"]}, "data": "phones"})
+        direct = await push(api, to_clients("bc-tv", data="direct"))
+        await asyncio.sleep(0.5)  # routed while the device was away
+        again = await connect(fleet, fleet.b, "bc-tv", device_type="tv", last_id=first["id"])
+        try:
+            assert await again.next_ids(2) == [for_tvs["id"], direct["id"]]
+            await again.nothing_more()
+        finally:
+            await again.ws.close()
+        fresh = await connect(fleet, fleet.b, "bc-new", device_type="tv")  # no last id
+        try:
+            await fresh.nothing_more()
+        finally:
+            await fresh.ws.close()

@@ -92,3 +92,22 @@ async def test_stop_sends_reconnect_hints(embedded: Embedded, ids: Ids) -> None:
         assert event.event == "reconnect" and event.json()["reconnect_after_ms"] > 0
         await asyncio.wait_for(stopping, 5)
     assert embedded.app.edge.open_count() == 0
+
+
+async def test_an_sse_device_resuming_gets_the_broadcast_it_missed(
+        embedded: Embedded, ids: Ids) -> None:
+    tv = ids("tv")
+    async with aiohttp.ClientSession() as session, \
+            push_api(embedded.api, embedded.api_key) as api:
+        async with sse_stream(session, embedded.edge, embedded.token(tv, device_type="tv")) as sse:
+            seen = await api.send("before", clients=[tv])
+            assert (await sse.next()).id == seen
+        missed = await api.send("for tvs", broadcast=True, device_types=["tv"])
+        await api.send("for phones", broadcast=True, device_types=["phone"])
+        await asyncio.sleep(0.2)  # routed while the device was away
+        async with sse_stream(session, embedded.edge, embedded.token(tv, device_type="tv"),
+                              last_event_id=seen) as again:
+            event = await again.next()
+            assert (event.id, event.json()["data"]) == (missed, "for tvs")
+            with pytest.raises(TimeoutError):
+                await again.next(0.3)
