@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
@@ -45,7 +44,7 @@ from router.redis_history import RedisBroadcastLog
 from router.redis_inbox import RedisInbox
 from router.redis_queue import RedisQueue
 from router.worker import RouterWorker
-from zuulpush.config import FleetConfig, build
+from zuulpush.config import Components, FleetConfig
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.server import EdgeServer, default_node_id
 
@@ -53,16 +52,12 @@ log = logging.getLogger("zuulpush")
 
 
 @dataclass(frozen=True, slots=True)
-class ServeConfig:
+class ServeConfig(Components):
     edge: EdgeConfig
     auth: AuthConfig
     api: ApiConfig
     router: RouterConfig
 
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> ServeConfig:
-        return cls(build(EdgeConfig, settings), build(AuthConfig, settings),
-                   build(ApiConfig, settings), build(RouterConfig, settings))
 
 
 class EmbeddedApp:
@@ -188,7 +183,7 @@ def _local_registry(config: RegistryConfig) -> RegistryHandle:
 
 
 @dataclass(frozen=True, slots=True)
-class FleetAppConfig:
+class FleetAppConfig(Components):
     """What `zuulpush api` and `zuulpush router` are built from."""
 
     auth: AuthConfig
@@ -197,11 +192,6 @@ class FleetAppConfig:
     registry: RegistryConfig
     fleet: FleetConfig
 
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> FleetAppConfig:
-        return cls(build(AuthConfig, settings), build(ApiConfig, settings),
-                   build(RouterConfig, settings), build(RegistryConfig, settings),
-                   build(FleetConfig, settings))
 
 
 class ApiApp:
@@ -266,18 +256,13 @@ class RouterApp:
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeAppConfig:
+class EdgeAppConfig(Components):
     edge: EdgeConfig
     auth: AuthConfig
     router: RouterConfig
     registry: RegistryConfig
     fleet: FleetConfig = dataclasses.field(default_factory=FleetConfig)
 
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> EdgeAppConfig:
-        return cls(build(EdgeConfig, settings), build(AuthConfig, settings),
-                   build(RouterConfig, settings), build(RegistryConfig, settings),
-                   build(FleetConfig, settings))
 
 
 class EdgeApp:

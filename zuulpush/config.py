@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,19 @@ def build(component: type[C], settings: Mapping[str, Any], **overrides: Any) -> 
     return component(**values)
 
 
+class Components:
+    """Mixin for a frozen dataclass whose fields are component configs (`edge: EdgeConfig`, ...):
+    `from_settings` builds every field from the same merged settings, by the field's type."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_settings(cls: type[C], settings: Mapping[str, Any]) -> C:
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: build(hints[f.name], settings)
+                      for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+
+
 def _from_toml(path: Path, keys: Mapping[str, dataclasses.Field[Any]]) -> dict[str, Any]:
     try:
         document = tomllib.loads(path.read_text())
@@ -140,4 +154,4 @@ def _to_bool(value: Any) -> bool:
     raise ValueError(value)
 
 
-__all__ = ["ConfigError", "FleetConfig", "build", "known_keys", "load_settings"]
+__all__ = ["Components", "ConfigError", "FleetConfig", "build", "known_keys", "load_settings"]
