@@ -51,14 +51,21 @@ def untag(tag_: str) -> str:
     return tag_.replace("%7D", "}").replace("%25", "%")
 
 
+def check_prefix(prefix: str) -> str:
+    """`prefix` if it can start Redis key names: non-empty and without braces (a brace in a
+    prefix would move the hash tag, and with it a key's Cluster slot); ValueError otherwise."""
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
+    return prefix
+
+
 class Keys:
     """Every key name of one registry, under `prefix` (no braces: they would move the tag)."""
 
     __slots__ = ("node_set", "prefix")
 
     def __init__(self, prefix: str) -> None:
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
+        check_prefix(prefix)
         self.prefix = prefix
         self.node_set = f"{{{prefix}:nodes}}"
 

@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 
 from registry.redis_client import Client, connect
-from registry.redis_layout import tag
+from registry.redis_layout import check_prefix, tag
 from router.base import Delivery
 from router.redis_common import block_ms, idle, unavailable, unless_closed
 
@@ -75,8 +75,7 @@ class RedisNodeChannel:
         ttl_s: float = DEFAULT_TTL_S,
         catch_up_s: float = DEFAULT_CATCH_UP_S,
     ) -> None:
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
+        check_prefix(prefix)
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
         self._client = client

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from registry.redis_client import Client, connect
+from registry.redis_layout import check_prefix
 from router.base import Broadcast
 from router.clock import ClockMs, wall_ms
 from router.redis_common import run_script, unavailable
@@ -43,8 +44,7 @@ class RedisBroadcastLog:
         max_entries: int,
         clock_ms: ClockMs = wall_ms,
     ) -> None:
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
+        check_prefix(prefix)
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._client = client

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from registry.redis_client import Client, connect
-from registry.redis_layout import tag
+from registry.redis_layout import check_prefix, tag
 from registry.redis_lua import Lua
 from router.base import InboxEntry
 from router.clock import ClockMs, wall_ms
@@ -127,8 +127,7 @@ class RedisInbox:
         max_per_client: int,
         clock_ms: ClockMs = wall_ms,
     ) -> None:
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
+        check_prefix(prefix)
         if max_per_client < 1:
             raise ValueError("max_per_client must be at least 1")
         self._client = client

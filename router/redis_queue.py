@@ -61,6 +61,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from registry.redis_client import Client, connect
+from registry.redis_layout import check_prefix
 from registry.redis_lua import Lua
 from router.base import Message, Priority, Taken, Target
 from router.errors import Unavailable
@@ -198,8 +199,7 @@ class RedisQueue:
         weights: Mapping[Priority, int] = DEFAULT_WEIGHTS,
         max_depth: int | None = DEFAULT_MAX_DEPTH,
     ) -> None:
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
+        check_prefix(prefix)
         if any(weights.get(p, 0) < 1 for p in Priority):
             raise ValueError("every priority needs a weight of at least 1")
         if claim_idle_s <= 0 or dedup_window_s <= 0:
