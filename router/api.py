@@ -36,7 +36,13 @@ Decisions:
   reads and acks its own inbox only. A bad or missing token is 401 `invalid_token`, as at the
   edge. A pull does not remove anything: messages stay until acked (or expired, or pushed out by
   the inbox cap). `more` is true when messages after the last one returned are waiting; the
-  next pull passes the last id as `after`. Broadcasts are not in an inbox and not pulled.
+  next pull passes the last id as `after`.
+- Broadcasts are in no inbox. With a broadcast history, a pull WITH `after` also returns the
+  broadcasts kept after that id that reach the token's device type, merged with the inbox in id
+  order, each id once: exactly what the edge replays to a device resuming with that last id, so a
+  device that only polls misses no broadcast either. A pull without `after` (a device with no
+  last id) gets its inbox only, as a fresh connection would. Acking a broadcast's id removes
+  nothing; the device's next `after` moves past it.
 - The body is parsed as JSON whatever the Content-Type says: senders (and curl) often omit it.
 - The API key is checked before the body is read; the size limit (413, naming it) before parsing,
   from Content-Length when given and while reading otherwise.
@@ -58,8 +64,16 @@ import orjson
 from aiohttp import web
 
 from registry.base import NodeInfo, Registry
-from router.auth import AuthConfig, TokenVerifier, bearer, check_key
-from router.base import Inbox, Message, MessageQueue, Target
+from router.auth import AuthConfig, DeviceIdentity, TokenVerifier, bearer, check_key
+from router.base import (
+    Broadcast,
+    BroadcastLog,
+    Inbox,
+    Message,
+    MessageQueue,
+    Target,
+    merge_replay,
+)
 from router.clock import ClockMs, wall_ms
 from router.config import ApiConfig
 from router.errors import PayloadTooLarge, Unauthorized, Unavailable, ZuulpushError
@@ -85,19 +99,20 @@ def create_api_app(
     queue: MessageQueue,
     registry: Registry,
     inbox: Inbox | None = None,
+    history: BroadcastLog | None = None,
     ids: IdGenerator | None = None,
     clock_ms: ClockMs = wall_ms,
 ) -> web.Application:
     """The API as an aiohttp application; the caller runs it (AppRunner, TCPSite) and closes the
-    queue, registry and inbox it passed in. Without `inbox` the device inbox routes are absent
-    (404)."""
+    queue, registry, inbox and history it passed in. Without `inbox` the device inbox routes are
+    absent (404); without `history` a pull returns the inbox alone."""
     max_body = max(config.max_payload_bytes, config.max_batch_payload_bytes)
     app = web.Application(client_max_size=max_body, middlewares=[_json_errors])
     push = _PushHandler(config, auth, queue, registry, ids or IdGenerator(), clock_ms)
     app.router.add_post("/v1/push", push.handle)
     app.router.add_post("/v1/push/batch", push.handle_batch)
     if inbox is not None:
-        pull = _InboxHandler(config, TokenVerifier(auth), inbox)
+        pull = _InboxHandler(config, TokenVerifier(auth), inbox, history)
         app.router.add_get("/v1/inbox", pull.pull)
         app.router.add_post("/v1/inbox/ack", pull.ack)
     app.router.add_get("/healthz", _healthz)
@@ -180,17 +195,25 @@ class _PushHandler:
 class _InboxHandler:
     """GET /v1/inbox and POST /v1/inbox/ack, for devices, on their own inbox."""
 
-    __slots__ = ("_config", "_inbox", "_verifier")
+    __slots__ = ("_config", "_history", "_inbox", "_verifier")
 
-    def __init__(self, config: ApiConfig, verifier: TokenVerifier, inbox: Inbox) -> None:
+    def __init__(self, config: ApiConfig, verifier: TokenVerifier, inbox: Inbox,
+                 history: BroadcastLog | None) -> None:
         self._config = config
         self._verifier = verifier
         self._inbox = inbox
+        self._history = history
 
     async def pull(self, request: web.Request) -> web.Response:
-        client_id = self._client_id(request)
+        claims = self._claims(request)
         after, limit = parse_inbox_query(request.query, max_page=self._config.max_inbox_page)
-        entries = await self._inbox.after(client_id, after, limit + 1)
+        entries = await self._inbox.after(claims.client_id, after, limit + 1)
+        if after is not None and self._history is not None:
+            missed, last_read = await _broadcasts_after(self._history, after, claims.device_type,
+                                                        limit + 1)
+            entries = merge_replay(entries, missed, claims.device_type)
+            if last_read is not None:  # the history goes on past what was read: stop there
+                entries = [e for e in entries if e.id <= last_read]
         more = len(entries) > limit
         # The payloads are the very JSON objects devices receive: spliced, not re-encoded.
         body = b"".join((b'{"messages":[', b",".join(e.payload for e in entries[:limit]),
@@ -198,7 +221,7 @@ class _InboxHandler:
         return web.Response(body=body, content_type="application/json")
 
     async def ack(self, request: web.Request) -> web.Response:
-        client_id = self._client_id(request)
+        client_id = self._claims(request).client_id
         body = await _read_body(request, self._config.max_payload_bytes)
         ack = parse_inbox_ack(body, max_ids=self._config.max_inbox_page,
                               max_bytes=self._config.max_payload_bytes)
@@ -208,10 +231,27 @@ class _InboxHandler:
             removed = await self._inbox.ack(client_id, ack.ids)
         return _json({"removed": removed})
 
-    def _client_id(self, request: web.Request) -> str:
-        """The verified token's client id; InvalidToken (401) otherwise."""
+    def _claims(self, request: web.Request) -> DeviceIdentity:
+        """The verified token's claims; InvalidToken (401) otherwise."""
         token = request.query.get("token") or bearer(request.headers.get("Authorization"))
-        return self._verifier.verify(token or "").client_id
+        return self._verifier.verify(token or "")
+
+
+async def _broadcasts_after(history: BroadcastLog, after: str, device_type: str,
+                            wanted: int) -> tuple[list[Broadcast], str | None]:
+    """The kept broadcasts after `after` that reach `device_type`, read a page at a time until
+    `wanted` of them are found or the history ends; with the id of the last broadcast read when
+    the history may go on past it (None when it was read to its end)."""
+    found: list[Broadcast] = []
+    last_id = after
+    while True:
+        page = await history.after(last_id, wanted)
+        found.extend(b for b in page if b.reaches(device_type))
+        if len(page) < wanted:
+            return found, None
+        last_id = page[-1].id
+        if len(found) >= wanted:
+            return found, last_id
 
 
 async def _no_nodes() -> list[NodeInfo]:

@@ -138,6 +138,18 @@ class Broadcast:
         return InboxEntry(self.id, self.payload, self.expires_at_ms)
 
 
+def merge_replay(
+    inbox: list[InboxEntry], broadcasts: list[Broadcast], device_type: str
+) -> list[InboxEntry]:
+    """What a resuming device is replayed: its inbox entries and the broadcasts that reach its
+    `device_type`, in id order, each id once (an inbox entry wins over a broadcast of its id)."""
+    merged = {entry.id: entry for entry in inbox}
+    for broadcast in broadcasts:
+        if broadcast.reaches(device_type) and broadcast.id not in merged:
+            merged[broadcast.id] = broadcast.entry()
+    return sorted(merged.values(), key=lambda entry: entry.id)
+
+
 class MessageQueue(Protocol):
     """Priority queues of accepted messages, shared by all router workers."""
 

@@ -76,7 +76,8 @@ class EmbeddedApp:
         self.worker = RouterWorker(self.queue, self.registry, self.inbox, self.channel,
                                    consumer=f"{self.edge.node_id}-router", config=config.router,
                                    history=self.history)
-        self.api = ApiSite(config.api, config.auth, self.queue, self.registry, self.inbox)
+        self.api = ApiSite(config.api, config.auth, self.queue, self.registry, self.inbox,
+                           self.history)
         self.workers = Workers([self.worker])
 
     @property
@@ -102,18 +103,20 @@ class ApiSite:
     """The push-send API (aiohttp) on its address. `await start()`, then `await stop()`."""
 
     def __init__(self, config: ApiConfig, auth: AuthConfig, queue: MessageQueue,
-                 registry: Registry, inbox: Inbox | None = None) -> None:
+                 registry: Registry, inbox: Inbox | None = None,
+                 history: BroadcastLog | None = None) -> None:
         self._config = config
         self._auth = auth
         self._queue = queue
         self._registry = registry
         self._inbox = inbox
+        self._history = history
         self._runner: web.AppRunner | None = None
         self.port = config.api_port
 
     async def start(self) -> None:
         app = create_api_app(config=self._config, auth=self._auth, queue=self._queue,
-                             registry=self._registry, inbox=self._inbox)
+                             registry=self._registry, inbox=self._inbox, history=self._history)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.api_host, self._config.api_port,
@@ -203,9 +206,12 @@ class ApiApp:
         self.handle = _local_registry(config.registry)
         self.queue = redis_queue(config.registry.redis_url, config.router, config.fleet)
         self.inbox: RedisInbox | None = None
+        self.history: RedisBroadcastLog | None = None
         if config.auth.secret or config.auth.public_key:
             self.inbox = redis_inbox(config.registry.redis_url, config.router, config.fleet)
-        self.api = ApiSite(config.api, config.auth, self.queue, self.handle.registry, self.inbox)
+            self.history = redis_history(config.registry.redis_url, config.router, config.fleet)
+        self.api = ApiSite(config.api, config.auth, self.queue, self.handle.registry, self.inbox,
+                           self.history)
 
     @property
     def api_port(self) -> int:
@@ -218,8 +224,9 @@ class ApiApp:
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.api.stop()
         await self.queue.close()
-        if self.inbox is not None:
-            await self.inbox.close()
+        for seam in (self.inbox, self.history):
+            if seam is not None:
+                await seam.close()
         await self.handle.close()
 
 

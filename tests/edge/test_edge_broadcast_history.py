@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from router.base import Broadcast, InboxEntry
+from router.base import Broadcast, InboxEntry, merge_replay
 from router.memory import MemoryBroadcastLog
 from tests.edge.test_edge_protocol import NOW_MS, Edge, payload
-from zuulpush.edge.server import merge_replay
 from zuulpush.edge.state import State
 
 

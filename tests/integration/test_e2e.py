@@ -416,6 +416,13 @@ async def test_a_device_that_never_connects_pulls_its_inbox_and_acks(
                 assert response.status == 200
                 assert orjson.loads(await response.read()) == {"removed": 3}
             assert (await pull())["messages"] == []
+            # a device that only polls misses no broadcast of its type either
+            await push(api, {"to": {"broadcast": True, "device_types": ["phone"]}, "data": "x"})
+            tvs = await push(api, {"to": {"broadcast": True, "device_types": ["tv"]}, "data": "y"})
+
+            async def pulled_the_broadcast() -> bool:
+                return [m["id"] for m in (await pull(sent[2]))["messages"]] == [tvs["id"]]
+            await eventually(pulled_the_broadcast)
     finally:
         await inbox.close()
 

@@ -32,7 +32,15 @@ from typing import Any
 
 from registry.base import NodeInfo, NodeState, Registration, Registry
 from router.auth import TokenVerifier
-from router.base import Broadcast, BroadcastLog, Delivery, Inbox, InboxEntry, NodeChannel
+from router.base import (
+    Broadcast,
+    BroadcastLog,
+    Delivery,
+    Inbox,
+    InboxEntry,
+    NodeChannel,
+    merge_replay,
+)
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.protocol import EdgeConnection
 from zuulpush.edge.state import State
@@ -409,15 +417,3 @@ class EdgeServer:
         conns = list(self._wheel.members())
         conns.extend(conn for _, conn in self._handshakes if conn.state is State.HANDSHAKE)
         return conns
-
-
-def merge_replay(
-    inbox: list[InboxEntry], broadcasts: list[Broadcast], device_type: str
-) -> list[InboxEntry]:
-    """What a resuming device is replayed: its inbox entries and the broadcasts that reach its
-    `device_type`, in id order, each id once (an inbox entry wins over a broadcast of its id)."""
-    merged = {entry.id: entry for entry in inbox}
-    for broadcast in broadcasts:
-        if broadcast.reaches(device_type) and broadcast.id not in merged:
-            merged[broadcast.id] = broadcast.entry()
-    return sorted(merged.values(), key=lambda entry: entry.id)
