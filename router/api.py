@@ -152,33 +152,30 @@ class _PushHandler:
         body = await _read_body(request, self._config.max_batch_payload_bytes)
         messages = parse_batch(body, config=self._config, ids=self._ids, now_ms=self._clock_ms())
         resolved = await self._resolve(messages)
-        results: list[dict[str, Any]] = []
-        for index, (message, targets) in enumerate(resolved):
-            try:
-                results.append(await self._put(message, targets))
-            except Unavailable as exc:
-                if index == 0:
-                    raise
-                refused = {"error": exc.body()["error"]}
-                results += [refused] * (len(resolved) - index)
-                break
+        put = await self._queue.put_many([message for message, _ in resolved])
+        results = [_result(message, targets, queued)
+                   for (message, targets), queued in zip(resolved, put, strict=False)]
+        if len(put) < len(resolved):  # the queue filled up: the rest were not enqueued
+            full = Unavailable("message queue is full or unreachable", retry_after_s=1.0)
+            refused = {"error": full.body()["error"]}
+            results += [refused] * (len(resolved) - len(put))
         return _json({"results": results}, status=202)
 
     async def _put(self, message: Message, targets: int) -> dict[str, Any]:
         """Enqueue one resolved message; its result object."""
-        if not await self._queue.put(message):
-            return {"id": message.id, "targets": 0, "duplicate": True}
-        return {"id": message.id, "targets": targets}
+        return _result(message, targets, await self._queue.put(message))
 
     async def _resolve(self, messages: list[Message]) -> list[tuple[Message, int]]:
         """Each message as queued (targeted: clients resolved, users gone) and its target count,
         from one registry round for them all."""
         targeted = [m for m in messages if not m.target.broadcast]
-        broadcasts = len(targeted) < len(messages)
-        resolved, nodes = await asyncio.gather(
-            resolve_many([m.target for m in targeted], self._registry),
-            self._registry.nodes() if broadcasts else _no_nodes(),
-        )
+        nodes: list[NodeInfo] = []
+        if len(targeted) < len(messages):
+            resolved, nodes = await asyncio.gather(
+                resolve_many([m.target for m in targeted], self._registry),
+                self._registry.nodes())
+        else:
+            resolved = await resolve_many([m.target for m in targeted], self._registry)
         clients = iter(resolved)
         out: list[tuple[Message, int]] = []
         for message in messages:
@@ -190,6 +187,13 @@ class _PushHandler:
             queued = Target(clients=reached, device_types=target.device_types)
             out.append((dataclasses.replace(message, target=queued), len(reached)))
         return out
+
+
+def _result(message: Message, targets: int, queued: bool) -> dict[str, Any]:
+    """The answer for one message the queue took (`queued`) or dropped as a duplicate."""
+    if not queued:
+        return {"id": message.id, "targets": 0, "duplicate": True}
+    return {"id": message.id, "targets": targets}
 
 
 class _InboxHandler:
@@ -252,10 +256,6 @@ async def _broadcasts_after(history: BroadcastLog, after: str, device_type: str,
         last_id = page[-1].id
         if len(found) >= wanted:
             return found, last_id
-
-
-async def _no_nodes() -> list[NodeInfo]:
-    return []
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -155,7 +155,15 @@ class MessageQueue(Protocol):
 
     async def put(self, message: Message) -> bool:
         """Enqueue. Returns False, and enqueues nothing, if `message.dedup_key` was already put
-        within the dedup window. Messages of one priority are taken in the order they were put."""
+        within the dedup window. Messages of one priority are taken in the order they were put.
+        Raises `Unavailable` when the queue is full or unreachable."""
+        ...
+
+    async def put_many(self, messages: Sequence[Message]) -> list[bool]:
+        """`put` each message in order, in one step where the store allows: True enqueued, False
+        duplicate, one per message. When the queue fills up part way (or, for a batch taking
+        several round trips, becomes unreachable), the result is shorter: the messages past it
+        were not enqueued. Raises `Unavailable` when it takes none."""
         ...
 
     async def take(self, consumer: str, max_n: int, timeout_s: float) -> list[Taken]:
@@ -214,6 +222,11 @@ class Inbox(Protocol):
 
     async def ack(self, client_id: str, ids: Sequence[str]) -> int:
         """Remove these entries; returns how many were present. Idempotent."""
+        ...
+
+    async def ack_many(self, acks: Sequence[tuple[str, Sequence[str]]]) -> int:
+        """`ack` for many clients at once, `(client_id, ids)` each (one round trip where the
+        store allows); returns how many entries were present in all."""
         ...
 
     async def ack_through(self, client_id: str, last_id: str) -> int:

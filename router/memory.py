@@ -101,6 +101,17 @@ class MemoryQueue:
         self._ready.set()
         return True
 
+    async def put_many(self, messages: Sequence[Message]) -> list[bool]:
+        results: list[bool] = []
+        for message in messages:
+            try:
+                results.append(await self.put(message))
+            except Unavailable:
+                if not results:
+                    raise
+                break
+        return results
+
     async def take(self, consumer: str, max_n: int, timeout_s: float) -> list[Taken]:
         if self._closed:
             await _idle(timeout_s)
@@ -340,6 +351,9 @@ class MemoryInbox:
         if box is None:
             return 0
         return self._remove(client_id, box, ids)
+
+    async def ack_many(self, acks: Sequence[tuple[str, Sequence[str]]]) -> int:
+        return sum([await self.ack(client_id, ids) for client_id, ids in acks])
 
     async def ack_through(self, client_id: str, last_id: str) -> int:
         box = self._boxes.get(client_id)

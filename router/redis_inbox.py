@@ -181,6 +181,15 @@ class RedisInbox:
                 removed += await self._run(ACK, client_id, ids[start:start + ACK_ITEMS])
         return removed
 
+    async def ack_many(self, acks: Sequence[tuple[str, Sequence[str]]]) -> int:
+        calls: list[ScriptCall] = [
+            (ACK, self.keys(client_id), ids[start:start + ACK_ITEMS])
+            for client_id, ids in acks for start in range(0, len(ids), ACK_ITEMS)]
+        if not calls:
+            return 0
+        with unavailable("inbox"):
+            return sum(int(n) for n in await run_pipelined(self._client, calls))
+
     async def ack_through(self, client_id: str, last_id: str) -> int:
         with unavailable("inbox"):
             return int(await self._run(ACK_THROUGH, client_id, [last_id]))

@@ -15,9 +15,13 @@ an idle consumer blocks on all three in one XREAD. The price is that the queue i
 Redis primary; one primary XADDs and XREADGROUPs well beyond 50,000 messages/s, far past what one
 region's API and routers need. A fleet that outgrows it runs several queues (prefixes).
 
-Put. The PUT script refuses a dedup key it has seen within the window (returns False, enqueues
-nothing), refuses a full queue (`max_depth` entries in the three streams, counting taken and not
-yet done ones: `Unavailable`, 503), then remembers the key (`SET PX window`) and XADDs.
+Put. The PUT script takes many messages in one call and, for each in order, refuses a dedup key
+seen within the window (False: enqueues nothing), stops at a full queue (`max_depth` entries in
+the three streams, counting taken and not yet done ones: that message and the later ones are
+refused, `Unavailable`, 503), else remembers the key (`SET PX window`) and XADDs. A single `put`
+is coalesced: the puts made in one turn of the event loop (an API serving many requests at once)
+go to Redis as one script call, answered each on its own, so a busy API pays one round trip per
+turn instead of one per request; an idle one still sends each put at once.
 
 Take. The TAKE script serves the three streams in weighted rounds exactly as `MemoryQueue` does:
 a round serves up to `weights[p]` messages of priority `p`, higher first, and the round's credit
@@ -71,21 +75,36 @@ from router.redis_common import block_ms, idle, run_script, unavailable, unless_
 DEFAULT_MAX_DEPTH = 1_000_000
 DONE_ITEMS = 1000
 
-# KEYS: high, normal, low, [dedup key]
-# ARGV: stream index (1-3), window_ms, max_depth (0: none), meta, payload
-# Returns 1 (enqueued), 0 (duplicate within the window), -1 (queue full).
-PUT = Lua("queue_put", r"""
-local dedup = KEYS[4]
-if dedup and redis.call('EXISTS', dedup) == 1 then return 0 end
-local max = tonumber(ARGV[3])
+# KEYS: high, normal, low, then the dedup keys of the messages that have one
+# ARGV: window_ms, max_depth (0: none), then per message: stream index (1-3), index of its dedup
+#       key in KEYS (0: none), meta, payload
+# Returns one 1 (enqueued) or 0 (duplicate within the window) per message, stopping short at the
+# first message that found the queue full.
+PUT = Lua("queue_put_many", r"""
+local window, max = ARGV[1], tonumber(ARGV[2])
+local n = 0
 if max > 0 then
-  local n = redis.call('XLEN', KEYS[1]) + redis.call('XLEN', KEYS[2]) + redis.call('XLEN', KEYS[3])
-  if n >= max then return -1 end
+  n = redis.call('XLEN', KEYS[1]) + redis.call('XLEN', KEYS[2]) + redis.call('XLEN', KEYS[3])
 end
-if dedup then redis.call('SET', dedup, '1', 'PX', ARGV[2]) end
-redis.call('XADD', KEYS[tonumber(ARGV[1])], '*', 'm', ARGV[4], 'p', ARGV[5])
-return 1
+local out = {}
+for i = 3, #ARGV, 4 do
+  local dedup = tonumber(ARGV[i + 1])
+  if dedup > 0 and redis.call('EXISTS', KEYS[dedup]) == 1 then
+    out[#out + 1] = 0
+  elseif max > 0 and n >= max then
+    break
+  else
+    if dedup > 0 then redis.call('SET', KEYS[dedup], '1', 'PX', window) end
+    redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'm', ARGV[i + 2], 'p', ARGV[i + 3])
+    n = n + 1
+    out[#out + 1] = 1
+  end
+end
+return out
 """)
+
+PUT_ITEMS = 500
+"""Messages in one PUT script call (a coalesced turn or a batch larger than this takes several)."""
 
 # KEYS: high, normal, low, credits
 # ARGV: group, consumer, max_n, weight high, normal, low, claim_min_idle_ms (0: no claim)
@@ -217,6 +236,8 @@ class RedisQueue:
         self._weights = [weights[p] for p in Priority]
         self._max_depth = max_depth or 0
         self._groups_made = False
+        self._coalesced: list[tuple[Message, asyncio.Future[bool]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
         self._owns_client = False
         self._closed = asyncio.Event()
 
@@ -231,18 +252,71 @@ class RedisQueue:
         return self._dedup_prefix + key
 
     async def put(self, message: Message) -> bool:
+        """Coalesced with the other puts of this turn of the event loop (module docstring)."""
         if self._closed.is_set():
             raise Unavailable("message queue is closed")
-        keys = list(self.streams)
-        if message.dedup_key is not None:
-            keys.append(self.dedup_key(message.dedup_key))
-        args = [int(message.priority) + 1, self._window_ms, self._max_depth,
-                encode_meta(message), message.payload]
-        with unavailable("message queue"):
-            result = await run_script(self._client, PUT, keys, args)
-        if result < 0:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bool] = loop.create_future()
+        self._coalesced.append((message, answer))
+        if len(self._coalesced) == 1:
+            loop.call_soon(self._send_coalesced)
+        return await answer
+
+    async def put_many(self, messages: Sequence[Message]) -> list[bool]:
+        if self._closed.is_set():
+            raise Unavailable("message queue is closed")
+        results: list[bool] = []
+        for start in range(0, len(messages), PUT_ITEMS):
+            chunk = messages[start:start + PUT_ITEMS]
+            try:
+                results += await self._put_now(chunk)
+            except Unavailable:
+                if not results:
+                    raise
+                return results
+            if len(results) < start + len(chunk):
+                break
+        if not results and messages:
             raise Unavailable("message queue is full", retry_after_s=1.0)
-        return bool(result)
+        return results
+
+    def _send_coalesced(self) -> None:
+        batch, self._coalesced = self._coalesced, []
+        task = asyncio.get_running_loop().create_task(self._answer(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _answer(self, batch: list[tuple[Message, asyncio.Future[bool]]]) -> None:
+        """Put `batch` in one script call per `PUT_ITEMS`; answer each put's future."""
+        for start in range(0, len(batch), PUT_ITEMS):
+            chunk = batch[start:start + PUT_ITEMS]
+            try:
+                results = await self._put_now([message for message, _ in chunk])
+            except Exception as exc:
+                results, error = [], exc
+            else:
+                error = Unavailable("message queue is full", retry_after_s=1.0)
+            for i, (_, answer) in enumerate(chunk):
+                if answer.done():  # its request went away; the put happened or not, as sent
+                    continue
+                if i < len(results):
+                    answer.set_result(results[i])
+                else:
+                    answer.set_exception(error)
+
+    async def _put_now(self, messages: Sequence[Message]) -> list[bool]:
+        """One PUT script call: a result per message, shorter if the queue filled up."""
+        keys = list(self.streams)
+        args: list[Any] = [self._window_ms, self._max_depth]
+        for message in messages:
+            dedup = 0
+            if message.dedup_key is not None:
+                keys.append(self.dedup_key(message.dedup_key))
+                dedup = len(keys)
+            args += (int(message.priority) + 1, dedup, encode_meta(message), message.payload)
+        with unavailable("message queue"):
+            results = await run_script(self._client, PUT, keys, args)
+        return [bool(r) for r in results]
 
     async def take(self, consumer: str, max_n: int, timeout_s: float) -> list[Taken]:
         if self._closed.is_set():
@@ -280,8 +354,10 @@ class RedisQueue:
         if self._closed.is_set():
             return
         self._closed.set()
+        await asyncio.sleep(0)  # let waiting takes see the close, coalesced puts leave
+        if self._sending:  # puts already accepted get their answers before the client goes
+            await asyncio.wait(list(self._sending), timeout=5.0)
         if self._owns_client:
-            await asyncio.sleep(0)  # let waiting takes see the close before the client goes
             await self._client.aclose()
 
     async def _take_now(self, consumer: str, max_n: int) -> tuple[list[Taken], list[bytes]]:

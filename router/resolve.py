@@ -34,6 +34,8 @@ async def resolve_many(targets: Sequence[Target], registry: Registry) -> list[tu
         raise ValueError("a broadcast target reaches nodes, not named clients")
     typed = dict.fromkeys(c for t in targets if t.device_types for c in t.clients)
     users = list(dict.fromkeys(u for t in targets for u in t.users))
+    if not typed and not users:  # named clients only: nothing to look up
+        return [tuple(dict.fromkeys(t.clients)) for t in targets]
     known, per_user = await asyncio.gather(
         registry.devices_many(list(typed)) if typed else _no_devices(),
         asyncio.gather(*(registry.devices_of_user(u) for u in users)),

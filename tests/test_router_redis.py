@@ -24,7 +24,7 @@ from router.errors import Unavailable
 from router.redis_channel import RedisNodeChannel
 from router.redis_inbox import RedisInbox
 from router.redis_queue import RedisQueue
-from tests.support.redis_servers import RedisCluster, RedisServer
+from tests.support.redis_servers import RedisCluster, RedisServer, free_port
 
 WINDOW_S = 60.0
 FAR_MS = 4_000_000_000_000
@@ -132,6 +132,53 @@ async def test_dedup_holds_across_two_clients(redis_server: RedisServer, redis_p
     assert sum((await second.depth()).values()) == 1
     await first.close()
     await second.close()
+
+
+async def test_a_full_queue_stops_put_many_part_way(client: Client, redis_prefix: str) -> None:
+    queue = RedisQueue(client, prefix=redis_prefix, dedup_window_s=WINDOW_S, max_depth=3)
+    await queue.put(message())
+    batch = [message(dedup_key="a"), message(), message(dedup_key="b"), message()]
+    assert await queue.put_many(batch) == [True, True]
+    assert not await client.exists(queue.dedup_key("b"))  # refused: its key was not kept
+    with pytest.raises(Unavailable, match="full"):
+        await queue.put_many(batch[2:])
+
+
+async def test_puts_of_one_loop_turn_go_to_redis_as_one_script_call(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    queue = RedisQueue.from_url(redis_server.url, prefix=redis_prefix, dedup_window_s=WINDOW_S)
+    try:
+        await queue.put(message())  # loads the script, makes the connection
+        before = await _script_calls(queue._client)
+        sent = [message(dedup_key="d" if i % 10 == 0 else None) for i in range(100)]
+        results = await asyncio.gather(*(queue.put(m) for m in sent))
+        assert await _script_calls(queue._client) - before == 1
+        assert results == [i % 10 != 0 or i == 0 for i in range(100)]
+        taken = await queue.take("w", 200, 0)
+        assert [t.message.id for t in taken][1:] == [
+            m.id for i, m in enumerate(sent) if results[i]]
+    finally:
+        await queue.close()
+
+
+async def test_a_coalesced_put_on_an_unreachable_redis_is_unavailable(
+    redis_prefix: str,
+) -> None:
+    queue = RedisQueue.from_url(f"redis://127.0.0.1:{free_port()}", prefix=redis_prefix,
+                                dedup_window_s=WINDOW_S)
+    try:
+        results = await asyncio.gather(*(queue.put(message()) for _ in range(3)),
+                                       return_exceptions=True)
+        assert [type(r) for r in results] == [Unavailable] * 3
+    finally:
+        await queue.close()
+
+
+async def _script_calls(client: Client) -> int:
+    stats = await client.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha",
+                                                                  "cmdstat_eval"))
 
 
 async def test_weighted_rounds_are_shared_by_every_consumer(

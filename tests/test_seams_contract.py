@@ -239,6 +239,18 @@ async def test_queue_is_fifo_within_a_priority(seams: Seams) -> None:
     assert [t.message for t in taken] == sent
 
 
+async def test_queue_put_many_keeps_order_and_drops_duplicates_within_it(seams: Seams) -> None:
+    queue = seams.queue()
+    first = message(dedup_key="seen")
+    await queue.put(first)
+    batch = [message(), message(dedup_key="seen"), message(dedup_key="k"),
+             message(dedup_key="k"), message(Priority.HIGH)]
+    assert await queue.put_many(batch) == [True, False, True, False, True]
+    assert await queue.put_many([]) == []
+    taken = [t.message for t in await queue.take("w1", 10, 0)]
+    assert taken == [batch[4], first, batch[0], batch[2]]
+
+
 async def test_queue_take_returns_at_most_max_n(seams: Seams) -> None:
     queue = seams.queue()
     for _ in range(5):
@@ -501,6 +513,18 @@ async def test_inbox_ack_counts_and_is_idempotent(seams: Seams) -> None:
     assert await inbox.ack("c1", [entry(1).id, entry(3).id, "E9999"]) == 2
     assert await inbox.ack("c1", [entry(1).id, entry(3).id]) == 0
     assert await inbox.after("c1", None, 10) == [entry(2)]
+
+
+async def test_inbox_ack_many_acks_each_clients_own_entries(seams: Seams) -> None:
+    inbox = seams.inbox()
+    for n in range(1, 4):
+        await inbox.add(["c1", "c2"], entry(n))
+    acks = [("c1", [entry(1).id, entry(2).id]), ("c2", [entry(3).id, "E9999"]), ("c3", ["E1"])]
+    assert await inbox.ack_many(acks) == 3
+    assert await inbox.ack_many(acks) == 0
+    assert await inbox.ack_many([]) == 0
+    assert await inbox.after("c1", None, 10) == [entry(3)]
+    assert await inbox.after("c2", None, 10) == [entry(1), entry(2)]
 
 
 async def test_inbox_ack_through_removes_up_to_and_including(seams: Seams) -> None:

@@ -282,8 +282,7 @@ class EdgeServer:
             raise
         acks, self._acks = self._acks, {}
         try:
-            for client_id, ids in acks.items():
-                await self.inbox.ack(client_id, ids)
+            await self.inbox.ack_many(list(acks.items()))
         except BaseException:
             for client_id, ids in acks.items():
                 self._acks.setdefault(client_id, []).extend(ids)
