@@ -1,18 +1,21 @@
-"""RouterWorker over the memory seams: store first, deliver per active node, drop the expired."""
+"""RouterWorker over the memory seams: store first, deliver per active node, drop the expired;
+across regions, each region's inbox, history and node channel (`router.regions`)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import pytest
 
-from registry.base import NodeInfo, NodeState, Registration
+from registry.base import Location, NodeInfo, NodeState, Registration
 from registry.memory import MemoryRegistry
 from router.base import Broadcast, Delivery, InboxEntry, Message, Priority, Taken, Target
 from router.config import RouterConfig
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
+from router.regions import Regions, RegionSeams, Route
 from router.worker import RouterWorker
 
 NOW_MS = 1_700_000_000_000
@@ -265,3 +268,245 @@ async def test_run_survives_a_failing_batch(world: World) -> None:
     world.worker.stop()
     await running
     assert world.queue.done_receipts == []
+
+
+# Across regions: this worker is in region "a", with region "b" configured as a peer; nodes
+# "a1" (region a), "b1" and "b2" (region b) and "c1" (region c, not configured) heartbeat in the
+# (replicated) registry the worker reads.
+
+@dataclass
+class Region:
+    inbox: MemoryInbox
+    channel: MemoryNodeChannel
+    history: MemoryBroadcastLog
+
+    @property
+    def seams(self) -> RegionSeams:
+        return RegionSeams(self.channel, self.inbox, self.history)
+
+    async def received(self, node_id: str) -> list[Delivery]:
+        return await self.channel.receive(node_id, 1000, 0)
+
+    async def stored(self, client: str) -> list[str]:
+        return [e.id for e in await self.inbox.after(client, None, 1000)]
+
+    async def kept(self) -> list[str]:
+        return [b.id for b in await self.history.after("", 1000)]
+
+
+def region(inbox: MemoryInbox | None = None, channel: MemoryNodeChannel | None = None,
+           history: MemoryBroadcastLog | None = None) -> Region:
+    return Region(MemoryInbox(100, clock_ms=lambda: NOW_MS) if inbox is None else inbox,
+                  MemoryNodeChannel(1000) if channel is None else channel,
+                  MemoryBroadcastLog(100, clock_ms=lambda: NOW_MS) if history is None else history)
+
+
+@dataclass
+class Fleet:
+    registry: MemoryRegistry
+    queue: SpyQueue
+    a: Region
+    b: Region
+    worker: RouterWorker
+
+    async def node(self, node_id: str, region_name: str,
+                   state: NodeState = NodeState.ACTIVE) -> None:
+        await self.registry.heartbeat_node(NodeInfo(node_id, "addr", region_name, state, 0),
+                                           TTL_S)
+
+    async def connect(self, client: str, node_id: str) -> None:
+        await self.registry.register([Registration(client, "u", "phone", node_id, 1)], TTL_S)
+
+
+async def make_fleet(a: Region | None = None, b: Region | None = None) -> Fleet:
+    a, b = a or region(), b or region()
+    registry, queue = MemoryRegistry(clock=lambda: 0.0), SpyQueue()
+    worker = RouterWorker(queue, registry, a.inbox, a.channel, consumer="w1",
+                          config=RouterConfig(), clock_ms=lambda: NOW_MS, history=a.history,
+                          region="a", peers={"b": b.seams})
+    fleet = Fleet(registry, queue, a, b, worker)
+    for node_id, region_name in (("a1", "a"), ("b1", "b"), ("b2", "b"), ("c1", "c")):
+        await fleet.node(node_id, region_name)
+    return fleet
+
+
+@pytest.fixture
+async def fleet() -> Fleet:
+    return await make_fleet()
+
+
+async def test_a_client_in_a_peer_region_is_stored_in_both_and_published_there(
+        fleet: Fleet) -> None:
+    await fleet.connect("cb", "b1")
+    sent = message("cb")
+    await fleet.worker.handle(taken(sent))
+    assert await fleet.a.stored("cb") == [sent.id]
+    assert await fleet.b.stored("cb") == [sent.id]
+    assert await fleet.b.received("b1") == [Delivery(sent.id, sent.payload, clients=("cb",))]
+    assert await fleet.a.received("b1") == []
+    stats = fleet.worker.stats
+    assert (stats.stored, stats.stored_remote, stats.delivered, stats.held) == (1, 1, 1, 0)
+    assert fleet.queue.done_receipts == [sent.id]
+
+
+async def test_one_message_to_both_regions_is_batched_per_node_and_region(fleet: Fleet) -> None:
+    for client, node_id in (("ca", "a1"), ("cb1", "b1"), ("cb2", "b1"), ("cb3", "b2")):
+        await fleet.connect(client, node_id)
+    first, second = message("ca", "cb1", "cb2", "cb3"), message("cb3", "ca")
+    await fleet.worker.handle(taken(first, second))
+    assert await fleet.a.received("a1") == [
+        Delivery(first.id, first.payload, clients=("ca",)),
+        Delivery(second.id, second.payload, clients=("ca",)),
+    ]
+    assert await fleet.b.received("b1") == [Delivery(first.id, first.payload,
+                                                     clients=("cb1", "cb2"))]
+    assert await fleet.b.received("b2") == [
+        Delivery(first.id, first.payload, clients=("cb3",)),
+        Delivery(second.id, second.payload, clients=("cb3",)),
+    ]
+    assert await fleet.b.stored("ca") == []  # a client here has no copy in b
+    assert await fleet.b.stored("cb3") == [first.id, second.id]
+    assert fleet.worker.stats.stored == 6 and fleet.worker.stats.stored_remote == 4
+
+
+async def test_an_offline_client_waits_in_every_regions_inbox(fleet: Fleet) -> None:
+    await fleet.connect("dead-node", "gone")  # registered, its node stopped heartbeating
+    sent = message("offline", "dead-node")
+    await fleet.worker.handle(taken(sent))
+    for client in ("offline", "dead-node"):
+        assert await fleet.a.stored(client) == [sent.id]
+        assert await fleet.b.stored(client) == [sent.id]
+    assert fleet.worker.stats.held == 2 and fleet.worker.stats.delivered == 0
+
+
+async def test_a_client_on_a_draining_node_of_a_peer_waits_in_its_inbox_there(
+        fleet: Fleet) -> None:
+    await fleet.node("b1", "b", NodeState.DRAINING)
+    await fleet.connect("cb", "b1")
+    sent = message("cb")
+    await fleet.worker.handle(taken(sent))
+    assert await fleet.b.stored("cb") == [sent.id]
+    assert await fleet.b.received("b1") == []
+    assert fleet.worker.stats.held == 1
+
+
+async def test_an_unconfigured_region_is_counted_logged_once_and_kept_here(
+        fleet: Fleet, caplog: pytest.LogCaptureFixture) -> None:
+    await fleet.connect("cc", "c1")
+    first, second = message("cc"), message("cc")
+    with caplog.at_level(logging.WARNING, logger="router.worker"):
+        await fleet.worker.handle(taken(first))
+        await fleet.worker.handle(taken(second))
+    assert await fleet.a.stored("cc") == [first.id, second.id]
+    assert await fleet.b.stored("cc") == []
+    for channel in (fleet.a, fleet.b):
+        assert await channel.received("c1") == []
+    assert fleet.worker.stats.unroutable_region == 2 and fleet.worker.stats.held == 2
+    assert [r.getMessage() for r in caplog.records if "'c'" in r.getMessage()] == [
+        "router in region 'a' has no peer region 'c' (--peer-region c=URL): its clients' "
+        "messages wait in this region's inbox"]
+
+
+async def test_a_broadcast_reaches_each_regions_nodes_on_its_own_channel_and_history(
+        fleet: Fleet) -> None:
+    await fleet.node("b2", "b", NodeState.DRAINING)
+    sent = message(broadcast=True, device_types=frozenset({"tv"}))
+    await fleet.worker.handle(taken(sent))
+    expected = [Delivery(sent.id, sent.payload, broadcast=True, device_types=frozenset({"tv"}))]
+    assert await fleet.a.received("a1") == expected
+    assert await fleet.b.received("b1") == expected
+    assert await fleet.a.received("b1") == [] and await fleet.b.received("a1") == []
+    assert await fleet.b.received("b2") == []  # draining
+    assert await fleet.a.received("c1") == [] and await fleet.b.received("c1") == []
+    assert await fleet.a.kept() == [sent.id] and await fleet.b.kept() == [sent.id]
+    stats = fleet.worker.stats
+    assert (stats.delivered, stats.kept, stats.kept_remote, stats.unroutable_nodes) == (2, 1, 1, 1)
+    assert fleet.a.inbox.clients() == 0 and fleet.b.inbox.clients() == 0
+
+
+class CheckingChannel(MemoryNodeChannel):
+    """Records, at each publish, what region b's inbox and history already held."""
+
+    def __init__(self) -> None:
+        super().__init__(1000)
+        self.peer: Region | None = None
+        self.seen: list[tuple[list[str], list[str]]] = []
+
+    async def publish(self, node_id: str, deliveries: Sequence[Delivery]) -> None:
+        assert self.peer is not None
+        self.seen.append((await self.peer.stored("cb"), await self.peer.kept()))
+        await super().publish(node_id, deliveries)
+
+
+async def test_a_peers_inbox_and_history_are_written_before_its_nodes_get_anything() -> None:
+    b = region(channel=CheckingChannel())
+    assert isinstance(b.channel, CheckingChannel)
+    b.channel.peer = b
+    fleet = await make_fleet(b=b)
+    await fleet.connect("cb", "b1")
+    direct, everyone = message("cb"), message(broadcast=True)
+    await fleet.worker.handle(taken(direct, everyone))
+    assert sorted(b.channel.seen) == [([direct.id], [everyone.id])] * 2  # b1 and b2
+
+
+class DownInbox(MemoryInbox):
+    async def add_many(self, items: Sequence[tuple[Sequence[str], InboxEntry]]) -> None:
+        raise ConnectionError("region b unreachable")
+
+
+class DownHistory(MemoryBroadcastLog):
+    async def add(self, broadcast: Broadcast) -> None:
+        raise ConnectionError("region b unreachable")
+
+
+async def test_a_peer_region_down_fails_nothing_here(caplog: pytest.LogCaptureFixture) -> None:
+    fleet = await make_fleet(b=region(inbox=DownInbox(100), history=DownHistory(100)))
+    await fleet.connect("ca", "a1")
+    await fleet.connect("cb", "b1")
+    with caplog.at_level(logging.ERROR, logger="router.worker"):
+        for _ in range(2):
+            sent, everyone = message("ca", "cb"), message(broadcast=True)
+            await fleet.worker.handle(taken(sent, everyone))
+            assert await fleet.a.received("a1") == [
+                Delivery(sent.id, sent.payload, clients=("ca",)),
+                Delivery(everyone.id, everyone.payload, broadcast=True)]
+            assert await fleet.a.stored("cb") == [sent.id]
+            assert fleet.queue.done_receipts[-2:] == [sent.id, everyone.id]
+            await fleet.a.inbox.ack("cb", [sent.id])
+    assert fleet.worker.stats.region_errors == 4 and fleet.worker.stats.errors == 0
+    assert len([r for r in caplog.records if "peer region b unreachable" in r.getMessage()]) == 1
+
+
+async def test_without_peers_every_node_is_reached_on_the_one_channel() -> None:
+    world = await make_world()
+    for node_id, region_name in (("n1", "a"), ("n2", "b")):
+        await world.registry.heartbeat_node(
+            NodeInfo(node_id, "addr", region_name, NodeState.ACTIVE, 0), TTL_S)
+    await world.connect("c2", "n2")
+    direct, everyone = message("c2"), message(broadcast=True)
+    await world.worker.handle(taken(direct, everyone))
+    assert [d.message_id for d in await world.received("n2")] == [direct.id, everyone.id]
+    assert [d.message_id for d in await world.received("n1")] == [everyone.id]
+    stats = world.worker.stats
+    assert (stats.unroutable_region, stats.unroutable_nodes, stats.stored_remote) == (0, 0, 0)
+
+
+def test_routes() -> None:
+    seams = RegionSeams(MemoryNodeChannel(1), MemoryInbox(1))
+    regions = Regions(seams, name="a", peers={"b": seams, "c": seams})
+
+    def at(region_name: str | None, state: NodeState = NodeState.ACTIVE) -> Location:
+        node = None if region_name is None else NodeInfo("n", "addr", region_name, state, 0)
+        return Location(Registration("c", "u", "phone", "n", 1), node)
+
+    assert regions.route(None) == Route(store_in=("b", "c"))
+    assert regions.route(at(None)) == Route(store_in=("b", "c"))
+    assert regions.route(at("a")) == Route(via="a")
+    assert regions.route(at("a", NodeState.DRAINING)) == Route()
+    assert regions.route(at("b")) == Route(store_in=("b",), via="b")
+    assert regions.route(at("c", NodeState.DRAINING)) == Route(store_in=("c",))
+    assert regions.route(at("d")) == Route(unroutable="d")
+    alone = Regions(seams, name="a")
+    assert alone.route(at("d")) == Route(via="a") and alone.route(None) == Route()
+    with pytest.raises(ValueError, match="own region"):
+        Regions(seams, name="a", peers={"a": seams})
