@@ -10,14 +10,26 @@
   enqueueing on the queue on Redis; with a device-token secret or public key configured, also
   the devices' inbox pull and ack (`GET /v1/inbox`, `POST /v1/inbox/ack`) on the inboxes there.
 - `RouterApp` (`zuulpush router`): N router workers in one process, taking from the queue on
-  Redis, storing in inboxes and publishing to node channels there. Stateless: run any number.
+  Redis, storing in inboxes and publishing to node channels there, and, with peer regions, in
+  theirs too (below). Stateless: run any number.
 
 Every fleet process opens the seams on one `redis_url` (`redis+cluster://` for a Cluster), under
 `router_prefix` (queue, inboxes, node channels) and `registry_prefix` (the registry). The API and
-the routers read this region's registry only and run no replicators: a client whose connection
-another region's registry reports is looked up here like any other, but its node channel is in
-that region's Redis, so live delivery across regions is not done; the message waits in this
-region's inbox (see the README).
+the routers read this region's registry only and run no replicators (the edges do): the registry
+there also shows the clients connected in other regions, each with its node's region.
+
+Across regions: a router started with `region` and `peer_regions` (`--region a --peer-region
+b=URL`) also opens, on each peer region's Redis and under the same `router_prefix`, that region's
+node channel, inboxes and broadcast history. A client connected to a node of region b then gets
+the message in region b's inbox too (after this region's) and live on region b's node channel; a
+client connected nowhere gets a copy in every region's inbox, to be replayed wherever it
+reconnects; a broadcast is kept in every region's history and published to each active node on its
+own region's channel. A device acks in the region it is connected to: the copies in the other
+regions' inboxes stay until they expire or fall off the cap, so a device that moves between
+regions may be replayed a message again (at least once; devices drop repeats by id). A node of a
+region with no peer configured is not reached from here (its clients' messages wait in this
+region's inbox; counted and logged). `router.worker` and `router.regions` have the details.
+Without peer regions a router behaves as in a one-region fleet: every node on this Redis.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from router.redis_channel import RedisNodeChannel
 from router.redis_history import RedisBroadcastLog
 from router.redis_inbox import RedisInbox
 from router.redis_queue import RedisQueue
+from router.regions import RegionSeams
 from router.worker import RouterWorker
 from zuulpush.config import Components, FleetConfig
 from zuulpush.edge.config import EdgeConfig
@@ -178,6 +191,18 @@ def redis_channel(url: str, fleet: FleetConfig) -> RedisNodeChannel:
     return RedisNodeChannel.from_url(url, prefix=fleet.router_prefix)
 
 
+def redis_region(url: str, router: RouterConfig, fleet: FleetConfig) -> RegionSeams:
+    """A region's node channel, inboxes and broadcast history on its Redis at `url`."""
+    return RegionSeams(redis_channel(url, fleet), redis_inbox(url, router, fleet),
+                       redis_history(url, router, fleet))
+
+
+async def close_region(seams: RegionSeams) -> None:
+    for seam in (seams.channel, seams.inbox, seams.history):
+        if seam is not None:
+            await seam.close()
+
+
 def _local_registry(config: RegistryConfig) -> RegistryHandle:
     """This region's registry alone: the API and routers read, they do not replicate."""
     if not config.redis_url:
@@ -231,12 +256,14 @@ class ApiApp:
 
 
 class RouterApp:
-    """`router_workers` router workers on Redis, consumers named `<process id>-w<i>`. `await
-    start()`, then `await stop()`: stop taking, finish the batches in hand, close the seams."""
+    """`router_workers` router workers on Redis, consumers named `<process id>-w<i>`, with the
+    node channel, inboxes and history of each peer region (module docstring). `await start()`,
+    then `await stop()`: stop taking, finish the batches in hand, close the seams."""
 
     def __init__(self, config: FleetAppConfig) -> None:
         if config.fleet.router_workers < 1:
             raise ValueError("router_workers must be at least 1")
+        peer_urls = config.registry.peers()  # ValueError on a malformed entry, before opening
         self.config = config
         self.node_id = default_node_id()
         url = config.registry.redis_url
@@ -245,10 +272,12 @@ class RouterApp:
         self.inbox = redis_inbox(url, config.router, config.fleet)
         self.channel = redis_channel(url, config.fleet)
         self.history = redis_history(url, config.router, config.fleet)
+        self.peers = {name: redis_region(peer_url, config.router, config.fleet)
+                      for name, peer_url in peer_urls.items()}
         self.workers = Workers([
             RouterWorker(self.queue, self.handle.registry, self.inbox, self.channel,
                          consumer=f"{self.node_id}-w{i}", config=config.router,
-                         history=self.history)
+                         history=self.history, region=config.registry.region, peers=self.peers)
             for i in range(config.fleet.router_workers)])
 
     async def start(self) -> None:
@@ -259,6 +288,8 @@ class RouterApp:
         await self.workers.stop(grace_s)
         for seam in (self.queue, self.channel, self.inbox, self.history):
             await seam.close()
+        for peer in self.peers.values():
+            await close_region(peer)
         await self.handle.close()
 
 

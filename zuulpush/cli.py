@@ -293,11 +293,21 @@ def _router_parser(commands: Any) -> None:
         description="Run N router workers: take messages off the priority queue on Redis "
                     "(high first, low never starved), drop expired ones, store each in its "
                     "clients' inboxes and publish it to the node channel of the edge node "
-                    "holding each client. Stateless: run any number of these processes; a "
-                    "killed one's messages are claimed by the others after claim_idle_s. "
-                    "SIGTERM stops taking and finishes the batches in hand.")
+                    "holding each client. With peer regions, a client connected to a node of "
+                    "a peer region also gets the message in that region's inbox and live on "
+                    "that region's node channel, a client connected nowhere gets it in every "
+                    "region's inbox, and broadcasts go to every region's history and nodes; "
+                    "the registry read is this region's (replicated by the edges). Stateless: "
+                    "run any number of these processes; a killed one's messages are claimed by "
+                    "the others after claim_idle_s. SIGTERM stops taking and finishes the "
+                    "batches in hand.")
     _common(p)
     _redis_option(p)
+    p.add_argument("--region", help="this region's name, as its edges' --region "
+                                    "(default 'local')")
+    p.add_argument("--peer-region", dest="peer_regions", metavar="NAME=URL", action="append",
+                   help="another region's Redis, to store and deliver there for clients and "
+                        "nodes of that region (repeatable)")
     p.add_argument("--workers", dest="router_workers", type=int,
                    help="router workers (queue consumers) in this process (default 1)")
     _log_level(p)
@@ -309,16 +319,19 @@ def _router(args: argparse.Namespace) -> int:
 
     _logging(args.log_level)
     settings = load_settings(args.config, {
-        "redis_url": args.redis_url, "router_workers": args.router_workers})
+        "redis_url": args.redis_url, "region": args.region, "peer_regions": args.peer_regions,
+        "router_workers": args.router_workers})
     _need_redis(settings, "router")
     return _run_app(lambda: RouterApp(FleetAppConfig.from_settings(settings)), _router_banner)
 
 
 def _router_banner(app: Any) -> str:
     n = len(app.workers.workers)
+    registry = app.config.registry
+    peers = ", ".join(sorted(app.peers)) or "none"
     return "\n".join([
-        f"zuulpush {__version__} router {app.node_id}: {n} worker(s) on "
-        f"{app.config.registry.redis_url}",
+        f"zuulpush {__version__} router {app.node_id}: {n} worker(s) on {registry.redis_url} "
+        f"(region {registry.region}, peer regions: {peers})",
         f"  ready: node={app.node_id} workers={n}",
     ])
 
