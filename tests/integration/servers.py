@@ -12,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,30 @@ def _wait_ready(seen: queue.Queue[str | None], timeout_s: float) -> re.Match[str
         if match := READY.match(line):
             return match
     return None
+
+
+Job = tuple[tuple[str, ...], Mapping[str, str], tuple[str, ...]]
+"""What `start_many` starts: a command, extra environment and arguments."""
+
+
+def start_many(tmp_dir: Path, jobs: Sequence[Job]) -> list[ServerProcess]:
+    """Start the jobs concurrently; their servers in job order. If one fails to start, those
+    that did start are stopped (by PID) before the failure is raised: none is left behind."""
+    started: list[ServerProcess] = []
+
+    def start(job: Job) -> ServerProcess:
+        command, env, args = job
+        server = start_server(tmp_dir, env, args, command=command)
+        started.append(server)
+        return server
+
+    try:
+        with ThreadPoolExecutor(max(1, len(jobs))) as pool:
+            return list(pool.map(start, jobs))
+    except BaseException:
+        for server in started:
+            server.stop()
+        raise
 
 
 def stop_all(servers: list[ServerProcess]) -> None:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,17 @@ from router.redis_inbox import RedisInbox
 from tests.support.redis_servers import RedisServer
 
 from .clients import PushApi, push_api, ws_connect, ws_url
-from .servers import API, EDGE, ROOT, ROUTER, ServerProcess, start_server, stop_all
+from .servers import (
+    API,
+    EDGE,
+    ROOT,
+    ROUTER,
+    Job,
+    ServerProcess,
+    start_many,
+    start_server,
+    stop_all,
+)
 
 QUIET_S = 0.3
 """How long 'nothing else arrives' is watched, after a later message proved the path is live."""
@@ -53,8 +62,7 @@ class Fleet:
         return start_server(self.tmp_path, self.env, args, command=command)
 
     def start_routers(self, n: int = 1, *args: str) -> list[ServerProcess]:
-        with ThreadPoolExecutor(n) as pool:
-            started = list(pool.map(lambda _: self.start(ROUTER, *args), range(n)))
+        started = start_many(self.tmp_path, [(ROUTER, self.env, args)] * n)
         self.routers += started
         return started
 
@@ -89,11 +97,10 @@ def fleet_factory(tmp_path: Path, redis_factory: Callable[..., RedisServer]
         redis = redis_factory()
         fleet = Fleet(redis, tmp_path, {"ZUULPUSH_REDIS_URL": redis.url, **env})
         fleets.append(fleet)
-        jobs: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
-            (EDGE, ("--node-id", "edge-a")), (EDGE, ("--node-id", "edge-b")), (API, ())]
-        jobs += [(ROUTER, ())] * routers
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            started = list(pool.map(lambda job: fleet.start(job[0], *job[1]), jobs))
+        jobs: list[Job] = [(EDGE, fleet.env, ("--node-id", "edge-a")),
+                           (EDGE, fleet.env, ("--node-id", "edge-b")), (API, fleet.env, ())]
+        jobs += [(ROUTER, fleet.env, ())] * routers
+        started = start_many(tmp_path, jobs)
         fleet.edges, fleet.api, fleet.routers = started[:2], started[2], started[3:]
         return fleet
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from router.redis_inbox import RedisInbox
 from tests.support.redis_servers import RedisServer
 
 from .clients import PushApi, push_api, ws_connect, ws_url
-from .servers import API, EDGE, ROUTER, ServerProcess, mint_token, start_server, stop_all
+from .servers import API, EDGE, ROUTER, ServerProcess, mint_token, start_many, stop_all
 from .test_e2e import Device, eventually, push, to_clients
 
 
@@ -51,19 +50,13 @@ class TwoRegions:
 def regions(tmp_path: Path, redis_factory: Callable[..., RedisServer]
             ) -> Iterator[TwoRegions]:
     a, b = redis_factory(), redis_factory()
-    jobs: list[tuple[tuple[str, ...], str, tuple[str, ...]]] = [
-        (EDGE, a.url, ("--node-id", "edge-a", "--region", "a", "--peer-region", f"b={b.url}")),
-        (EDGE, b.url, ("--node-id", "edge-b", "--region", "b", "--peer-region", f"a={a.url}")),
-        (API, a.url, ()),
-        (ROUTER, a.url, ("--region", "a", "--peer-region", f"b={b.url}")),
-    ]
-
-    def start(job: tuple[tuple[str, ...], str, tuple[str, ...]]) -> ServerProcess:
-        command, url, args = job
-        return start_server(tmp_path, {"ZUULPUSH_REDIS_URL": url}, args, command=command)
-
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        started = list(pool.map(start, jobs))
+    in_a, in_b = {"ZUULPUSH_REDIS_URL": a.url}, {"ZUULPUSH_REDIS_URL": b.url}
+    started = start_many(tmp_path, [
+        (EDGE, in_a, ("--node-id", "edge-a", "--region", "a", "--peer-region", f"b={b.url}")),
+        (EDGE, in_b, ("--node-id", "edge-b", "--region", "b", "--peer-region", f"a={a.url}")),
+        (API, in_a, ()),
+        (ROUTER, in_a, ("--region", "a", "--peer-region", f"b={b.url}")),
+    ])
     try:
         assert "region a, peer regions: b" in started[3].stdout_text()
         yield TwoRegions(a, b, *started)
