@@ -185,7 +185,7 @@ def _phase(args: argparse.Namespace, ctx: Any, api: str, key: str, clients: list
             last_count, last_progress = count, now
         time.sleep(0.1)
     drain_s = time.monotonic() - drain_started
-    latencies: dict[str, tuple[float, int, int]] = {}
+    latencies: dict[str, tuple[float, int, int, int]] = {}
     duplicates = 0
     for _, conn in receivers:
         conn.send(("report", phase))
@@ -210,6 +210,11 @@ def _phase(args: argparse.Namespace, ctx: Any, api: str, key: str, clients: list
         "p50_ms": _pct(values, 0.50), "p99_ms": _pct(values, 0.99),
         "max_ms": round(values[-1], 2) if values else None,
         "mean_ms": round(statistics.fmean(values), 2) if values else None,
+        # the same split at the API's clock reading ("ts", whole ms): send -> accepted, and
+        # accepted -> arrived (queue, router, node channel, edge, client)
+        "to_api_p99_ms": _pct(sorted(a[3] - a[1] / 1e6 for a in arrived), 0.99),
+        "from_api_p50_ms": _pct(sorted(a[2] / 1e6 - a[3] for a in arrived), 0.50),
+        "from_api_p99_ms": _pct(sorted(a[2] / 1e6 - a[3] for a in arrived), 0.99),
         "delivered_per_s": round(received / window_s),
         "cpu_percent": cpu,
     }
@@ -381,7 +386,7 @@ async def _receive(conn: Connection, clients: list[str], edges: Sequence[str],
                    secret: str) -> None:
     from websockets.asyncio.client import ClientConnection, connect
 
-    latencies: dict[str, dict[str, tuple[float, int, int]]] = {}
+    latencies: dict[str, dict[str, tuple[float, int, int, int]]] = {}
     duplicates: dict[str, int] = {}
 
     async def device(ws: ClientConnection) -> None:
@@ -393,7 +398,7 @@ async def _receive(conn: Connection, clients: list[str], edges: Sequence[str],
             if message["id"] in seen:
                 duplicates[data["p"]] = duplicates.get(data["p"], 0) + 1
             else:
-                seen[message["id"]] = ((now - data["t"]) / 1e6, data["t"], now)
+                seen[message["id"]] = ((now - data["t"]) / 1e6, data["t"], now, message["ts"])
             await ws.send(b'{"type":"ack","id":"%s"}' % message["id"].encode(), text=True)
 
     sockets = []

@@ -166,11 +166,16 @@ class MessageQueue(Protocol):
         were not enqueued. Raises `Unavailable` when it takes none."""
         ...
 
-    async def take(self, consumer: str, max_n: int, timeout_s: float) -> list[Taken]:
+    async def take(self, consumer: str, max_n: int, timeout_s: float,
+                   done: Sequence[str] = ()) -> list[Taken]:
         """Up to `max_n` messages, higher priorities first but weighted so that lower ones never
         starve. Waits up to `timeout_s` for the first one; returns [] on timeout. A message taken
         and not marked `done` is handed to another consumer after the visibility timeout (in
-        memory, where a consumer cannot die alone, it is simply considered handled)."""
+        memory, where a consumer cannot die alone, it is simply considered handled).
+
+        `done`: receipts of the batch handled last, marked done first, in the same round trip
+        where the store allows (a consumer's loop saves one call per batch). If `take` raises,
+        they may or may not be done: pass them again (`done` is idempotent)."""
         ...
 
     async def done(self, consumer: str, receipts: Sequence[str]) -> None:

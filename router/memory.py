@@ -112,7 +112,10 @@ class MemoryQueue:
                 break
         return results
 
-    async def take(self, consumer: str, max_n: int, timeout_s: float) -> list[Taken]:
+    async def take(self, consumer: str, max_n: int, timeout_s: float,
+                   done: Sequence[str] = ()) -> list[Taken]:
+        if done:
+            await self.done(consumer, done)
         if self._closed:
             await _idle(timeout_s)
             return []

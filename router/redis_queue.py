@@ -39,9 +39,11 @@ first claims, by `XAUTOCLAIM`, entries pending longer than `claim_idle_s` to its
 priority first and before new ones. `claim_idle_s` is the visibility timeout: a batch must be
 handled and `done` within it, or it may be handled twice (at least once, never lost).
 
-Done. `done` XACKs and XDELs each entry in one script: the streams hold only entries waiting or
-taken-not-done (no MAXLEN trimming, which could drop messages not yet taken). So
-`depth()` = XLEN - pending, per priority, exact.
+Done. `done` XACKs and XDELs each entry in one script; a consumer's next `take` may carry the
+receipts of the batch it just handled, and the TAKE script does the same first, which saves a
+round trip per batch. The streams hold only entries waiting or taken-not-done (no MAXLEN
+trimming, which could drop messages not yet taken). So `depth()` = XLEN - pending, per
+priority, exact.
 
 Receipts are `<priority>:<stream entry id>`.
 
@@ -107,13 +109,19 @@ PUT_ITEMS = 500
 """Messages in one PUT script call (a coalesced turn or a batch larger than this takes several)."""
 
 # KEYS: high, normal, low, credits
-# ARGV: group, consumer, max_n, weight high, normal, low, claim_min_idle_ms (0: no claim)
+# ARGV: group, consumer, max_n, weight high, normal, low, claim_min_idle_ms (0: no claim), then
+#       (stream index, entry id) pairs of entries done (XACKed and XDELed first, as DONE does)
 # Returns {entries, ids}: entries flat (stream index, entry id, meta, payload)...; when there are
 # none, ids are the group's last-delivered id per stream (what to block after).
 TAKE = Lua("queue_take", r"""
 local group, consumer, max_n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local weights = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
 local min_idle = tonumber(ARGV[7])
+for i = 8, #ARGV, 2 do
+  local key = KEYS[tonumber(ARGV[i])]
+  redis.call('XACK', key, group, ARGV[i + 1])
+  redis.call('XDEL', key, ARGV[i + 1])
+end
 local out, taken = {}, 0
 local function keep(p, entries)
   local got = 0
@@ -318,17 +326,24 @@ class RedisQueue:
             results = await run_script(self._client, PUT, keys, args)
         return [bool(r) for r in results]
 
-    async def take(self, consumer: str, max_n: int, timeout_s: float) -> list[Taken]:
+    async def take(self, consumer: str, max_n: int, timeout_s: float,
+                   done: Sequence[str] = ()) -> list[Taken]:
         if self._closed.is_set():
             await idle(timeout_s)
             return []
+        if len(done) > DONE_ITEMS:  # a big batch: its own calls
+            await self.done(consumer, done)
+            done = ()
         if max_n <= 0:
+            await self.done(consumer, done)
             return []
+        pairs = _done_pairs(done)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout_s)
         with unavailable("message queue"):
             while True:
-                taken, after = await self._take_now(consumer, max_n)
+                taken, after = await self._take_now(consumer, max_n, pairs)
+                pairs = []
                 remaining = deadline - loop.time()
                 if taken or remaining <= 0 or self._closed.is_set():
                     return taken
@@ -337,10 +352,9 @@ class RedisQueue:
                     return []
 
     async def done(self, consumer: str, receipts: Sequence[str]) -> None:
-        pairs: list[str] = []
-        for receipt in receipts:
-            priority, _, entry_id = receipt.partition(":")
-            pairs += (str(int(priority) + 1), entry_id)
+        if not receipts:
+            return
+        pairs = _done_pairs(receipts)
         with unavailable("message queue"):
             for start in range(0, len(pairs), 2 * DONE_ITEMS):
                 await self._script(DONE, [self._group, *pairs[start:start + 2 * DONE_ITEMS]])
@@ -360,13 +374,14 @@ class RedisQueue:
         if self._owns_client:
             await self._client.aclose()
 
-    async def _take_now(self, consumer: str, max_n: int) -> tuple[list[Taken], list[bytes]]:
+    async def _take_now(self, consumer: str, max_n: int,
+                        done_pairs: list[str]) -> tuple[list[Taken], list[bytes]]:
         now = asyncio.get_running_loop().time()
         claim_ms = 0
         if now >= self._next_claim:
             claim_ms, self._next_claim = self._claim_idle_ms, now + self._claim_every_s
         entries, after = await self._script(
-            TAKE, [self._group, consumer, max_n, *self._weights, claim_ms],
+            TAKE, [self._group, consumer, max_n, *self._weights, claim_ms, *done_pairs],
             keys=[*self.streams, self.credits_key])
         taken = [_taken(entries[i:i + 4]) for i in range(0, len(entries), 4)]
         return taken, after
@@ -419,6 +434,15 @@ def decode_message(meta: bytes, payload: bytes) -> Message:
      dedup_key) = orjson.loads(meta)
     target = Target(tuple(clients), tuple(users), frozenset(device_types), broadcast)
     return Message(id_, topic, payload, ts_ms, Priority(priority), ttl_s, target, dedup_key)
+
+
+def _done_pairs(receipts: Sequence[str]) -> list[str]:
+    """(stream index, entry id) pairs of the DONE and TAKE scripts, flat."""
+    pairs: list[str] = []
+    for receipt in receipts:
+        priority, _, entry_id = receipt.partition(":")
+        pairs += (str(int(priority) + 1), entry_id)
+    return pairs
 
 
 def _taken(fields: list[bytes]) -> Taken:

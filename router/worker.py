@@ -12,7 +12,8 @@ Per batch of taken messages:
    every active node as one `Delivery(broadcast=True)`; it is in no inbox. The same ordering
    argument as below holds for a device resuming with a last id: it either is reachable on a
    node the lookup found, or reads the history after registering and finds the broadcast there.
-4. Deliveries are published once per node for the whole batch, then the batch is marked done.
+4. Deliveries are published once per node for the whole batch, then the batch is marked done:
+   by the worker's next `take`, which carries the receipts (one round trip fewer per batch).
 
 Why inbox-add comes before lookup: the edge registers a connection *before* it reads that client's
 inbox. Take a message M and a device connecting concurrently. If the worker's lookup sees the
@@ -142,37 +143,49 @@ class RouterWorker:
         consumer after its visibility timeout); a failing `take` is logged and retried after
         `take_timeout_s`. The loop carries on either way.
         """
+        handled: list[str] = []  # receipts of the batch handled last: the next take marks them
         while not self._stopping:
             try:
                 batch = await self._queue.take(
-                    self._consumer, self._config.worker_batch, self._take_timeout_s
+                    self._consumer, self._config.worker_batch, self._take_timeout_s, handled
                 )
             except Exception:
                 self.stats.errors += 1
                 log.exception("router worker %s cannot take from the queue", self._consumer)
                 await asyncio.sleep(self._take_timeout_s)  # back off; do not spin on a failure
                 continue
-            if batch:
-                await self._handle_logged(batch)
+            handled = await self._handle_logged(batch) if batch else []
+        if handled:
+            try:
+                await self._queue.done(self._consumer, handled)
+            except Exception:  # the batch is handled; it may be handed out again, at least once
+                log.exception("router worker %s cannot mark its last batch done", self._consumer)
 
-    async def _handle_logged(self, batch: list[Taken]) -> None:
+    async def _handle_logged(self, batch: list[Taken]) -> list[str]:
+        """The receipts to mark done: the batch's, once handled; none if it failed."""
         try:
-            await self.handle(batch)
+            await self._process(batch)
         except Exception:
             self.stats.errors += 1
             log.exception("router worker %s failed a batch of %d", self._consumer, len(batch))
+            return []
+        return [t.receipt for t in batch]
 
     def stop(self) -> None:
         """Ask `run()` to return after the batch in hand."""
         self._stopping = True
 
     async def handle(self, batch: list[Taken]) -> None:
-        """Store and deliver one batch as the module docstring says, then mark it done."""
+        """Store and deliver one batch as the module docstring says, then mark it done. (`run`
+        leaves the marking to its next take, which carries the receipts.)"""
+        await self._process(batch)
+        await self._queue.done(self._consumer, [t.receipt for t in batch])
+
+    async def _process(self, batch: list[Taken]) -> None:
         self.stats.taken += len(batch)
         live = self._drop_expired([t.message for t in batch])
         if live:
             await self._route(live)
-        await self._queue.done(self._consumer, [t.receipt for t in batch])
 
     def _drop_expired(self, messages: list[Message]) -> list[Message]:
         now_ms = self._clock_ms()

@@ -162,6 +162,22 @@ async def test_puts_of_one_loop_turn_go_to_redis_as_one_script_call(
         await queue.close()
 
 
+async def test_a_take_marks_the_last_batch_done_in_the_same_call(
+    client: Client, redis_prefix: str
+) -> None:
+    queue = RedisQueue(client, prefix=redis_prefix, dedup_window_s=WINDOW_S)
+    for _ in range(3):
+        await queue.put(message())
+    first = await queue.take("w", 2, 0)
+    before = await _script_calls(client)
+    second = await queue.take("w", 2, 0, [t.receipt for t in first])
+    assert await _script_calls(client) - before == 1
+    assert len(second) == 1
+    pending = await client.xpending(queue.streams[int(Priority.NORMAL)], "routers")
+    assert pending["pending"] == 1  # the second batch's only: the first is done and deleted
+    assert await client.xlen(queue.streams[int(Priority.NORMAL)]) == 1
+
+
 async def test_a_coalesced_put_on_an_unreachable_redis_is_unavailable(
     redis_prefix: str,
 ) -> None:

@@ -254,6 +254,20 @@ async def test_run_takes_from_the_queue_until_stopped(world: World) -> None:
     assert world.queue.done_receipts == [sent.id]
 
 
+async def test_run_marks_a_batch_done_with_its_next_take(world: World) -> None:
+    await world.connect("c1", "n1")
+    first, second = message("c1"), message("c1")
+    await world.queue.put(first)
+    running = asyncio.create_task(world.worker.run())
+    await world.channel.receive("n1", 10, 30)
+    await world.queue.put(second)
+    await world.channel.receive("n1", 10, 30)
+    assert world.queue.done_receipts == [first.id]
+    world.worker.stop()
+    await running
+    assert world.queue.done_receipts == [first.id, second.id]  # the last one on the way out
+
+
 async def test_run_survives_a_failing_batch(world: World) -> None:
     await world.node("n1")
 
