@@ -108,7 +108,8 @@ class ReconnectPolicy:
         if self.reconnect or isinstance(decision, Stop):
             return decision
         if isinstance(outcome, Failed):
-            return Stop(ConnectError(f"cannot connect: {decision.why}", status=outcome.status))
+            what = "handshake refused" if outcome.status else "cannot connect"
+            return Stop(ConnectError(f"{what}: {decision.why}", status=outcome.status))
         return Stop(None)
 
     def _after_close(self, closed: Closed) -> Decision:
