@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from zuulpush.client import Backoff, PushClient
+from zuulpush.client import Backoff, PushClient, ReplacedError
 
 from .conftest import WAIT_S, eventually
 
@@ -162,3 +162,20 @@ async def test_frames_that_are_not_messages_are_skipped_and_repeats_dropped(tiny
     assert client.stats.malformed == 2
     acked = [i for a in acks for i in (a.get("ids") or [a["id"]])]
     assert sorted(acked) == ["01TEST0001", "01TEST0001", "01TEST0002", "01TEST0003"]
+
+
+async def test_an_sse_reconnect_event_with_4003_stops_the_client(tiny: Tiny) -> None:
+    """The SSE form of "replaced": a `reconnect` event with code 4003. (The edge at the time of
+    writing ends a replaced SSE stream without an event, which the client cannot tell from a
+    dropped one; see docs/client.md.)"""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await sse_stream(
+            request, 'event: reconnect\ndata: {"code":4003,"reason":"replaced"}\n\n')
+
+    app = web.Application()
+    app.router.add_get("/sse", handler)
+    base = await tiny(app)
+    async with PushClient(base, "tok", transport="sse", backoff=FAST) as client:
+        with pytest.raises(ReplacedError):
+            await asyncio.wait_for(client.wait_closed(), WAIT_S)
+    assert client.stats.connects == 1
