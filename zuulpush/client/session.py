@@ -219,13 +219,7 @@ class PushClient:
             while not self.connected:
                 if self._done.is_set():
                     raise self.error or RuntimeError("the client is closed")
-                waits = {asyncio.ensure_future(self._connected.wait()),
-                         asyncio.ensure_future(self._done.wait())}
-                try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for waiter in waits:
-                        waiter.cancel()
+                await self._connected.wait()  # set while connected, and once stopped
 
     async def wait_closed(self) -> None:
         """Return when the client has stopped; raise the error that stopped it, if any."""
@@ -431,6 +425,7 @@ class PushClient:
         self._mailbox.finish(error, drop=self._stopping)
         self._set_state(ClientState.CLOSED)
         self._done.set()
+        self._connected.set()  # wakes wait_connected(), which then raises
 
 
 class _Mailbox:
