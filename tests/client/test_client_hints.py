@@ -66,7 +66,7 @@ async def test_503_retry_after_is_waited_out_plus_jitter(tiny: Tiny, transport: 
     async with PushClient(base, "tok", transport=transport, backoff=FAST) as client:
         got = await asyncio.wait_for(client.__anext__(), WAIT_S + 2)
     assert got.id == "01TEST0001" and len(attempts) == 2
-    assert 1.0 <= attempts[1] - attempts[0] <= 1.0 + 0.3
+    assert 1.0 <= attempts[1] - attempts[0] <= 2.0  # not before Retry-After
     assert 1.0 <= (client.stats.last_delay_s or 0) <= 1.05
     assert seen_headers[0]["Authorization"] == "Bearer tok"
 

@@ -142,11 +142,11 @@ async def test_server_restart_on_the_same_port(servers: ServerFactory, cid: str)
     same port: the client waits about the hint, reconnects to the new server, and gets what was
     pushed there while it was away from the inbox, after what it processed before."""
     old = await servers()
-    async with client(old, cid) as c:
+    changes: list[tuple[ClientState, float]] = []
+    async with client(old, cid, on_state=lambda s: changes.append((s, time.monotonic()))) as c:
         await c.wait_connected(WAIT_S)
         before = [await old.push(cid, n) for n in range(3)]
         got = await take(c, 3)
-        stopped_at = time.monotonic()
         await old.stop()
         assert c.stats.last_close_code == Close.RECONNECT
         hint_s = c.stats.last_delay_s
@@ -156,7 +156,10 @@ async def test_server_restart_on_the_same_port(servers: ServerFactory, cid: str)
         assert c.stats.connects == 1  # still waiting: these wait in the new server's inbox
         assert await new.inbox_ids(cid) == away
         await eventually(lambda: c.stats.connects == 2, WAIT_S)
-        assert time.monotonic() - stopped_at >= hint_s - 0.05
+        went_away = next(t for state, t in changes if state is ClientState.WAITING)
+        back = next(t for state, t in changes
+                    if state is ClientState.CONNECTING and t > went_away)
+        assert hint_s <= back - went_away <= hint_s + 0.5  # the hint, not a backoff draw
         got += await take(c, 3)
     assert [m.id for m in got] == before + away and c.stats.duplicates == 0
     await eventually(lambda: _empty(new, cid))
