@@ -1,0 +1,178 @@
+"""Unit tests of `zuulpush.edge.shedding`: the token bucket, ceilings, loop lag and Retry-After,
+on explicit `now` values (no clock, no loop)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from zuulpush.edge.shedding import (
+    MAX_RETRY_AFTER_S,
+    Admission,
+    Limits,
+    LoopLag,
+    Shed,
+    TokenBucket,
+    derive_ceilings,
+)
+
+T0 = 1000.0
+
+
+def limits(**overrides: object) -> Limits:
+    values: dict[str, object] = {
+        "max_connections": 100, "hard_max_connections": 120, "accept_rate_per_s": 10.0,
+        "accept_burst": 5, "shed_loop_lag_s": 0.1, "retry_after_s": 4}
+    values.update(overrides)
+    return Limits(**values)  # type: ignore[arg-type]
+
+
+def admission(**overrides: object) -> Admission:
+    return Admission(limits(**overrides), now=T0, rng=random.Random(7))
+
+
+# token bucket
+
+
+def test_bucket_starts_full_and_then_refills_at_its_rate() -> None:
+    bucket = TokenBucket(10.0, 5, now=T0)
+    assert [bucket.take(T0) for _ in range(6)] == [True] * 5 + [False]
+    assert not bucket.take(T0 + 0.09)  # 0.9 of a token
+    assert bucket.take(T0 + 0.1)
+    assert not bucket.take(T0 + 0.1)
+
+
+def test_bucket_never_holds_more_than_its_burst() -> None:
+    bucket = TokenBucket(10.0, 5, now=T0)
+    later = T0 + 3600
+    assert sum(bucket.take(later) for _ in range(100)) == 5
+
+
+def test_bucket_admits_its_rate_over_time() -> None:
+    bucket = TokenBucket(100.0, 1, now=T0)
+    taken = sum(bucket.take(T0 + i / 1000) for i in range(1, 10_001))  # 10 s, asking 1000/s
+    assert taken == pytest.approx(1000, abs=2)
+
+
+def test_bucket_ignores_a_clock_that_steps_back() -> None:
+    bucket = TokenBucket(10.0, 1, now=T0)
+    assert bucket.take(T0)
+    assert not bucket.take(T0 - 5)
+    assert bucket.take(T0 + 0.1)
+
+
+def test_rate_zero_is_unlimited() -> None:
+    bucket = TokenBucket(0.0, 1, now=T0)
+    assert all(bucket.take(T0) for _ in range(10_000))
+
+
+# ceilings
+
+
+def test_derived_ceilings_keep_a_reserve_of_the_fd_limit() -> None:
+    assert derive_ceilings(20_000, 0, 0) == (17_100, 19_000)
+    assert derive_ceilings(1024, 0, 0) == (864, 960)
+    assert derive_ceilings(None, 0, 0) == ((1 << 20) * 9 // 10, 1 << 20)
+    assert derive_ceilings(20_000, 500, 0) == (500, 19_000)
+    assert derive_ceilings(20_000, 0, 1000) == (900, 1000)
+    assert derive_ceilings(20_000, 10, 20) == (10, 20)
+    assert derive_ceilings(50, 0, 0) == (1, 1)
+
+
+def test_soft_ceiling_sheds_with_503_and_the_hard_one_closes() -> None:
+    policy = admission(accept_rate_per_s=0.0)
+    assert policy.decide(T0, served=99, shedding=0) is None
+    assert policy.decide(T0, served=100, shedding=0) is Shed.MAX_CONNECTIONS
+    assert policy.decide(T0, served=100, shedding=19) is Shed.MAX_CONNECTIONS
+    assert policy.decide(T0, served=100, shedding=20) is Shed.HARD_LIMIT
+    assert policy.decide(T0, served=120, shedding=0) is Shed.HARD_LIMIT
+
+
+def test_rate_limit_sheds_past_the_burst() -> None:
+    policy = admission()
+    decisions = [policy.decide(T0, served=0, shedding=0) for _ in range(7)]
+    assert decisions == [None] * 5 + [Shed.RATE] * 2
+    assert policy.decide(T0 + 0.1, served=0, shedding=0) is None
+
+
+def test_ceilings_and_lag_spend_no_token() -> None:
+    policy = admission(accept_burst=1)
+    assert policy.decide(T0, served=100, shedding=0) is Shed.MAX_CONNECTIONS
+    policy.lag.arm(T0)
+    policy.lag.sampled(T0 + 0.5)  # 450 ms late
+    assert policy.decide(T0 + 0.5, served=0, shedding=0) is Shed.LOOP_LAG
+    policy.lag.sampled(T0 + 0.55)  # on time again
+    assert policy.decide(T0 + 0.55, served=0, shedding=0) is None  # the one token is still there
+
+
+# loop lag
+
+
+def test_unarmed_lag_is_zero() -> None:
+    lag = LoopLag(0.05)
+    assert lag.current(T0 + 100) == 0.0
+    assert lag.sampled(T0) == 0.0
+
+
+def test_lag_is_the_samplers_lateness_and_the_peak_is_kept() -> None:
+    lag = LoopLag(0.05)
+    lag.arm(T0)
+    assert lag.sampled(T0 + 0.05) == 0.0
+    assert lag.sampled(T0 + 0.30) == pytest.approx(0.2)
+    assert lag.current(T0 + 0.31) == pytest.approx(0.2)
+    assert lag.sampled(T0 + 0.35) == pytest.approx(0.0)
+    assert lag.current(T0 + 0.36) == pytest.approx(0.0)
+    assert lag.peak_s == pytest.approx(0.2)
+
+
+def test_an_overdue_sample_counts_as_lag_before_it_fires() -> None:
+    lag = LoopLag(0.05)
+    lag.arm(T0)
+    assert lag.current(T0 + 0.04) == 0.0
+    assert lag.current(T0 + 0.30) == pytest.approx(0.25)  # one long iteration, still running
+
+
+def test_lag_sheds_while_over_the_threshold_only() -> None:
+    policy = admission(accept_rate_per_s=0.0)
+    policy.lag.arm(T0)
+    assert policy.decide(T0 + 0.14, served=0, shedding=0) is None  # 90 ms overdue
+    assert policy.decide(T0 + 0.16, served=0, shedding=0) is Shed.LOOP_LAG
+    policy.lag.sampled(T0 + 0.16)
+    assert policy.decide(T0 + 0.17, served=0, shedding=0) is Shed.LOOP_LAG  # last sample: 110
+    policy.lag.sampled(T0 + 0.21)
+    assert policy.decide(T0 + 0.22, served=0, shedding=0) is None
+
+
+def test_lag_threshold_zero_never_sheds_for_lag() -> None:
+    policy = admission(accept_rate_per_s=0.0, shed_loop_lag_s=0.0)
+    policy.lag.arm(T0)
+    assert policy.decide(T0 + 10, served=0, shedding=0) is None
+
+
+# Retry-After
+
+
+def test_retry_after_is_jittered_whole_seconds_within_the_base_window() -> None:
+    policy = admission()
+    values = [policy.retry_after_s(T0) for _ in range(2000)]
+    assert set(values) == {1, 2, 3, 4}
+    assert min(values.count(v) for v in (1, 2, 3, 4)) > 400  # about uniform
+
+
+def test_retry_after_window_grows_with_recent_sheds_over_the_rate() -> None:
+    policy = admission(accept_rate_per_s=100.0, accept_burst=1)
+    for _ in range(2001):
+        policy.decide(T0 + 0.5, served=0, shedding=0)  # 1 served, 2000 shed
+    values = [policy.retry_after_s(T0 + 0.6) for _ in range(5000)]
+    assert min(values) == 1 and max(values) == 20  # 2000 sheds / 100 per s
+    assert len(set(values)) == 20
+    # Two seconds later, with nothing shed meanwhile, back to the base window.
+    assert max(policy.retry_after_s(T0 + 2.6) for _ in range(500)) == 4
+
+
+def test_retry_after_is_capped() -> None:
+    policy = admission(accept_rate_per_s=1.0, accept_burst=1)
+    for _ in range(1000):
+        policy.decide(T0, served=0, shedding=0)
+    assert max(policy.retry_after_s(T0) for _ in range(5000)) == MAX_RETRY_AFTER_S
