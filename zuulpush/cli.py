@@ -91,7 +91,39 @@ def _edge_listener(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="edge port (default 8080; 0 picks a free one)")
     p.add_argument("--echo", action="store_true", default=None,
                    help="enable the diagnostic WebSocket echo endpoint GET /echo")
+    _edge_limits(p)
     _log_level(p)
+
+
+EDGE_LIMITS = ("max_connections", "hard_max_connections", "accept_rate_per_s", "accept_burst",
+               "shed_loop_lag_ms", "shed_retry_after_s", "lifetime_min_s", "lifetime_max_s")
+
+
+def _edge_limits(p: argparse.ArgumentParser) -> None:
+    """Load shedding and connection lifetime (README: Load shedding and connection lifetime)."""
+    g = p.add_argument_group("load shedding and connection lifetime")
+    g.add_argument("--max-connections", type=int, metavar="N",
+                   help="answer 503 past N open connections (default 0: 90%% of the hard one)")
+    g.add_argument("--hard-max-connections", type=int, metavar="N",
+                   help="close new sockets at accept past N (default 0: the file-descriptor "
+                        "limit less a twentieth)")
+    g.add_argument("--accept-rate", dest="accept_rate_per_s", type=float, metavar="PER_S",
+                   help="new connections per second before 503 (default 5000; 0: no limit)")
+    g.add_argument("--accept-burst", type=int, metavar="N",
+                   help="new connections allowed at once above the rate (default 1000)")
+    g.add_argument("--shed-loop-lag-ms", type=int, metavar="MS",
+                   help="answer 503 to new connections while the event loop runs this late "
+                        "(default 100; 0: never)")
+    g.add_argument("--shed-retry-after-s", type=int, metavar="S",
+                   help="shortest window of the jittered Retry-After of a 503 (default 4)")
+    g.add_argument("--lifetime-min-s", type=float, metavar="S",
+                   help="shortest connection lifetime (default 1500)")
+    g.add_argument("--lifetime-max-s", type=float, metavar="S",
+                   help="longest connection lifetime (default 2100; 0: no lifetime)")
+
+
+def _edge_limit_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in EDGE_LIMITS}
 
 
 def _run_app(make: Callable[[], Any], banner: Callable[[Any], str]) -> int:
@@ -129,7 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
     _logging(args.log_level)
     settings = load_settings(args.config, {
         "host": args.host, "port": args.port, "api_host": args.api_host,
-        "api_port": args.api_port, "echo": args.echo})
+        "api_port": args.api_port, "echo": args.echo, **_edge_limit_flags(args)})
     generated = _fill_secrets(settings)
     return _run_app(lambda: EmbeddedApp(ServeConfig.from_settings(settings)),
                     lambda app: _banner(app, generated))
@@ -227,7 +259,8 @@ def _edge(args: argparse.Namespace) -> int:
     _logging(args.log_level)
     settings = load_settings(args.config, {
         "redis_url": args.redis_url, "region": args.region, "peer_regions": args.peer_regions,
-        "host": args.host, "port": args.port, "node_id": args.node_id, "echo": args.echo})
+        "host": args.host, "port": args.port, "node_id": args.node_id, "echo": args.echo,
+        **_edge_limit_flags(args)})
     _need_redis(settings, "edge")
     if not settings.get("secret") and not settings.get("public_key"):
         raise ConfigError("no token secret or public key: set ZUULPUSH_SECRET or "

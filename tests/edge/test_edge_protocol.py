@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import random
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +29,9 @@ from router.auth import AuthConfig, TokenVerifier, issue_token
 from router.base import BroadcastLog, Delivery, InboxEntry
 from router.memory import MemoryInbox, MemoryNodeChannel
 from zuulpush.edge.config import EdgeConfig
-from zuulpush.edge.protocol import HELD_MAX, EdgeConnection
+from zuulpush.edge.protocol import HELD_MAX, EdgeConnection, shed_answer
 from zuulpush.edge.server import EdgeServer
+from zuulpush.edge.shedding import Shed
 from zuulpush.edge.state import State
 from zuulpush.edge.wsframes import Close
 
@@ -303,7 +306,7 @@ class Edge:
         self.server = EdgeServer(
             EdgeConfig(**settings), verifier=TokenVerifier(AuthConfig(secret=SECRET)),
             registry=self.registry, inbox=self.inbox, channel=self.channel, clock=self.clock,
-            history=history)
+            history=history, rng=random.Random(0))
 
     def device(self) -> Device:
         return Device(self.server)
@@ -321,12 +324,11 @@ class Edge:
     async def flush(self) -> None:
         await self.server._flush_registry_work()
 
-    def tick(self) -> float:
-        """Advance a heartbeat interval and run what `_tick_loop` runs at that time."""
-        now = self.clock.advance(HEARTBEAT_S)
-        self.server._expire_handshakes(now)
-        for conn in self.server._wheel.due(now):
-            conn.tick()
+    def tick(self, seconds: float = HEARTBEAT_S) -> float:
+        """Advance the clock (a heartbeat interval by default) and run what `_tick_loop` runs
+        at that time."""
+        now = self.clock.advance(seconds)
+        self.server.on_tick(now)
         return now
 
     async def store(self, client_id: str, *ids: str) -> None:
@@ -1298,3 +1300,235 @@ async def test_a_failing_node_channel_is_retried_not_fatal(
     finally:
         loop_task.cancel()
     assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
+
+
+# shedding (zuulpush.edge.shedding): decided at connection_made, before any byte is read
+
+
+def shed_retry_after(device: Device, reason: Shed) -> int:
+    """Check that `device` got exactly the canned 503 for `reason`; its Retry-After."""
+    response = device.response()
+    assert response.status == 503
+    retry_after = int(response.headers["retry-after"])
+    assert bytes(device.transport.written) == shed_answer(reason, retry_after)
+    assert 1 <= retry_after <= 60
+    assert response.headers["connection"] == "close"
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == "overloaded" and str(retry_after) in error["message"]
+    return retry_after
+
+
+def test_past_the_accept_rate_a_connection_gets_the_canned_503_and_is_never_served() -> None:
+    edge = Edge(accept_rate_per_s=1.0, accept_burst=2)
+    served = [edge.device(), edge.device()]
+    shed = edge.device()
+    shed_retry_after(shed, Shed.RATE)
+    assert shed.conn._h11 is None  # no parser was made for it
+    assert shed.conn.state is State.CLOSING
+    assert shed.transport.half_closed and not shed.transport.aborted  # lingers for the peer
+    assert edge.server.stats.shed == {"rate": 1}
+    assert edge.server.stats.rejects == {}
+    assert edge.server.open_count() == 2
+    written = bytes(shed.transport.written)
+    shed.send(request(f"/ws?token={token('c3')}", UPGRADE))  # its request, read and dropped
+    assert bytes(shed.transport.written) == written
+    assert edge.server.connections == {} and edge.server.stats.connects == 0
+    assert all(d.conn.state is State.HANDSHAKE for d in served)
+    edge.clock.advance(1.0)  # a token again
+    assert edge.ws("c4").conn.state is State.REPLAYING
+
+
+async def test_a_shed_connection_is_never_registered(edge: Edge) -> None:
+    edge = Edge(accept_rate_per_s=1.0, accept_burst=1)
+    edge.ws("c1")
+    shed = edge.device()
+    shed.send(request(f"/ws?token={token('c2')}", UPGRADE))
+    await edge.flush()
+    assert await edge.registry.lookup("c2") is None
+    assert list(edge.server.connections) == ["c1"]
+
+
+def test_a_shed_connection_lingers_until_the_handshake_deadline() -> None:
+    edge = Edge(accept_rate_per_s=1.0, accept_burst=1)
+    edge.device()
+    shed = edge.device()
+    edge.tick(HANDSHAKE_S - 1)
+    assert not shed.transport.aborted
+    edge.tick(1.0)
+    assert shed.transport.aborted
+
+
+def test_max_connections_sheds_with_503_until_one_closes() -> None:
+    edge = Edge(max_connections=2)
+    first, _ = edge.ws("c1"), edge.device()  # served, in any state
+    shed_retry_after(edge.device(), Shed.MAX_CONNECTIONS)
+    first.lose()
+    assert edge.ws("c3").conn.state is State.REPLAYING
+    assert edge.server.stats.shed == {"max_connections": 1}
+
+
+def test_past_the_hard_ceiling_the_socket_is_closed_at_accept_with_nothing_written() -> None:
+    edge = Edge(max_connections=1, hard_max_connections=3)
+    edge.ws("c1")
+    lingering = [edge.device(), edge.device()]  # 503s still waiting for their peers
+    for device in lingering:
+        shed_retry_after(device, Shed.MAX_CONNECTIONS)
+    closed = edge.device()
+    assert closed.transport.aborted and closed.transport.written == b""
+    assert closed.conn._h11 is None
+    assert edge.server.stats.shed == {"max_connections": 2, "hard_limit": 1}
+    closed.lose()
+    lingering[0].lose()
+    shed_retry_after(edge.device(), Shed.MAX_CONNECTIONS)  # room below the hard ceiling again
+
+
+def test_loop_lag_sheds_new_connections_until_the_loop_is_on_time() -> None:
+    edge = Edge(shed_loop_lag_ms=100)
+    lag = edge.server.lag
+    lag.arm(edge.clock())
+    edge.clock.advance(lag.interval_s + 0.2)  # the sampler is 200 ms overdue: a long iteration
+    shed_retry_after(edge.device(), Shed.LOOP_LAG)
+    lag.sampled(edge.clock())  # it fires, 200 ms late
+    edge.clock.advance(0.01)
+    shed_retry_after(edge.device(), Shed.LOOP_LAG)
+    edge.clock.advance(lag.interval_s - 0.01)
+    lag.sampled(edge.clock())  # on time
+    assert edge.ws("c1").conn.state is State.REPLAYING
+    assert edge.server.stats.shed == {"loop_lag": 2}
+
+
+def test_shed_sockets_are_counted_apart_and_nothing_leaks() -> None:
+    edge = Edge(max_connections=3, hard_max_connections=5, accept_rate_per_s=0.0)
+    devices = [edge.device() for _ in range(8)]  # 3 served, 2 shed with 503, 3 closed
+    sse = edge.sse("c9")  # shed too (hard ceiling)
+    assert sse.transport.aborted
+    assert edge.server.stats.shed == {"max_connections": 2, "hard_limit": 4}
+    assert (edge.server._served, edge.server._shedding) == (3, 6)
+    assert edge.server.open_count() == 3
+    for device in devices:
+        device.lose()
+    sse.conn.connection_lost(None)
+    assert (edge.server._served, edge.server._shedding) == (0, 0)
+    assert edge.server.open_count() == 0
+
+
+def test_an_idle_connection_is_no_bigger_with_a_lifetime(edge: Edge) -> None:
+    # 14 slots: the same 128-byte allocation as the 13 it had before lifetimes.
+    assert sys.getsizeof(EdgeConnection(edge.server)) <= 128
+
+
+# GET /healthz
+
+
+def test_healthz_answers_the_nodes_load_as_json_and_closes(edge: Edge) -> None:
+    edge.ws("c1")
+    device = edge.device()
+    device.send(request("/healthz"))
+    response = device.response()
+    assert response.status == 200 and response.headers["connection"] == "close"
+    health = response.json()
+    assert health["status"] == "ok" and health["node_id"] == "edge-test-1"
+    assert (health["connections"], health["sockets"]) == (1, 2)
+    assert health["shed"] == {"hard_limit": 0, "max_connections": 0, "loop_lag": 0, "rate": 0}
+    assert health["loop_lag_ms"] == 0.0 and health["loop_lag_ms_peak"] == 0.0
+    assert health["max_connections"] < health["hard_max_connections"]
+    assert health["fds_exhausted"] is False and health["lifetime_closes"] == 0
+    assert device.transport.half_closed
+    assert edge.server.connections.keys() == {"c1"}
+
+
+# connection lifetime: 4000 with a JSON reason, spread over the window
+
+
+def lifetime_hint(frames: list[tuple[Opcode, Any]]) -> dict[str, Any] | None:
+    """The JSON hint of the lifetime close among `frames`, if there is one."""
+    closes = [payload for opcode, payload in frames if opcode is Opcode.CLOSE]
+    if not closes:
+        return None
+    [(code, reason)] = closes
+    assert code == Close.RECONNECT
+    hint = orjson.loads(reason)
+    assert hint["reason"] == "lifetime"
+    assert 500 <= hint["reconnect_after_ms"] <= 1500
+    return hint  # type: ignore[no-any-return]
+
+
+def answer_pings(device: Device) -> list[tuple[Opcode, Any]]:
+    """The frames written since the last read, a ping among them answered with a pong."""
+    frames = device.frames()
+    if any(opcode is Opcode.PING for opcode, _ in frames):
+        device.pong()
+    return frames
+
+
+async def test_a_connection_is_closed_with_4000_within_its_lifetime_window() -> None:
+    edge = Edge(lifetime_min_s=60.0, lifetime_max_s=90.0)
+    device = edge.ws("c1")
+    await edge.flush()
+    start = edge.clock()
+    while lifetime_hint(answer_pings(device)) is None:
+        assert edge.clock() - start < 100
+        edge.tick(0.25)
+    assert 60.0 - 0.5 <= edge.clock() - start <= 90.0 + 0.5
+    assert edge.server.stats.lifetime_closes == 1
+    assert device.transport.half_closed  # lingers for the device's close, as any go-away
+
+
+async def test_lifetime_closes_of_a_storm_are_spread_over_the_window() -> None:
+    """1000 devices connect in the same instant; their closes come spread uniformly over the
+    lifetime window, never many at once."""
+    edge = Edge(lifetime_min_s=60.0, lifetime_max_s=120.0, accept_rate_per_s=0.0,
+                heartbeat_interval_s=10.0)
+    devices = [edge.ws(f"c{i}") for i in range(1000)]
+    await edge.flush()
+    start = edge.clock()
+    closes: list[float] = []
+    open_devices = set(range(1000))
+    while open_devices and edge.clock() - start < 130:
+        edge.tick(0.25)
+        for i in list(open_devices):
+            if lifetime_hint(answer_pings(devices[i])) is not None:
+                closes.append(edge.clock() - start)
+                open_devices.discard(i)
+    assert not open_devices and edge.server.stats.lifetime_closes == 1000
+    assert min(closes) >= 60.0 - 0.5 and max(closes) <= 120.0 + 0.5
+    per_10s = [sum(1 for t in closes if 60 + 10 * k <= t < 70 + 10 * k) for k in range(6)]
+    assert all(120 < n < 220 for n in per_10s), per_10s  # about 167 each
+    per_second = [sum(1 for t in closes if s <= t < s + 1) for s in range(60, 121)]
+    assert max(per_second) < 40, per_second  # about 17 a second: never in lockstep
+
+
+async def test_sse_lifetime_ends_with_a_reconnect_event_and_retry() -> None:
+    edge = Edge(lifetime_min_s=30.0, lifetime_max_s=31.0)
+    device = edge.sse("c1")
+    device.read()
+    await edge.flush()
+    for _ in range(4 * 32):
+        edge.tick(0.25)
+    *_, reconnect, retry = device.events()
+    hint = orjson.loads(reconnect["data"])
+    assert reconnect["event"] == "reconnect"
+    assert (hint["code"], hint["reason"]) == (Close.RECONNECT, "lifetime")
+    assert retry == {"retry": str(hint["reconnect_after_ms"])}
+    assert device.ended
+
+
+async def test_lifetime_zero_never_closes() -> None:
+    edge = Edge(lifetime_min_s=0.0, lifetime_max_s=0.0)
+    device = edge.ws("c1")
+    await edge.flush()
+    for _ in range(100):
+        edge.tick()
+        device.frames()
+        device.pong()
+    assert not device.transport.closed and edge.server._expiring == []
+
+
+def test_echo_has_no_lifetime() -> None:
+    edge = Edge(echo=True, lifetime_min_s=0.0, lifetime_max_s=1.0)
+    device = edge.device()
+    assert device.upgrade("/echo").status == 101
+    for _ in range(20):
+        edge.tick(0.25)
+    assert not device.transport.closed

@@ -90,6 +90,15 @@ def test_echo_route_needs_no_token_when_enabled() -> None:
     assert accept == Accept(Route.ECHO, None, None, RFC_ACCEPT)
 
 
+def test_health_route_needs_no_token_and_no_upgrade() -> None:
+    assert run("/healthz") == Accept(Route.HEALTH, None, None, None)
+    assert run("/healthz?verbose=1", ws_headers()) == Accept(Route.HEALTH, None, None, None)
+
+
+def test_health_route_is_get_only() -> None:
+    assert rejected("/healthz", method=b"POST").http_status == 405
+
+
 def test_echo_route_still_checks_the_websocket_handshake() -> None:
     assert rejected("/echo", ws_headers(upgrade=None), echo=True).http_status == 426
 

@@ -25,7 +25,7 @@ import orjson
 from zuulpush.client.backoff import parse_retry_after
 from zuulpush.client.policy import Closed, Failed
 from zuulpush.client.sse import SseParser, SseProtocolError
-from zuulpush.client.wire import close_hint, endpoint
+from zuulpush.client.wire import close_hint, endpoint, hint_ms
 
 log = logging.getLogger("zuulpush.client")
 
@@ -248,10 +248,9 @@ def _reconnect(data: str) -> Closed:
     if not isinstance(hint, dict):
         return Closed(None, "reconnect event without a JSON object")
     code = hint.get("code")
-    ms = hint.get("reconnect_after_ms")
-    valid_ms = isinstance(ms, int | float) and not isinstance(ms, bool) and ms >= 0
-    return Closed(code if isinstance(code, int) and not isinstance(code, bool) else None,
-                  str(hint.get("reason", "")), int(ms) if valid_ms else None)  # type: ignore[arg-type]
+    if not isinstance(code, int) or isinstance(code, bool):
+        code = None
+    return Closed(code, str(hint.get("reason", "")), hint_ms(data))
 
 
 TRANSPORTS: dict[str, Transport] = {"ws": WebSocketTransport(), "sse": SseTransport()}

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class EdgeConfig:
-    """Listening address, limits and timers of an edge node. Units are in the names."""
+    """Listening address, limits and timers of an edge node. Units are in the names.
+
+    Shedding and lifetimes (`zuulpush.edge.shedding`, `zuulpush.edge.lifetime`): ceilings of 0
+    are derived from the file-descriptor limit; an `accept_rate_per_s` or `shed_loop_lag_ms` of 0
+    turns that check off; a `lifetime_max_s` of 0 turns lifetimes off."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -25,3 +29,21 @@ class EdgeConfig:
     sse_retry_ms: int = 3000
     registry_ttl_s: float = 120.0
     replay_page_size: int = 500
+    max_connections: int = 0
+    hard_max_connections: int = 0
+    accept_rate_per_s: float = 5000.0
+    accept_burst: int = 1000
+    shed_loop_lag_ms: int = 100
+    shed_retry_after_s: int = 4
+    lifetime_min_s: float = 1500.0
+    lifetime_max_s: float = 2100.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "hard_max_connections", "accept_rate_per_s",
+                     "shed_loop_lag_ms", "lifetime_min_s", "lifetime_max_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.accept_burst < 1 or self.shed_retry_after_s < 1:
+            raise ValueError("accept_burst and shed_retry_after_s must be at least 1")
+        if self.lifetime_max_s and self.lifetime_min_s > self.lifetime_max_s:
+            raise ValueError("lifetime_min_s must not be more than lifetime_max_s")

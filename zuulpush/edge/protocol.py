@@ -1,14 +1,21 @@
 """One device connection: an `asyncio.Protocol` that only moves bytes.
 
 Parsing and decisions live in sans-I/O modules (`request`, `wsframes`, `inbound`, `sse`, `wire`);
-lifecycle in `state`; everything shared (connection map, timers, registry and inbox calls) in
-`server.EdgeServer`. What an idle open connection holds is what the `__slots__` below name: no
-h11 or wsproto object, no task, no timer handle.
+lifecycle in `state`; everything shared (connection map, timers, registry and inbox calls,
+the shedding policy) in `server.EdgeServer`. What an idle open connection holds is what the
+`__slots__` below name: no h11 or wsproto object, no task, no timer handle.
+
+A connection the node sheds (`zuulpush.edge.shedding`) is decided in `connection_made`, before
+any byte is read: past the hard ceiling its socket is closed at once; otherwise it is answered a
+canned `503` with a jittered `Retry-After` and closed the way every rejection is (our side shut,
+the rest of the request read and discarded until the peer closes or the handshake deadline).
+No h11 object is made for it, and it is never counted as an open connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import logging
 from collections import deque
@@ -22,6 +29,7 @@ from router.base import InboxEntry
 from router.errors import ZuulpushError
 from zuulpush.edge import inbound, sse, wsframes
 from zuulpush.edge.request import Accept, Route, check_head_size, decide
+from zuulpush.edge.shedding import Shed
 from zuulpush.edge.state import Event, State, next_state
 from zuulpush.edge.wire import SSE, WEBSOCKET, Outgoing, Wire, jittered_ms
 from zuulpush.edge.wsframes import Close, FrameReader
@@ -37,13 +45,31 @@ _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnect
 
 def http_error(status: int, body: dict[str, object], headers: tuple[tuple[str, str], ...] = ()
                ) -> bytes:
-    """A complete `Connection: close` HTTP/1.1 response with a JSON body."""
+    """A complete `Connection: close` HTTP/1.1 response with a JSON body (errors or not)."""
     payload = orjson.dumps(body)
     head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
             "content-type: application/json", f"content-length: {len(payload)}",
             "connection: close", *(f"{name}: {value}" for name, value in headers)]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
 
+
+_SHED_WHY = {
+    Shed.MAX_CONNECTIONS: "this node holds as many connections as it may",
+    Shed.LOOP_LAG: "this node is too busy",
+    Shed.RATE: "too many new connections on this node",
+}
+
+
+@functools.lru_cache(maxsize=4 * 64)
+def shed_answer(reason: Shed, retry_after_s: int) -> bytes:
+    """The canned `503` for a shed request (one per reason and delay, made once)."""
+    message = f"{_SHED_WHY[reason]}; retry after {retry_after_s} s"
+    return http_error(503, {"error": {"code": "overloaded", "message": message}},
+                      (("retry-after", str(retry_after_s)),))
+
+
+SHED_SLOT = -2
+"""`slot` of a connection being shed: it is not served and was never in the wheel."""
 
 HELD_MAX = 1000
 """Live pushes held back during a replay, at most; past it the device is a slow consumer."""
@@ -69,8 +95,8 @@ class _Replay:
 class EdgeConnection(asyncio.Protocol):
     """A device's WebSocket or SSE connection (or a diagnostic echo WebSocket)."""
 
-    __slots__ = ("_h11", "_rate", "_reader", "_replay", "_server", "pong_due", "registration",
-                 "slot", "state", "transport", "wire")
+    __slots__ = ("_h11", "_rate", "_reader", "_replay", "_server", "age", "pong_due",
+                 "registration", "slot", "state", "transport", "wire")
 
     def __init__(self, server: EdgeServer) -> None:
         self._server = server
@@ -84,17 +110,23 @@ class EdgeConnection(asyncio.Protocol):
         self.registration: Registration | None = None
         self.slot = -1
         self.pong_due = False
+        self.age = 0  # heartbeat-wheel visits so far, for the lifetime (server.EdgeServer)
 
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
         self.transport = transport = cast(asyncio.Transport, transport)
-        limit = self._server.config.write_limit_bytes
+        server = self._server
+        shed = server.admit()
+        if shed is not None:
+            self._shed(shed)
+            return
+        limit = server.config.write_limit_bytes
         transport.set_write_buffer_limits(high=limit, low=limit // 4)
         self._h11 = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self._server.config.max_header_bytes)
-        self._server.handshake_started(self)
+            h11.SERVER, max_incomplete_event_size=server.config.max_header_bytes)
+        server.handshake_started(self)
 
     def data_received(self, data: bytes) -> None:
         if self.state is State.HANDSHAKE:
@@ -152,8 +184,23 @@ class EdgeConnection(asyncio.Protocol):
             return
         self._accept(accept, conn.trailing_data[0])
 
+    def _shed(self, reason: Shed) -> None:
+        assert self.transport is not None
+        self.slot = SHED_SLOT
+        if reason is Shed.HARD_LIMIT:
+            self.state = next_state(self.state, Event.CLOSING)
+            self.transport.abort()  # before any read: uvloop and asyncio then never read
+            return
+        self._server.handshake_started(self)  # its deadline bounds the linger
+        self._close_transport(shed_answer(reason, self._server.retry_after_s()), linger=True)
+
     def _accept(self, accept: Accept, trailing: bytes) -> None:
         assert self.transport is not None
+        if accept.route is Route.HEALTH:
+            self._h11 = None
+            status, body = self._server.health()
+            self._close_transport(http_error(status, body), linger=True)
+            return
         if accept.route is Route.SSE:
             conn = self._h11
             assert conn is not None

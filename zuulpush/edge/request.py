@@ -7,6 +7,8 @@ Routes:
 - `GET /ws`   WebSocket for devices (token required)
 - `GET /sse`  Server-Sent Events for devices (token required)
 - `GET /echo` WebSocket echo for conformance suites (no token; only with `--echo`)
+- `GET /healthz` the node's health and load as JSON, then close (no token; for load balancers
+  and operators)
 
 The device token comes from `?token=`, `Authorization: Bearer`, or the `zuulpush_token` cookie, in
 that order. A resume point comes from `?last_id=` or the `Last-Event-ID` header.
@@ -38,6 +40,7 @@ class Route(Enum):
     WEBSOCKET = "/ws"
     SSE = "/sse"
     ECHO = "/echo"
+    HEALTH = "/healthz"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,8 @@ def decide(
     if method != b"GET":
         raise HandshakeRejected(405, "only GET is allowed here", code="method_not_allowed",
                                 headers=(("allow", "GET"),))
+    if route is Route.HEALTH:
+        return Accept(route, None, None, None)
     params = _query(query)
     ws_accept = None if route is Route.SSE else _websocket_accept(headers)
     if route is Route.ECHO:

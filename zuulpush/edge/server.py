@@ -14,14 +14,33 @@ device type, in id order, each id once (`merge_replay`); the same registration-f
 covers them, as a router keeps a broadcast in the history before it looks up nodes. A device
 connecting WITHOUT a last id gets no old broadcasts: it has no point to resume from, and a new
 device is not sent the fleet's recent announcements as if it had missed them.
+
+Guards against herds (`shedding`, `lifetime`): every accepted socket is first put to the
+`Admission` policy (ceilings, loop lag from a 50 ms sampler, a token bucket); lifetimes run from
+the heartbeat wheel's visits, and the few connections in their last interval wait in a heap.
+
+Running out of file descriptors: under uvloop, libuv answers EMFILE/ENFILE on accept with its
+reserve-descriptor trick (it closes a spare descriptor, accepts and closes every pending
+connection, reopens the spare) silently, and only if that fails reports the error, on which
+uvloop closes the listening socket for good without a word. Plain asyncio logs each failure and
+pauses accepting for a second. Neither spins. The node therefore (1) keeps its hard ceiling below
+the descriptor limit by default, so that it sheds, counted, before the kernel has to; (2) probes
+once a second whether a descriptor can still be had (counted and logged once per episode, and in
+`GET /healthz`); (3) checks in the same probe that its listening socket still listens, and
+listens again if it was closed under it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import heapq
+import itertools
 import logging
 import os
+import random
+import resource
 import socket
 import time
 import uuid
@@ -42,7 +61,9 @@ from router.base import (
     merge_replay,
 )
 from zuulpush.edge.config import EdgeConfig
-from zuulpush.edge.protocol import EdgeConnection
+from zuulpush.edge.lifetime import Lifetime
+from zuulpush.edge.protocol import SHED_SLOT, EdgeConnection
+from zuulpush.edge.shedding import Admission, Limits, LoopLag, Shed, derive_ceilings
 from zuulpush.edge.state import State
 from zuulpush.edge.wheel import TimerWheel
 from zuulpush.edge.wire import Outgoing
@@ -55,6 +76,9 @@ DELIVERY_BATCH = 1024
 NODE_HEARTBEAT_S = 5.0
 REGISTRY_RETRY_S = 1.0
 UNREGISTER_CONCURRENCY = 256
+LISTENER_CHECK_S = 1.0
+EXPIRING = -1
+"""`age` of a connection in its last interval, waiting in the lifetime heap."""
 
 
 def default_node_id() -> str:
@@ -74,9 +98,45 @@ class EdgeStats:
     acks: int = 0
     registry_errors: int = 0
     reregistered: int = 0
+    shed: Counter[str] = field(default_factory=Counter)
+    lifetime_closes: int = 0
+    fd_exhaustion_episodes: int = 0
+    relistens: int = 0
 
     def count_reject(self, status: int) -> None:
         self.rejects[status] += 1
+
+
+def fd_limit() -> int | None:
+    """This process's soft limit of open files (None: unlimited or unknown)."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def listener_status(server: asyncio.Server | None, port: int) -> str:
+    """"ok" if the server's socket still listens on `port`; "exhausted" if no file descriptor
+    can be had to look (EMFILE/ENFILE); "gone" if it was closed."""
+    sockets = server.sockets if server is not None else ()
+    if not sockets:
+        return "gone"
+    try:
+        fd = os.dup(sockets[0].fileno())
+    except OSError as exc:
+        return "exhausted" if exc.errno in (errno.EMFILE, errno.ENFILE) else "gone"
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return "gone"
+    with sock:
+        try:
+            listening = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+            return "ok" if listening and sock.getsockname()[1] == port else "gone"
+        except OSError:
+            return "gone"
 
 
 class EdgeServer:
@@ -92,8 +152,10 @@ class EdgeServer:
         channel: NodeChannel,
         clock: Callable[[], float] = time.monotonic,
         history: BroadcastLog | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        """Without `history`, resuming devices get their inbox only (no missed broadcasts)."""
+        """Without `history`, resuming devices get their inbox only (no missed broadcasts).
+        `rng` draws lifetimes and Retry-After jitter (tests pass a seeded one)."""
         self.config = config
         self.verifier = verifier
         self.registry = registry
@@ -120,14 +182,32 @@ class EdgeServer:
         self._flush_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+        self._rng = rng or random.Random()
+        soft, hard = derive_ceilings(fd_limit(), config.max_connections,
+                                     config.hard_max_connections)
+        self.lag = LoopLag()
+        self.admission = Admission(
+            Limits(soft, hard, config.accept_rate_per_s, config.accept_burst,
+                   config.shed_loop_lag_ms / 1000, config.shed_retry_after_s),
+            now=clock(), lag=self.lag, rng=self._rng)
+        self._served = 0  # sockets admitted and not yet closed, in any state
+        self._shedding = 0  # sockets shed and not yet closed (lingering 503s)
+        self.lifetime = Lifetime(config.lifetime_min_s if config.lifetime_max_s else 0.0,
+                                 config.lifetime_max_s, config.heartbeat_interval_s)
+        self._expiring: list[tuple[float, int, EdgeConnection]] = []
+        self._expiry_order = itertools.count()
+        self._lag_timer: asyncio.TimerHandle | None = None
+        self._fds_exhausted = False
 
     # lifecycle
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: EdgeConnection(self), self.config.host, self.config.port, backlog=4096)
+        self._server = await self._listen(self.config.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._warn_about_fd_limit()
+        self.lag.arm(self.clock())
+        self._lag_timer = asyncio.get_running_loop().call_later(self.lag.interval_s,
+                                                                self._sample_lag)
         await self._heartbeat_node()
         for loop_fn in (self._tick_loop, self._registry_loop, self._delivery_loop,
                         self._refresh_loop):
@@ -143,6 +223,9 @@ class EdgeServer:
         with contextlib.suppress(Exception):
             await self._heartbeat_node()
         self._server.close()
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
+            self.lag.disarm()
         for conn in self._all_connections():
             conn.goaway(Close.RECONNECT, "shutdown")
         deadline = self.clock() + grace_s
@@ -164,7 +247,42 @@ class EdgeServer:
         return len(self._wheel) + sum(
             1 for _, conn in self._handshakes if conn.state is State.HANDSHAKE)
 
+    def health(self) -> tuple[int, dict[str, object]]:
+        """`GET /healthz`: 200 while active (503 while draining) and the node's load."""
+        active = self.state is NodeState.ACTIVE
+        limits = self.admission.limits
+        stats = self.stats
+        return (200 if active else 503), {
+            "status": "ok" if active else "draining",
+            "node_id": self.node_id,
+            "connections": len(self.connections),
+            "sockets": self._served,
+            "max_connections": limits.max_connections,
+            "hard_max_connections": limits.hard_max_connections,
+            "loop_lag_ms": round(self.lag.current(self.clock()) * 1000, 1),
+            "loop_lag_ms_peak": round(self.lag.peak_s * 1000, 1),
+            "connects": stats.connects,
+            "shed": {reason.value: stats.shed[reason] for reason in Shed},
+            "lifetime_closes": stats.lifetime_closes,
+            "fds_exhausted": self._fds_exhausted,
+            "fd_exhaustion_episodes": stats.fd_exhaustion_episodes,
+        }
+
     # callbacks from connections
+
+    def admit(self) -> Shed | None:
+        """A socket was accepted: None to serve it, else why it is shed (counted)."""
+        reason = self.admission.decide(self.clock(), served=self._served,
+                                       shedding=self._shedding)
+        if reason is None:
+            self._served += 1
+        else:
+            self._shedding += 1
+            self.stats.shed[reason] += 1
+        return reason
+
+    def retry_after_s(self) -> int:
+        return self.admission.retry_after_s(self.clock())
 
     def handshake_started(self, conn: EdgeConnection) -> None:
         self._handshakes.append((self.clock() + self.config.handshake_timeout_s, conn))
@@ -175,6 +293,7 @@ class EdgeServer:
         reg = conn.registration
         if reg is None:
             return
+        self._check_lifetime(conn, self.clock())
         previous = self.connections.get(reg.client_id)
         if previous is not None:
             previous.close(Close.REPLACED, "replaced by a newer connection")
@@ -198,6 +317,10 @@ class EdgeServer:
         self._work.set()
 
     def connection_lost(self, conn: EdgeConnection) -> None:
+        if conn.slot == SHED_SLOT:
+            self._shedding -= 1
+            return
+        self._served -= 1
         if conn.slot >= 0:
             self._wheel.discard(conn, conn.slot)
         reg = conn.registration
@@ -238,12 +361,95 @@ class EdgeServer:
 
     async def _tick_loop(self) -> None:
         tick_s = min(self._wheel.tick_s, 0.25)
+        next_check = self.clock() + LISTENER_CHECK_S
         while True:
             await asyncio.sleep(tick_s)
             now = self.clock()
-            self._expire_handshakes(now)
-            for conn in self._wheel.due(now):
-                conn.tick()
+            self.on_tick(now)
+            if now >= next_check:
+                next_check = now + LISTENER_CHECK_S
+                await self._check_listener()
+
+    def on_tick(self, now: float) -> None:
+        """What the tick loop does at `now`: handshake deadlines, the wheel's visits (heartbeats,
+        lifetimes) and the lifetime closes due."""
+        self._expire_handshakes(now)
+        for conn in self._wheel.due(now):
+            conn.tick()
+            if conn.age >= 0 and conn.state in (State.REPLAYING, State.OPEN):
+                conn.age += 1
+                self._check_lifetime(conn, now)
+        self._expire_lifetimes(now)
+
+    def _check_lifetime(self, conn: EdgeConnection, now: float) -> None:
+        """At accept and at each visit: if the connection's lifetime ends within the coming
+        interval, put it in the heap of closes to make (`lifetime`'s docstring)."""
+        if conn.registration is None or not self.lifetime.enabled:
+            return
+        delay = self.lifetime.due_in(conn.age, self._rng.random(), self._rng.random())
+        if delay is not None:
+            conn.age = EXPIRING
+            heapq.heappush(self._expiring, (now + delay, next(self._expiry_order), conn))
+
+    def _expire_lifetimes(self, now: float) -> None:
+        expiring = self._expiring
+        while expiring and expiring[0][0] <= now:
+            conn = heapq.heappop(expiring)[2]
+            if conn.state in (State.REPLAYING, State.OPEN):
+                self.stats.lifetime_closes += 1
+                conn.goaway(Close.RECONNECT, "lifetime")
+
+    # the listening socket, file descriptors, loop lag
+
+    async def _listen(self, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(lambda: EdgeConnection(self), self.config.host, port,
+                                        backlog=4096)
+
+    def _sample_lag(self) -> None:
+        self.lag.sampled(self.clock())
+        self._lag_timer = asyncio.get_running_loop().call_later(self.lag.interval_s,
+                                                                self._sample_lag)
+
+    async def _check_listener(self) -> None:
+        """Once a second: note running out of file descriptors (once per episode), and listen
+        again if the listening socket was closed under us (module docstring)."""
+        status = listener_status(self._server, self.port)
+        if status == "exhausted" and not self._fds_exhausted:
+            self._fds_exhausted = True
+            self.stats.fd_exhaustion_episodes += 1
+            log.warning("out of file descriptors with %d connections (limit %s): new "
+                        "connections are closed at accept until some close",
+                        self._served, fd_limit())
+        elif status != "exhausted" and self._fds_exhausted:
+            self._fds_exhausted = False
+            log.warning("file descriptors available again")
+        if status == "gone" and self.state is NodeState.ACTIVE and self._server is not None:
+            await self._listen_again()
+
+    async def _listen_again(self) -> None:
+        old = self._server
+        try:
+            self._server = await self._listen(self.port)
+        except OSError as exc:
+            log.error("the listening socket on port %d is gone and listening again failed "
+                      "(%s); retrying", self.port, exc)
+            return
+        self.stats.relistens += 1
+        log.error("the listening socket on port %d was closed under us; listening again",
+                  self.port)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close()
+
+    def _warn_about_fd_limit(self) -> None:
+        limit = fd_limit()
+        hard = self.admission.limits.hard_max_connections
+        if limit is not None and hard > limit - 16:
+            log.warning("hard_max_connections %d is at or above the file-descriptor limit %d: "
+                        "past it, the kernel refuses accepts (EMFILE) and they are dropped "
+                        "uncounted; raise the limit (ulimit -n) or lower the ceiling",
+                        hard, limit)
 
     def _expire_handshakes(self, now: float) -> None:
         handshakes = self._handshakes
