@@ -155,6 +155,16 @@ class Registry(Protocol):
         """All live nodes, whatever their state."""
         ...
 
+    async def request_drain(self, node_id: str, ttl_s: float) -> None:
+        """Ask node `node_id` to drain (an operator's `zuulpush drain`): the request stands for
+        `ttl_s` seconds, for the node to see at its next heartbeat. Not replicated: it is made
+        in the region whose nodes read it."""
+        ...
+
+    async def drain_requested(self, node_id: str) -> bool:
+        """Whether a drain request for `node_id` stands."""
+        ...
+
     async def close(self) -> None:
         """Release connections to the backing store. Idempotent."""
         ...

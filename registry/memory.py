@@ -49,6 +49,7 @@ class MemoryRegistry:
         self._clients: dict[str, _Client] = {}
         self._by_user: dict[str, UserClients] = {}
         self._nodes: dict[str, tuple[NodeInfo, float]] = {}
+        self._drains: dict[str, float] = {}  # node id -> until (monotonic clock)
         self._next_sweep = 0.0
 
     async def register(self, registrations: Sequence[Registration], ttl_s: float) -> None:
@@ -132,6 +133,16 @@ class MemoryRegistry:
             if expires <= now:
                 del self._nodes[node_id]
         return [node for node, _ in self._nodes.values()]
+
+    async def request_drain(self, node_id: str, ttl_s: float) -> None:
+        self._drains[node_id] = self._clock() + ttl_s
+
+    async def drain_requested(self, node_id: str) -> bool:
+        until = self._drains.get(node_id)
+        if until is not None and until <= self._clock():
+            del self._drains[node_id]
+            until = None
+        return until is not None
 
     async def close(self) -> None:
         return None

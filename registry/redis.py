@@ -10,6 +10,7 @@ Key layout (prefix `zp` by default; `T(id)` is the id as a hash tag, see `regist
     {zp:nodes}            set of node ids that heartbeated (members pruned once their record
                           has expired)
     {zp:nodes}:<node>     node record: compact JSON, PX = the heartbeat TTL
+    {zp:nodes}!drain:<node>  "1" while an operator's drain request for the node stands (PX)
 
 A record is `VERSION(20 digits) 0xFF DEVICE_UNTIL(15) 0xFF LIVE_UNTIL(15) 0xFF NODE 0xFF USER
 0xFF DEVICE_TYPE`: lookups are plain GET/MGET of small strings, parsed here, and the Lua scripts
@@ -302,6 +303,12 @@ class RedisRegistry:
             await self._eval(lua.NODE_PRUNE,
                              [self._keys.node_set, *(self._keys.node(n) for n in gone)], gone)
         return [decode_node(raw) for raw in records if raw is not None]
+
+    async def request_drain(self, node_id: str, ttl_s: float) -> None:
+        await _awaited(self._client.set(self._keys.drain(node_id), b"1", px=_ms(ttl_s)))
+
+    async def drain_requested(self, node_id: str) -> bool:
+        return bool(await _awaited(self._client.exists(self._keys.drain(node_id))))
 
     async def close(self) -> None:
         if self._owns_client and not self._closed:

@@ -78,6 +78,9 @@ class Keys:
     def node(self, node_id: str) -> str:
         return f"{self.node_set}:{node_id}"
 
+    def drain(self, node_id: str) -> str:
+        return f"{self.node_set}!drain:{node_id}"  # `!`: never a node record's name
+
 
 def encode_head(reg: Registration) -> bytes:
     """The first four fields of a registration's record: what `register` sends."""

@@ -160,6 +160,12 @@ class ReplicatedRegistry:
             await self.local.remove_node(node_id)
             await self._announce(NodeRemoved(node_id))
 
+    async def request_drain(self, node_id: str, ttl_s: float) -> None:
+        await self.local.request_drain(node_id, ttl_s)  # regional, as the edges that read it
+
+    async def drain_requested(self, node_id: str) -> bool:
+        return await self.local.drain_requested(node_id)
+
     async def lookup(self, client_id: str) -> Registration | None:
         return await self.local.lookup(client_id)
 
