@@ -157,12 +157,13 @@ class Registry(Protocol):
 
     async def request_drain(self, node_id: str, ttl_s: float) -> None:
         """Ask node `node_id` to drain (an operator's `zuulpush drain`): the request stands for
-        `ttl_s` seconds, for the node to see at its next heartbeat. Not replicated: it is made
-        in the region whose nodes read it."""
+        `ttl_s` seconds or until the node takes it, at its next heartbeat. Not replicated: it
+        is made in the region whose nodes read it."""
         ...
 
-    async def drain_requested(self, node_id: str) -> bool:
-        """Whether a drain request for `node_id` stands."""
+    async def take_drain_request(self, node_id: str) -> bool:
+        """Whether a drain request for `node_id` stands; taking it removes it, so a node
+        restarted under the same id does not drain again."""
         ...
 
     async def close(self) -> None:

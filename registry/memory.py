@@ -137,12 +137,9 @@ class MemoryRegistry:
     async def request_drain(self, node_id: str, ttl_s: float) -> None:
         self._drains[node_id] = self._clock() + ttl_s
 
-    async def drain_requested(self, node_id: str) -> bool:
-        until = self._drains.get(node_id)
-        if until is not None and until <= self._clock():
-            del self._drains[node_id]
-            until = None
-        return until is not None
+    async def take_drain_request(self, node_id: str) -> bool:
+        until = self._drains.pop(node_id, None)
+        return until is not None and until > self._clock()
 
     async def close(self) -> None:
         return None

@@ -10,7 +10,8 @@ Key layout (prefix `zp` by default; `T(id)` is the id as a hash tag, see `regist
     {zp:nodes}            set of node ids that heartbeated (members pruned once their record
                           has expired)
     {zp:nodes}:<node>     node record: compact JSON, PX = the heartbeat TTL
-    {zp:nodes}!drain:<node>  "1" while an operator's drain request for the node stands (PX)
+    {zp:nodes}!drain:<node>  "1" while an operator's drain request for the node stands (PX;
+                          GETDEL by the node that takes it)
 
 A record is `VERSION(20 digits) 0xFF DEVICE_UNTIL(15) 0xFF LIVE_UNTIL(15) 0xFF NODE 0xFF USER
 0xFF DEVICE_TYPE`: lookups are plain GET/MGET of small strings, parsed here, and the Lua scripts
@@ -307,8 +308,8 @@ class RedisRegistry:
     async def request_drain(self, node_id: str, ttl_s: float) -> None:
         await _awaited(self._client.set(self._keys.drain(node_id), b"1", px=_ms(ttl_s)))
 
-    async def drain_requested(self, node_id: str) -> bool:
-        return bool(await _awaited(self._client.exists(self._keys.drain(node_id))))
+    async def take_drain_request(self, node_id: str) -> bool:
+        return await _awaited(self._client.getdel(self._keys.drain(node_id))) is not None
 
     async def close(self) -> None:
         if self._owns_client and not self._closed:

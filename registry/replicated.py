@@ -163,8 +163,8 @@ class ReplicatedRegistry:
     async def request_drain(self, node_id: str, ttl_s: float) -> None:
         await self.local.request_drain(node_id, ttl_s)  # regional, as the edges that read it
 
-    async def drain_requested(self, node_id: str) -> bool:
-        return await self.local.drain_requested(node_id)
+    async def take_drain_request(self, node_id: str) -> bool:
+        return await self.local.take_drain_request(node_id)
 
     async def lookup(self, client_id: str) -> Registration | None:
         return await self.local.lookup(client_id)

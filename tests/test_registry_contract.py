@@ -261,16 +261,18 @@ async def test_a_heartbeat_replaces_the_node_record(made: Made) -> None:
     assert await r.nodes() == [node("n1", NodeState.DRAINING, connections=7)]
 
 
-async def test_a_drain_request_stands_for_its_ttl_and_is_not_a_node(made: Made) -> None:
+async def test_a_drain_request_is_taken_once_or_expires_and_is_not_a_node(made: Made) -> None:
     r = made.registry
     await r.heartbeat_node(node("n1"), made.ttl_s)
-    assert not await r.drain_requested("n1")
+    assert not await r.take_drain_request("n1")
     await r.request_drain("n1", made.ttl_s / 2)
     await r.request_drain("drain:n1", made.ttl_s / 2)  # an odd node id names another request
-    assert await r.drain_requested("n1") and not await r.drain_requested("n2")
     assert [n.node_id for n in await r.nodes()] == ["n1"]  # the request is no node record
+    assert not await r.take_drain_request("n2")
+    assert await r.take_drain_request("n1")
+    assert not await r.take_drain_request("n1")  # taken: a restarted n1 does not drain again
     await made.elapse(made.ttl_s / 2)
-    assert not await r.drain_requested("n1")
+    assert not await r.take_drain_request("drain:n1")  # expired untaken
 
 
 async def test_remove_node_is_immediate(made: Made) -> None:
