@@ -1398,6 +1398,23 @@ def test_loop_lag_sheds_new_connections_until_the_loop_is_on_time() -> None:
     assert edge.server.stats.shed == {"loop_lag": 2}
 
 
+def test_a_request_arriving_while_the_loop_runs_late_is_shed_unparsed() -> None:
+    edge = Edge(shed_loop_lag_ms=100)
+    lag = edge.server.lag
+    lag.arm(edge.clock())
+    device = edge.device()  # accepted while the loop was on time
+    assert device.conn.state is State.HANDSHAKE and edge.server.open_count() == 1
+    edge.clock.advance(lag.interval_s + 0.2)  # then a long iteration, in which its request comes
+    device.send(request(f"/ws?token={token('c1')}", UPGRADE))
+    shed_retry_after(device, Shed.LOOP_LAG)
+    assert device.conn._h11 is None and edge.server.connections == {}
+    assert edge.server.stats.shed == {"loop_lag": 1} and edge.server.stats.connects == 0
+    assert (edge.server._served, edge.server._shedding) == (0, 1)
+    assert edge.server.open_count() == 0
+    device.lose()
+    assert (edge.server._served, edge.server._shedding) == (0, 0)
+
+
 def test_shed_sockets_are_counted_apart_and_nothing_leaks() -> None:
     edge = Edge(max_connections=3, hard_max_connections=5, accept_rate_per_s=0.0)
     devices = [edge.device() for _ in range(8)]  # 3 served, 2 shed with 503, 3 closed

@@ -176,3 +176,14 @@ def test_retry_after_is_capped() -> None:
     for _ in range(1000):
         policy.decide(T0, served=0, shedding=0)
     assert max(policy.retry_after_s(T0) for _ in range(5000)) == MAX_RETRY_AFTER_S
+
+
+def test_late_tells_a_handshake_to_wait_while_the_loop_is_late_and_counts_it() -> None:
+    policy = admission(accept_rate_per_s=1.0)
+    assert not policy.late(T0)  # unarmed: never late
+    policy.lag.arm(T0)
+    assert not policy.late(T0 + 0.1)
+    assert all(policy.late(T0 + 0.2) for _ in range(10))  # 150 ms overdue
+    # Counted as sheds: 10 in this second at 1 per s widen the Retry-After window to 10 s.
+    assert max(policy.retry_after_s(T0 + 0.2) for _ in range(1000)) == 10
+    assert not admission(shed_loop_lag_s=0.0).late(T0 + 10)

@@ -9,7 +9,8 @@ A connection the node sheds (`zuulpush.edge.shedding`) is decided in `connection
 any byte is read: past the hard ceiling its socket is closed at once; otherwise it is answered a
 canned `503` with a jittered `Retry-After` and closed the way every rejection is (our side shut,
 the rest of the request read and discarded until the peer closes or the handshake deadline).
-No h11 object is made for it, and it is never counted as an open connection.
+No h11 object is made for it, and it is never counted as an open connection. A served
+connection whose request arrives while the loop runs too late is shed the same way, unparsed.
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ class EdgeConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state is State.HANDSHAKE:
+            if self._server.shed_late(self):
+                self._h11 = None
+                self._answer_shed(Shed.LOOP_LAG)
+                return
             self._handshake(data)
         elif self.wire is WEBSOCKET and self.state is not State.CLOSING:
             self._frames(data)
@@ -153,6 +158,9 @@ class EdgeConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = next_state(self.state, Event.LOST)
         self._h11 = self._reader = self._replay = None
+        # A closed connection may stay referenced a while (the handshake-deadline deque, the
+        # lifetime heap): it should not keep its transport alive meanwhile.
+        self.transport = None
         self._server.connection_lost(self)
 
     # handshake
@@ -192,6 +200,9 @@ class EdgeConnection(asyncio.Protocol):
             self.transport.abort()  # before any read: uvloop and asyncio then never read
             return
         self._server.handshake_started(self)  # its deadline bounds the linger
+        self._answer_shed(reason)
+
+    def _answer_shed(self, reason: Shed) -> None:
         self._close_transport(shed_answer(reason, self._server.retry_after_s()), linger=True)
 
     def _accept(self, accept: Accept, trailing: bytes) -> None:

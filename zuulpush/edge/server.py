@@ -76,6 +76,8 @@ DELIVERY_BATCH = 1024
 NODE_HEARTBEAT_S = 5.0
 REGISTRY_RETRY_S = 1.0
 UNREGISTER_CONCURRENCY = 256
+ADMIT_SLICE = 64
+"""Connections replayed between two yields to the loop (memory seams never yield by themselves)."""
 LISTENER_CHECK_S = 1.0
 EXPIRING = -1
 """`age` of a connection in its last interval, waiting in the lifetime heap."""
@@ -280,6 +282,17 @@ class EdgeServer:
             self._shedding += 1
             self.stats.shed[reason] += 1
         return reason
+
+    def shed_late(self, conn: EdgeConnection) -> bool:
+        """`conn` (served, its request just arrived) is to be shed because the loop runs too
+        late: counted as shed from now on. False to go on with the handshake."""
+        if not self.admission.late(self.clock()):
+            return False
+        conn.slot = SHED_SLOT
+        self._served -= 1
+        self._shedding += 1
+        self.stats.shed[Shed.LOOP_LAG] += 1
+        return True
 
     def retry_after_s(self) -> int:
         return self.admission.retry_after_s(self.clock())
@@ -518,7 +531,9 @@ class EdgeServer:
             return
         regs = [conn.registration for conn in conns]
         await self.registry.register(regs, self.config.registry_ttl_s)  # type: ignore[arg-type]
-        for conn in conns:
+        for i, conn in enumerate(conns):
+            if i % ADMIT_SLICE == ADMIT_SLICE - 1:
+                await asyncio.sleep(0)  # a storm's batch must not hold the loop
             if conn.state is not State.REPLAYING:
                 continue
             reg = conn.registration

@@ -9,7 +9,9 @@ Checked in this order, cheapest first, for every accepted socket before a byte i
 3. Event-loop lag: while the loop runs later than `shed_loop_lag_s`, `503` (`Shed.LOOP_LAG`).
    The lag is the lateness of a cheap periodic sampler (`LoopLag`); between samples, the time
    since a sample was due counts too, so one long loop iteration that accepts a burst sheds the
-   rest of the burst as soon as it has run late enough.
+   rest of the burst as soon as it has run late enough. The same check (`late`) is made again
+   when a served connection's request arrives, before it is parsed: admitted sockets whose
+   clients send their requests late would otherwise all be handshaken in one long iteration.
 4. A token bucket of `accept_rate_per_s` with `accept_burst` tokens: none left, `503`
    (`Shed.RATE`).
 
@@ -157,6 +159,14 @@ class Admission:
             return None
         self._count_shed(now)
         return reason
+
+    def late(self, now: float) -> bool:
+        """Whether the loop runs too late to take on a handshake now (counted as a shed)."""
+        threshold = self.limits.shed_loop_lag_s
+        if threshold <= 0 or self.lag.current(now) <= threshold:
+            return False
+        self._count_shed(now)
+        return True
 
     def retry_after_s(self, now: float) -> int:
         """A jittered `Retry-After` for a shed request, in whole seconds (>= 1)."""
