@@ -14,7 +14,14 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import uvloop
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
+
+from registry.memory import MemoryRegistry
+from router.auth import AuthConfig, TokenVerifier
+from router.memory import MemoryInbox, MemoryNodeChannel
+from zuulpush.edge.config import EdgeConfig
+from zuulpush.edge.server import EdgeServer, listener_status
 
 from .clients import (
     WAIT_S,
@@ -26,7 +33,7 @@ from .clients import (
     ws_request,
     ws_url,
 )
-from .servers import ServerProcess
+from .servers import SECRET, ServerProcess, mint_token
 
 Serve = Callable[..., ServerProcess]
 Ids = Callable[[str], str]
@@ -168,3 +175,30 @@ async def test_healthz_reports_the_loop_lag_and_the_limits(server: ServerProcess
     assert health["loop_lag_ms_peak"] < 1000
     assert 0 < health["max_connections"] < health["hard_max_connections"]
     assert set(health["shed"]) == {"hard_limit", "max_connections", "loop_lag", "rate"}
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_listening_socket_closed_under_the_node_is_opened_again(run: Any) -> None:
+    """uvloop closes the listening socket, silently, after an accept error it cannot recover
+    from (EMFILE with no spare descriptor, ENFILE): the node's once-a-second check listens
+    again on the same port."""
+    async def body() -> None:
+        edge = EdgeServer(EdgeConfig(port=0), verifier=TokenVerifier(AuthConfig(secret=SECRET)),
+                          registry=MemoryRegistry(), inbox=MemoryInbox(10),
+                          channel=MemoryNodeChannel(10))
+        await edge.start()
+        try:
+            port = edge.port
+            assert edge._server is not None
+            edge._server.close()  # as uvloop does; the node did not ask for it
+            assert listener_status(edge._server, port) == "gone"
+            await edge._check_listener()
+            assert listener_status(edge._server, port) == "ok"
+            assert edge.stats.relistens == 1 and edge.port == port
+            async with ws_connect(f"ws://127.0.0.1:{port}/ws?token={mint_token('back')}") as ws:
+                await ws.ping()
+            await edge._check_listener()
+            assert edge.stats.relistens == 1
+        finally:
+            await edge.shutdown(1.0)
+    run(body())

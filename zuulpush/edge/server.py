@@ -200,6 +200,7 @@ class EdgeServer:
         self._expiry_order = itertools.count()
         self._lag_timer: asyncio.TimerHandle | None = None
         self._fds_exhausted = False
+        self._relisten_failing = False
 
     # lifecycle
 
@@ -268,6 +269,7 @@ class EdgeServer:
             "lifetime_closes": stats.lifetime_closes,
             "fds_exhausted": self._fds_exhausted,
             "fd_exhaustion_episodes": stats.fd_exhaustion_episodes,
+            "relistens": stats.relistens,
         }
 
     # callbacks from connections
@@ -445,9 +447,12 @@ class EdgeServer:
         try:
             self._server = await self._listen(self.port)
         except OSError as exc:
-            log.error("the listening socket on port %d is gone and listening again failed "
-                      "(%s); retrying", self.port, exc)
+            if not self._relisten_failing:  # logged once; retried every check
+                log.error("the listening socket on port %d is gone and listening again failed "
+                          "(%s); retrying", self.port, exc)
+            self._relisten_failing = True
             return
+        self._relisten_failing = False
         self.stats.relistens += 1
         log.error("the listening socket on port %d was closed under us; listening again",
                   self.port)

@@ -9,7 +9,9 @@
 - REPLAYING: upgraded and authenticated; the connection is being registered and its inbox read.
   Live deliveries that arrive meanwhile are held back and sent after the replay, in id order.
 - OPEN: pushes flow; heartbeats run.
-- CLOSING: a close frame, go-away or error answer has been written; nothing more is sent.
+- CLOSING: a close frame, go-away or error answer has been written; nothing more is sent. A
+  connection the node sheds goes here straight from HANDSHAKE, its `503` written (or its socket
+  closed at accept).
 - CLOSED: the transport is gone.
 """
 
