@@ -85,7 +85,7 @@ class EmbeddedApp:
         self.history = MemoryBroadcastLog(config.router.broadcast_history_max)
         self.edge = EdgeServer(config.edge, verifier=TokenVerifier(config.auth),
                                registry=self.registry, inbox=self.inbox, channel=self.channel,
-                               history=self.history)
+                               history=self.history, admin_key=config.auth.admin_key)
         self.worker = RouterWorker(self.queue, self.registry, self.inbox, self.channel,
                                    consumer=f"{self.edge.node_id}-router", config=config.router,
                                    history=self.history)
@@ -324,7 +324,8 @@ class EdgeApp:
             self.history = MemoryBroadcastLog(config.router.broadcast_history_max)
         self.edge = EdgeServer(config.edge, verifier=TokenVerifier(config.auth),
                                registry=self.handle.registry, inbox=self.inbox,
-                               channel=self.channel, history=self.history)
+                               channel=self.channel, history=self.history,
+                               admin_key=config.auth.admin_key)
 
     async def start(self) -> None:
         await self.handle.start()

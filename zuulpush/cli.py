@@ -5,6 +5,7 @@
     zuulpush api     the push-send API of a fleet, enqueueing on Redis
     zuulpush router  router workers of a fleet, on Redis
     zuulpush status  the fleet's edge nodes, their state and connection counts
+    zuulpush drain   ask an edge node of the fleet to drain, through the registry
     zuulpush token   print a device token signed with the configured secret
     zuulpush send    push a message through the push-send API
     zuulpush listen  connect as a device over WebSocket and print what arrives
@@ -24,7 +25,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     _api_parser(commands)
     _router_parser(commands)
     _status_parser(commands)
+    _drain_parser(commands)
     _token_parser(commands)
     _send_parser(commands)
     _listen_parser(commands)
@@ -96,7 +98,8 @@ def _edge_listener(p: argparse.ArgumentParser) -> None:
 
 
 EDGE_LIMITS = ("max_connections", "hard_max_connections", "accept_rate_per_s", "accept_burst",
-               "shed_loop_lag_ms", "shed_retry_after_s", "lifetime_min_s", "lifetime_max_s")
+               "shed_loop_lag_ms", "shed_retry_after_s", "lifetime_min_s", "lifetime_max_s",
+               "drain_window_s")
 
 
 def _edge_limits(p: argparse.ArgumentParser) -> None:
@@ -120,6 +123,9 @@ def _edge_limits(p: argparse.ArgumentParser) -> None:
                    help="shortest connection lifetime (default 1500)")
     g.add_argument("--lifetime-max-s", type=float, metavar="S",
                    help="longest connection lifetime (default 2100; 0: no lifetime)")
+    g.add_argument("--drain-window-s", type=float, metavar="S",
+                   help="a drain (SIGTERM, POST /admin/drain, zuulpush drain) closes the "
+                        "connections spread over S seconds (default 30)")
 
 
 def _edge_limit_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,7 +134,8 @@ def _edge_limit_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_app(make: Callable[[], Any], banner: Callable[[Any], str]) -> int:
     """Build the app (a ValueError is a configuration error), run it on uvloop until SIGINT or
-    SIGTERM, and shut it down cleanly."""
+    SIGTERM (or, for an app with an edge, until a drain asked through the registry or the admin
+    API is over), and shut it down cleanly: an edge drains first."""
     import uvloop
 
     try:
@@ -189,7 +196,20 @@ async def _run_until_signal(app: Any, banner: Callable[[Any], str]) -> None:
         loop.add_signal_handler(sig, stop.set)
     await app.start()
     print(banner(app), flush=True)
-    await stop.wait()
+    edge = getattr(app, "edge", None)
+    waits = [asyncio.ensure_future(stop.wait())]
+    if edge is not None:
+        waits.append(asyncio.ensure_future(edge.drained.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in waits:
+        waiting.cancel()
+    if edge is not None:  # a second signal during the drain cuts it short
+        why = "SIGTERM or SIGINT" if stop.is_set() else "drained"
+        stop.clear()
+        drain = asyncio.ensure_future(edge.drain(why))
+        cut = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([drain, cut], return_when=asyncio.FIRST_COMPLETED)
+        cut.cancel()
     logging.getLogger("zuulpush").info("shutting down")
     await app.stop()
 
@@ -383,35 +403,99 @@ def _status_parser(commands: Any) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
+
+    nodes = _on_registry(args, "status", lambda registry: registry.nodes())
+    if nodes is None:
+        return 1
+    print(_status_json(nodes) if args.json else _status_table(nodes))
+    return 0
+
+
+def _on_registry(args: argparse.Namespace, command: str,
+                 work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """What `work(registry)` returns, on this region's registry on Redis (`--redis`); None
+    (after saying why on stderr) when the registry cannot be reached."""
     from registry.config import RegistryConfig
     from registry.factory import open_registry
     from zuulpush.config import build
 
     settings = load_settings(args.config, {"redis_url": args.redis_url})
     if not settings.get("redis_url"):
-        raise ConfigError("zuulpush status needs --redis URL (or ZUULPUSH_REDIS_URL)")
+        raise ConfigError(f"zuulpush {command} needs --redis URL (or ZUULPUSH_REDIS_URL)")
     config = build(RegistryConfig, {**settings, "peer_regions": ()})
 
-    async def read() -> list[Any]:
+    async def run() -> Any:
         handle = open_registry(config)
         try:
-            return await handle.registry.nodes()
+            return await work(handle.registry)
         finally:
             await handle.close()
 
     try:
-        nodes = asyncio.run(read())
+        return asyncio.run(run())
     except (OSError, ConnectionError) as exc:
-        print(f"zuulpush: cannot read the registry at {config.redis_url}: {exc}", file=sys.stderr)
-        return 1
+        print(f"zuulpush: cannot reach the registry at {config.redis_url}: {exc}",
+              file=sys.stderr)
+        return None
     except Exception as exc:  # redis-py's errors are not OSErrors
         if type(exc).__module__.startswith("redis"):
-            print(f"zuulpush: cannot read the registry at {config.redis_url}: {exc}",
+            print(f"zuulpush: cannot reach the registry at {config.redis_url}: {exc}",
                   file=sys.stderr)
-            return 1
+            return None
         raise
-    print(_status_json(nodes) if args.json else _status_table(nodes))
-    return 0
+
+
+# drain
+
+DRAIN_REQUEST_TTL_S = 60.0
+"""How long a drain request waits for its node to take it (nodes look every few seconds)."""
+
+
+def _drain_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "drain", help="ask an edge node of the fleet to drain, through the registry",
+        description="Record a drain request for edge node ID in the registry on Redis (this "
+                    "region's; the node's own region). The node takes it at its next heartbeat, "
+                    "within a few seconds, and drains as on SIGTERM: it turns draining (routers "
+                    "stop targeting it; its messages wait in inboxes), stops accepting, closes "
+                    "its connections in batches spread over its drain window with reconnect "
+                    "hints, and exits when empty or at the window's end. Exit status 1 if no "
+                    "such node is live, or (--wait) if it is still there after --timeout.")
+    _common(p)
+    _redis_option(p)
+    p.add_argument("--node", required=True, metavar="ID", help="the edge node's id")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the node, printing its connections, until its record is gone")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="seconds --wait follows the node (default 600)")
+    p.set_defaults(run=_drain)
+
+
+def _drain(args: argparse.Namespace) -> int:
+    async def drain(registry: Any) -> int:
+        if not any(n.node_id == args.node for n in await registry.nodes()):
+            print(f"zuulpush drain: no live edge node {args.node!r}", file=sys.stderr)
+            return 1
+        await registry.request_drain(args.node, DRAIN_REQUEST_TTL_S)
+        print(f"drain requested: node={args.node}", flush=True)
+        if not args.wait:
+            return 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.timeout
+        while loop.time() < deadline:
+            node = next((n for n in await registry.nodes() if n.node_id == args.node), None)
+            if node is None:
+                print(f"drained: node={args.node}", flush=True)
+                return 0
+            print(f"  {node.node_id}: {node.state}, {node.connections} connection(s)",
+                  flush=True)
+            await asyncio.sleep(1.0)
+        print(f"zuulpush drain: node {args.node!r} still live after {args.timeout:g} s",
+              file=sys.stderr)
+        return 1
+
+    code = _on_registry(args, "drain", drain)
+    return 1 if code is None else int(code)
 
 
 def _status_json(nodes: list[Any]) -> str:

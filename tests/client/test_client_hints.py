@@ -165,9 +165,8 @@ async def test_frames_that_are_not_messages_are_skipped_and_repeats_dropped(tiny
 
 
 async def test_an_sse_reconnect_event_with_4003_stops_the_client(tiny: Tiny) -> None:
-    """The SSE form of "replaced": a `reconnect` event with code 4003. (The edge at the time of
-    writing ends a replaced SSE stream without an event, which the client cannot tell from a
-    dropped one; see docs/client.md.)"""
+    """The SSE form of "replaced": a `reconnect` event with code 4003 (as the edge sends it; the
+    real edge is in test_client_server)."""
     async def handler(request: web.Request) -> web.StreamResponse:
         return await sse_stream(
             request, 'event: reconnect\ndata: {"code":4003,"reason":"replaced"}\n\n')

@@ -196,11 +196,12 @@ async def test_a_refused_plain_token_stops_with_auth_error(server: Server, cid: 
     assert c.state is ClientState.CLOSED and c.stats.connects == 0
 
 
-async def test_replaced_by_a_newer_connection_stops_and_does_not_fight(server: Server, cid: str
-                                                                       ) -> None:
-    async with client(server, cid) as old:
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_replaced_by_a_newer_connection_stops_and_does_not_fight(
+        server: Server, cid: str, transport: str) -> None:
+    async with client(server, cid, transport=transport) as old:
         await old.wait_connected(WAIT_S)
-        async with client(server, cid) as new:
+        async with client(server, cid, transport=transport) as new:
             await new.wait_connected(WAIT_S)
             with pytest.raises(ReplacedError) as replaced:
                 await asyncio.wait_for(old.wait_closed(), WAIT_S)

@@ -12,7 +12,7 @@ import hashlib
 import pytest
 
 from router.auth import AuthConfig, TokenVerifier, issue_token
-from router.errors import InvalidToken
+from router.errors import Forbidden, InvalidToken, Unauthorized
 from zuulpush.edge.request import (
     COOKIE_NAME,
     MAX_ID_LENGTH,
@@ -55,8 +55,10 @@ def run(
     *,
     method: bytes = b"GET",
     echo: bool = False,
+    admin_key: str = "",
 ) -> Accept:
-    return decide(method, target.encode(), headers, verifier=VERIFIER, echo_enabled=echo)
+    return decide(method, target.encode(), headers, verifier=VERIFIER, echo_enabled=echo,
+                  admin_key=admin_key)
 
 
 def rejected(target: str, headers: Headers = (), **kwargs: object) -> HandshakeRejected:
@@ -310,3 +312,29 @@ def test_head_size_counts_the_bytes_on_the_wire() -> None:
         check_head_size(b"GET", b"/ws?token=abc", headers, size - 1)
     assert info.value.http_status == 431
     assert info.value.body()["error"]["code"] == "headers_too_large"
+
+
+# POST /admin/drain
+
+
+def test_admin_drain_is_a_post_with_the_admin_key() -> None:
+    accept = run("/admin/drain", [(b"authorization", b"Bearer k1")], method=b"POST",
+                 admin_key="k1")
+    assert (accept.route, accept.identity) == (Route.ADMIN_DRAIN, None)
+
+
+@pytest.mark.parametrize(("headers", "admin_key", "error"), [
+    ([], "k1", Unauthorized),
+    ([(b"authorization", b"Bearer nope")], "k1", Forbidden),
+    ([(b"authorization", b"Basic k1")], "k1", Unauthorized),
+    ([(b"authorization", b"Bearer k1")], "", Forbidden),  # no admin key configured: never
+])
+def test_admin_drain_refuses_a_missing_or_wrong_key(
+        headers: Headers, admin_key: str, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        run("/admin/drain", headers, method=b"POST", admin_key=admin_key)
+
+
+def test_admin_drain_is_405_for_get_naming_post() -> None:
+    exc = rejected("/admin/drain")
+    assert exc.http_status == 405 and ("allow", "POST") in exc.headers

@@ -159,8 +159,12 @@ def test_sse_goaway_is_a_reconnect_event_a_retry_and_the_end() -> None:
     assert retry == {"retry": "900"}
 
 
-def test_sse_close_ends_the_body() -> None:
-    assert SSE.close(Close.REPLACED, "replaced") == sse.END
+def test_sse_close_names_its_code_without_a_hint_and_ends_the_body() -> None:
+    stream, ended = client_reads(SSE.close(Close.REPLACED, "replaced"))
+    assert ended
+    [reconnect] = parse_events(stream)
+    assert reconnect["event"] == "reconnect"
+    assert orjson.loads(reconnect["data"]) == {"code": Close.REPLACED, "reason": "replaced"}
 
 
 class _Fixed(random.Random):

@@ -176,7 +176,7 @@ def test_edge_without_redis_and_status_without_a_server_explain_themselves(
     url = gone.url
     gone.stop()
     unreachable = zuulpush("status", "--redis", url)
-    assert unreachable.returncode == 1 and "cannot read the registry" in unreachable.stderr
+    assert unreachable.returncode == 1 and "cannot reach the registry" in unreachable.stderr
     bad_peer = zuulpush("edge", "--port", "0", "--redis", url, "--peer-region", "nonsense",
                         ZUULPUSH_SECRET=SECRET)
     assert bad_peer.returncode == 2 and "NAME=URL" in bad_peer.stderr

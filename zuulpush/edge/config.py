@@ -37,10 +37,12 @@ class EdgeConfig:
     shed_retry_after_s: int = 4
     lifetime_min_s: float = 1500.0
     lifetime_max_s: float = 2100.0
+    drain_window_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "hard_max_connections", "accept_rate_per_s",
-                     "shed_loop_lag_ms", "lifetime_min_s", "lifetime_max_s"):
+                     "shed_loop_lag_ms", "lifetime_min_s", "lifetime_max_s",
+                     "drain_window_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.accept_burst < 1 or self.shed_retry_after_s < 1:

@@ -186,7 +186,8 @@ class EdgeConnection(asyncio.Protocol):
             check_head_size(event.method, event.target, event.headers,
                             server.config.max_header_bytes)
             accept = decide(event.method, event.target, event.headers,
-                            verifier=server.verifier, echo_enabled=server.config.echo)
+                            verifier=server.verifier, echo_enabled=server.config.echo,
+                            admin_key=server.admin_key)
         except ZuulpushError as exc:
             self.reject(exc)
             return
@@ -207,9 +208,11 @@ class EdgeConnection(asyncio.Protocol):
 
     def _accept(self, accept: Accept, trailing: bytes) -> None:
         assert self.transport is not None
-        if accept.route is Route.HEALTH:
+        if accept.route in (Route.HEALTH, Route.ADMIN_DRAIN):
             self._h11 = None
-            status, body = self._server.health()
+            server = self._server
+            status, body = server.health() if accept.route is Route.HEALTH else \
+                server.admin_drain()
             self._close_transport(http_error(status, body), linger=True)
             return
         if accept.route is Route.SSE:

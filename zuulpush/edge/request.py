@@ -9,6 +9,8 @@ Routes:
 - `GET /echo` WebSocket echo for conformance suites (no token; only with `--echo`)
 - `GET /healthz` the node's health and load as JSON, then close (no token; for load balancers
   and operators)
+- `POST /admin/drain` drain the node (`Authorization: Bearer <admin key>`; 401 without a key,
+  403 with a wrong one, and always 403 when the node has no admin key configured)
 
 The device token comes from `?token=`, `Authorization: Bearer`, or the `zuulpush_token` cookie, in
 that order. A resume point comes from `?last_id=` or the `Last-Event-ID` header.
@@ -28,7 +30,7 @@ from urllib.parse import unquote_plus
 
 from wsproto.utilities import generate_accept_token
 
-from router.auth import DeviceIdentity, TokenVerifier, bearer
+from router.auth import DeviceIdentity, TokenVerifier, bearer, check_key
 from router.errors import InvalidToken
 from zuulpush.errors import HandshakeRejected
 
@@ -41,6 +43,7 @@ class Route(Enum):
     SSE = "/sse"
     ECHO = "/echo"
     HEALTH = "/healthz"
+    ADMIN_DRAIN = "/admin/drain"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +69,22 @@ def decide(
     *,
     verifier: TokenVerifier,
     echo_enabled: bool,
+    admin_key: str = "",
 ) -> Accept:
     """Validate a request; see the module docstring. Header names must be lower case (h11's)."""
     path, _, query = target.decode("latin-1").partition("?")
     route = _ROUTES.get(path)
     if route is None or (route is Route.ECHO and not echo_enabled):
         raise HandshakeRejected(404, f"no such endpoint: {path}", code="not_found")
-    if method != b"GET":
-        raise HandshakeRejected(405, "only GET is allowed here", code="method_not_allowed",
-                                headers=(("allow", "GET"),))
+    allowed = b"POST" if route is Route.ADMIN_DRAIN else b"GET"
+    if method != allowed:
+        raise HandshakeRejected(405, f"only {allowed.decode()} is allowed here",
+                                code="method_not_allowed", headers=(("allow", allowed.decode()),))
     if route is Route.HEALTH:
+        return Accept(route, None, None, None)
+    if route is Route.ADMIN_DRAIN:
+        presented = bearer(_text(_header(headers, b"authorization")))
+        check_key(presented, (admin_key,) if admin_key else (), what="admin key")
         return Accept(route, None, None, None)
     params = _query(query)
     ws_accept = None if route is Route.SSE else _websocket_accept(headers)

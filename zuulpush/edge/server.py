@@ -19,6 +19,12 @@ Guards against herds (`shedding`, `lifetime`): every accepted socket is first pu
 `Admission` policy (ceilings, loop lag from a 50 ms sampler, a token bucket); lifetimes run from
 the heartbeat wheel's visits, and the few connections in their last interval wait in a heap.
 
+Drain (`start_drain`, for SIGTERM, `POST /admin/drain` and a drain request taken from the
+registry at a heartbeat): the node turns draining (its record says so at once, so routers stop
+targeting it; `/healthz` answers 503), closes its listening socket, and sends its connections the
+go-away in batches spread evenly over `drain_window_s`; `drained` is set once they are gone or
+the window (plus a heartbeat interval) is over, and the process then shuts down.
+
 Running out of file descriptors: under uvloop, libuv answers EMFILE/ENFILE on accept with its
 reserve-descriptor trick (it closes a spare descriptor, accepts and closes every pending
 connection, reopens the spare) silently, and only if that fails reports the error, on which
@@ -38,6 +44,7 @@ import errno
 import heapq
 import itertools
 import logging
+import math
 import os
 import random
 import resource
@@ -79,6 +86,8 @@ UNREGISTER_CONCURRENCY = 256
 ADMIT_SLICE = 64
 """Connections replayed between two yields to the loop (memory seams never yield by themselves)."""
 LISTENER_CHECK_S = 1.0
+DRAIN_STEP_S = 0.1
+"""A drain closes a batch of connections this often: its share of the window so far."""
 EXPIRING = -1
 """`age` of a connection in its last interval, waiting in the lifetime heap."""
 
@@ -104,6 +113,7 @@ class EdgeStats:
     lifetime_closes: int = 0
     fd_exhaustion_episodes: int = 0
     relistens: int = 0
+    drain_closes: int = 0  # go-aways sent by a drain
 
     def count_reject(self, status: int) -> None:
         self.rejects[status] += 1
@@ -155,15 +165,18 @@ class EdgeServer:
         clock: Callable[[], float] = time.monotonic,
         history: BroadcastLog | None = None,
         rng: random.Random | None = None,
+        admin_key: str = "",
     ) -> None:
         """Without `history`, resuming devices get their inbox only (no missed broadcasts).
-        `rng` draws lifetimes and Retry-After jitter (tests pass a seeded one)."""
+        `rng` draws lifetimes and Retry-After jitter (tests pass a seeded one). Without an
+        `admin_key`, `POST /admin/drain` is refused."""
         self.config = config
         self.verifier = verifier
         self.registry = registry
         self.inbox = inbox
         self.channel = channel
         self.history = history
+        self.admin_key = admin_key
         self.clock = clock
         self.node_id = config.node_id or default_node_id()
         self.state = NodeState.ACTIVE
@@ -201,6 +214,8 @@ class EdgeServer:
         self._lag_timer: asyncio.TimerHandle | None = None
         self._fds_exhausted = False
         self._relisten_failing = False
+        self._drain_task: asyncio.Task[None] | None = None
+        self.drained = asyncio.Event()  # set once a drain has closed what it could
 
     # lifecycle
 
@@ -222,6 +237,8 @@ class EdgeServer:
         `grace_s` for them to close, abort the rest, unregister them and the node."""
         if self._server is None:
             return
+        if self._drain_task is not None and not self._drain_task.done():
+            self._drain_task.cancel()  # cut short: what is left goes away at once
         self.state = NodeState.DRAINING
         with contextlib.suppress(Exception):
             await self._heartbeat_node()
@@ -245,6 +262,62 @@ class EdgeServer:
             await self.registry.remove_node(self.node_id)
         await self._server.wait_closed()
         self._server = None
+
+    def start_drain(self, why: str) -> bool:
+        """Begin draining over `drain_window_s` (module docstring), unless already draining;
+        True if this call began it. `drained` is set when it is over."""
+        if self._drain_task is not None or self._server is None:
+            return False
+        log.warning("draining node %s (%s): %d connection(s) over %.0f s", self.node_id, why,
+                    len(self.connections), self.config.drain_window_s)
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+        return True
+
+    async def drain(self, why: str = "drain") -> None:
+        """Drain (or wait for the drain under way) until it is over."""
+        self.start_drain(why)
+        if self._drain_task is not None:
+            await asyncio.shield(self._drain_task)
+
+    async def _drain(self) -> None:
+        """Turn draining (routers stop targeting the node; readiness turns false), stop
+        accepting, close the connections in batches spread evenly over the drain window with
+        reconnect hints, and wait for them to go until the window (plus one heartbeat interval
+        for the last ones' closing handshakes) is over."""
+        try:
+            self.state = NodeState.DRAINING
+            with contextlib.suppress(Exception):
+                await self._heartbeat_node()
+            if self._server is not None:
+                self._server.close()
+            window_s = self.config.drain_window_s
+            conns = self._all_connections()
+            start = self.clock()
+            sent = 0
+            while sent < len(conns):
+                elapsed = self.clock() - start
+                due = len(conns) if window_s <= 0 else \
+                    min(len(conns), math.ceil(len(conns) * (elapsed + DRAIN_STEP_S) / window_s))
+                for conn in conns[sent:due]:
+                    conn.goaway(Close.RECONNECT, "drain")
+                self.stats.drain_closes += due - sent
+                sent = due
+                if sent < len(conns):
+                    await asyncio.sleep(DRAIN_STEP_S)
+            deadline = start + window_s + self.config.heartbeat_interval_s
+            while self.open_count() and self.clock() < deadline:
+                await asyncio.sleep(0.05)
+            log.warning("node %s drained: %d connection(s) left", self.node_id,
+                        self.open_count())
+        finally:
+            self.drained.set()
+
+    def admin_drain(self) -> tuple[int, dict[str, object]]:
+        """`POST /admin/drain` (admin key checked): 202 and the drain's outline."""
+        began = self.start_drain("POST /admin/drain")
+        return 202, {"status": "draining", "node_id": self.node_id, "began": began,
+                     "connections": len(self.connections),
+                     "drain_window_s": self.config.drain_window_s}
 
     def open_count(self) -> int:
         return len(self._wheel) + sum(
@@ -270,6 +343,7 @@ class EdgeServer:
             "fds_exhausted": self._fds_exhausted,
             "fd_exhaustion_episodes": stats.fd_exhaustion_episodes,
             "relistens": stats.relistens,
+            "drain_closes": stats.drain_closes,
         }
 
     # callbacks from connections
@@ -605,6 +679,9 @@ class EdgeServer:
             await asyncio.sleep(min(NODE_HEARTBEAT_S, refresh_s))
             try:
                 await self._heartbeat_node()
+                if self.state is NodeState.ACTIVE and \
+                        await self.registry.take_drain_request(self.node_id):
+                    self.start_drain("a drain request in the registry")
                 if self._resync or self.clock() >= next_refresh:
                     next_refresh = self.clock() + refresh_s
                     await self._refresh_registrations()

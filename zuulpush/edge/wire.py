@@ -80,7 +80,10 @@ class SseWire:
         return sse.event(hint, name="reconnect") + sse.retry(reconnect_after_ms) + sse.END
 
     def close(self, code: int, reason: str) -> bytes:
-        return sse.END
+        """The stream's end, after a `reconnect` event naming the code with no hint: a device
+        can tell 4003 (replaced by its newer connection: do not come back) from a drop."""
+        return sse.event(orjson.dumps({"code": code, "reason": reason}), name="reconnect") + \
+            sse.END
 
 
 WEBSOCKET = WebSocketWire()
