@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import secrets
 import shlex
@@ -195,6 +196,7 @@ async def _run_until_signal(app: Any, banner: Callable[[Any], str]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    gc.freeze()  # what start-up made lives as long as the process: no collection scans it again
     print(banner(app), flush=True)
     edge = getattr(app, "edge", None)
     waits = [asyncio.ensure_future(stop.wait())]
