@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatu
 from registry.memory import MemoryRegistry
 from router.auth import AuthConfig, TokenVerifier
 from router.memory import MemoryInbox, MemoryNodeChannel
+from zuulpush.client.transport import TRANSPORTS, ConnectFailed
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.server import EdgeServer, listener_status
 
@@ -78,6 +79,30 @@ async def test_past_the_accept_rate_websockets_and_aiohttp_see_503_with_retry_af
     assert code == 0
     answer = parse_http_answer(out)
     assert_overloaded(answer.status, {"Retry-After": answer.headers["retry-after"]}, answer.body)
+
+
+async def test_a_client_slow_to_send_its_request_still_reads_the_503_and_its_retry_after(
+        serve_factory: Serve, ids: Ids) -> None:
+    """The 503 is written at accept, before the request; our side is shut only once the request
+    comes. Shut at once, aiohttp (the SDK's client) took the end of stream for a dropped
+    connection when it came before its request was written ("Cannot write to closing
+    transport"), and backed off blindly; behind an L4 balancer that is the common case."""
+    server = serve_factory(ZUULPUSH_ACCEPT_RATE_PER_S="0.01", ZUULPUSH_ACCEPT_BURST="1",
+                           ZUULPUSH_HANDSHAKE_TIMEOUT_S="10")
+
+    async def slow_request(*_: Any) -> None:
+        await asyncio.sleep(0.3)  # connected; the request goes out after the 503 is in
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(slow_request)
+    ws = TRANSPORTS["ws"]
+    async with ws_connect(ws_url(server.edge, token=server.token(ids("phone")))), \
+            aiohttp.ClientSession(trace_configs=[trace]) as http:  # the bucket's one token
+        with pytest.raises(ConnectFailed) as refused:
+            await ws.open(http, server.edge, server.token(ids("tablet")), last_id=None,
+                          timeout_s=WAIT_S, ssl=False)
+    failed = refused.value.outcome
+    assert failed.status == 503, failed
+    assert failed.retry_after_s is not None and 1 <= failed.retry_after_s <= 60
 
 
 async def test_max_connections_sheds_until_a_connection_closes(serve_factory: Serve, ids: Ids

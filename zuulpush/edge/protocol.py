@@ -7,8 +7,10 @@ the shedding policy) in `server.EdgeServer`. What an idle open connection holds 
 
 A connection the node sheds (`zuulpush.edge.shedding`) is decided in `connection_made`, before
 any byte is read: past the hard ceiling its socket is closed at once; otherwise it is answered a
-canned `503` with a jittered `Retry-After` and closed the way every rejection is (our side shut,
-the rest of the request read and discarded until the peer closes or the handshake deadline).
+canned `503` with a jittered `Retry-After` at once and closed the way every rejection is (our
+side shut, the rest of the request read and discarded until the peer closes or the handshake
+deadline), except that our side is shut only once the request's first bytes have come
+(`SHED_UNREAD`).
 No h11 object is made for it, and it is never counted as an open connection. A served
 connection whose request arrives while the loop runs too late is shed the same way, unparsed.
 """
@@ -71,6 +73,15 @@ def shed_answer(reason: Shed, retry_after_s: int) -> bytes:
 
 SHED_SLOT = -2
 """`slot` of a connection being shed: it is not served and was never in the wheel."""
+
+SHED_UNREAD = -3
+"""`slot` of a connection shed at accept whose request has not come yet: its `503` is written,
+but our side is shut (FIN) only when the request's first bytes arrive. A client that has not
+sent its request when our end of stream reaches it may take it for a dropped connection and
+never read the answer: aiohttp's client (the SDK's) closes on that EOF and then fails to write
+its request, so it backs off blindly instead of honouring the Retry-After. Behind an L4 load
+balancer, which connects to the node as soon as the client connects to it, the answer can
+come first. Still bounded by the handshake deadline."""
 
 HELD_MAX = 1000
 """Live pushes held back during a replay, at most; past it the device is a slow consumer."""
@@ -138,6 +149,10 @@ class EdgeConnection(asyncio.Protocol):
             self._handshake(data)
         elif self.wire is WEBSOCKET and self.state is not State.CLOSING:
             self._frames(data)
+        elif self.slot == SHED_UNREAD:  # its request is coming: now our side can be shut
+            self.slot = SHED_SLOT
+            assert self.transport is not None
+            self.transport.write_eof()
 
     def pause_writing(self) -> None:
         if self.state is State.REPLAYING and self._replay is not None:
@@ -201,10 +216,17 @@ class EdgeConnection(asyncio.Protocol):
             self.transport.abort()  # before any read: uvloop and asyncio then never read
             return
         self._server.handshake_started(self)  # its deadline bounds the linger
-        self._answer_shed(reason)
+        self._answer_shed(reason, request_read=False)
 
-    def _answer_shed(self, reason: Shed) -> None:
-        self._close_transport(shed_answer(reason, self._server.retry_after_s()), linger=True)
+    def _answer_shed(self, reason: Shed, *, request_read: bool = True) -> None:
+        assert self.transport is not None
+        answer = shed_answer(reason, self._server.retry_after_s())
+        if request_read or not self.transport.can_write_eof():
+            self._close_transport(answer, linger=True)
+            return
+        self.slot = SHED_UNREAD
+        self.state = next_state(self.state, Event.CLOSING)
+        self.transport.write(answer)  # our side is shut when the request comes (data_received)
 
     def _accept(self, accept: Accept, trailing: bytes) -> None:
         assert self.transport is not None

@@ -69,7 +69,7 @@ from router.base import (
 )
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.lifetime import Lifetime
-from zuulpush.edge.protocol import SHED_SLOT, EdgeConnection
+from zuulpush.edge.protocol import SHED_SLOT, SHED_UNREAD, EdgeConnection
 from zuulpush.edge.shedding import Admission, Limits, LoopLag, Shed, derive_ceilings
 from zuulpush.edge.state import State
 from zuulpush.edge.wheel import TimerWheel
@@ -406,7 +406,7 @@ class EdgeServer:
         self._work.set()
 
     def connection_lost(self, conn: EdgeConnection) -> None:
-        if conn.slot == SHED_SLOT:
+        if conn.slot in (SHED_SLOT, SHED_UNREAD):
             self._shedding -= 1
             return
         self._served -= 1
