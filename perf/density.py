@@ -30,6 +30,10 @@ from typing import Any
 
 import psutil
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from perf.rawws import answer_pings
+
 SECRET = "density-benchmark-secret-0123456789abcdef"
 PER_PROCESS = 8000
 
@@ -179,23 +183,12 @@ async def _hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 transport: str) -> bool:
     """Answer pings until the server closes; True if it did (the connection was lost)."""
     try:
-        while True:
-            if transport == "sse":
-                if not await reader.read(4096):
-                    return True
-                continue
-            head = await reader.readexactly(2)
-            length = head[1] & 0x7F
-            if length == 126:
-                length = int.from_bytes(await reader.readexactly(2), "big")
-            elif length == 127:
-                length = int.from_bytes(await reader.readexactly(8), "big")
-            payload = await reader.readexactly(length) if length else b""
-            opcode = head[0] & 0x0F
-            if opcode == 0x9:  # ping -> masked pong with a zero key
-                writer.write(bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
-            elif opcode == 0x8:
-                return True
+        if transport == "sse":
+            while await reader.read(4096):
+                pass
+        else:
+            await answer_pings(reader, writer)
+        return True
     except (asyncio.IncompleteReadError, ConnectionError):
         return True
     except asyncio.CancelledError:

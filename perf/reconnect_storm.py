@@ -51,6 +51,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from perf.rawws import answer_pings  # noqa: E402
 from router.auth import issue_token  # noqa: E402
 from zuulpush.client.backoff import Backoff  # noqa: E402
 
@@ -334,18 +335,7 @@ async def _attempt(host: str, port: int, source: str, token: str, timeout_s: flo
 async def _hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Answer pings until the server closes or we are cancelled."""
     with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-        while True:
-            head = await reader.readexactly(2)
-            length = head[1] & 0x7F
-            if length == 126:
-                length = int.from_bytes(await reader.readexactly(2), "big")
-            elif length == 127:
-                length = int.from_bytes(await reader.readexactly(8), "big")
-            payload = await reader.readexactly(length) if length else b""
-            if head[0] & 0x0F == 0x9:  # ping -> a masked pong with a zero key
-                writer.write(bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
-            elif head[0] & 0x0F == 0x8:
-                return
+        await answer_pings(reader, writer)
 
 
 if __name__ == "__main__":

@@ -147,16 +147,18 @@ def _read_lines(stream: Any, lines: list[str], ready: queue.Queue[str | None]) -
 
 
 def start_server(tmp_dir: Path, extra_env: Mapping[str, str] | None = None,
-                 args: tuple[str, ...] = (), command: tuple[str, ...] = SERVE) -> ServerProcess:
+                 args: tuple[str, ...] = (), command: tuple[str, ...] = SERVE,
+                 launcher: Sequence[str] = ("-m", "zuulpush")) -> ServerProcess:
     """Start `zuulpush serve` (or another `command`, e.g. `EDGE`) and return once its banner's
-    ready line is out."""
+    ready line is out. `launcher`: the Python arguments that run the `zuulpush` command line
+    (another one may set something up first, e.g. a resource limit)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZUULPUSH_")}
     env.update(BASE_ENV)
     env.update(extra_env or {})
     stderr_path = tmp_dir / f"serve-{time.monotonic_ns()}.stderr"
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "zuulpush", *command, "--log-level", "warning", *args],
+            [sys.executable, *launcher, *command, "--log-level", "warning", *args],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
     lines: list[str] = []
     seen: queue.Queue[str | None] = queue.Queue()

@@ -12,11 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import queue
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,15 +23,7 @@ import psutil
 import pytest
 
 from .clients import WAIT_S, host_port, ws_connect, ws_request, ws_url
-from .servers import (
-    BASE_ENV,
-    ROOT,
-    START_TIMEOUT_S,
-    ServerProcess,
-    _read_lines,
-    _wait_ready,
-    stop_all,
-)
+from .servers import ServerProcess, start_server, stop_all
 
 NOFILE = 200
 CONNECTIONS = 320  # well past NOFILE
@@ -48,31 +35,14 @@ LIMITED = ("import resource, runpy, sys; n = int(sys.argv[1]); "
 
 def start_limited(tmp_dir: Path, nofile: int, extra_env: Mapping[str, str]) -> ServerProcess:
     """`zuulpush serve` with RLIMIT_NOFILE at `nofile`, once its ready line is out."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZUULPUSH_")}
-    env.update(BASE_ENV)
-    env["ZUULPUSH_HANDSHAKE_TIMEOUT_S"] = "5"
-    # the raw connections held open never answer pings: with the suite's 0.5 s heartbeats they
-    # would be closed (freeing descriptors) while the test still counts on them
-    env["ZUULPUSH_HEARTBEAT_INTERVAL_S"] = "30"
-    env.update(extra_env)
-    stderr_path = tmp_dir / f"limited-{time.monotonic_ns()}.stderr"
-    with stderr_path.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", LIMITED, str(nofile), "serve", "--port", "0", "--api-port",
-             "0", "--log-level", "warning"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
-    lines: list[str] = []
-    seen: queue.Queue[str | None] = queue.Queue()
-    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines, seen), daemon=True)
-    reader.start()
-    server = ServerProcess(proc, "", "", "", env, stderr_path, lines, reader)
-    match = _wait_ready(seen, START_TIMEOUT_S)
-    if match is None:
-        server._kill()
-        server._release()
-        raise AssertionError(f"server did not start: {server.stderr_text()}")
-    server.edge, server.api, server.node_id = match["edge"] or "", match["api"] or "", match["node"]
-    return server
+    env = {
+        "ZUULPUSH_HANDSHAKE_TIMEOUT_S": "5",
+        # the raw connections held open never answer pings: with the suite's 0.5 s heartbeats
+        # they would be closed (freeing descriptors) while the test still counts on them
+        "ZUULPUSH_HEARTBEAT_INTERVAL_S": "30",
+        **extra_env,
+    }
+    return start_server(tmp_dir, env, launcher=("-c", LIMITED, str(nofile)))
 
 
 @pytest.fixture
