@@ -20,10 +20,7 @@ import base64
 import json
 import multiprocessing as mp
 import os
-import re
-import signal
 import socket
-import subprocess
 import sys
 import time
 from typing import Any
@@ -33,6 +30,7 @@ import psutil
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from perf.rawws import answer_pings
+from perf.serving import start_serve, stop
 
 SECRET = "density-benchmark-secret-0123456789abcdef"
 PER_PROCESS = 8000
@@ -46,17 +44,15 @@ def main() -> None:
         pid = args.server_pid
         secret = args.secret
     else:
-        server, host, port = _start_server(args)
+        server, host, port = start_serve({
+            "ZUULPUSH_SECRET": SECRET, "ZUULPUSH_API_KEYS": "density",
+            "ZUULPUSH_HEARTBEAT_INTERVAL_S": str(args.heartbeat_s)})
         pid, secret = server.pid, SECRET
     try:
         result = _run(args, host, int(port), pid, secret)
     finally:
         if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop(server)
     print(json.dumps(result, indent=2))
 
 
@@ -74,25 +70,6 @@ def _args() -> argparse.Namespace:
     p.add_argument("--secret", help="that edge's token secret")
     p.add_argument("--timeout-s", type=float, default=300.0, help="give up after this long")
     return p.parse_args()
-
-
-def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str, str]:
-    env = dict(os.environ, ZUULPUSH_SECRET=SECRET, ZUULPUSH_API_KEYS="density",
-               ZUULPUSH_HEARTBEAT_INTERVAL_S=str(args.heartbeat_s))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "zuulpush", "serve", "--port", "0", "--api-port", "0",
-         "--log-level", "warning"], stdout=subprocess.PIPE, text=True, env=env)
-    assert server.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = server.stdout.readline()
-        match = re.search(r"ready: edge=http://([\d.]+):(\d+)", line)
-        if match:
-            return server, match.group(1), match.group(2)
-        if not line and server.poll() is not None:
-            break
-    server.kill()
-    raise SystemExit("zuulpush serve did not start")
 
 
 def _run(args: argparse.Namespace, host: str, port: int, pid: int | None,

@@ -35,7 +35,6 @@ import multiprocessing as mp
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -52,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perf.rawws import answer_pings  # noqa: E402
+from perf.serving import start_serve, stop  # noqa: E402
 from router.auth import issue_token  # noqa: E402
 from zuulpush.client.backoff import Backoff  # noqa: E402
 
@@ -62,11 +62,12 @@ SOURCES_PER_PROCESS = 4
 
 def main() -> None:
     args = _args()
-    server, host, port = _start_server(args)
+    server, host, port = start_serve(
+        {"ZUULPUSH_SECRET": SECRET, "ZUULPUSH_API_KEYS": "storm"}, args.server_arg)
     try:
         result = _run(args, server, host, port)
     finally:
-        _stop(server)
+        stop(server)
     print(json.dumps(result, indent=2))
 
 
@@ -88,37 +89,6 @@ def _args() -> argparse.Namespace:
 
 
 # the server
-
-def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZUULPUSH_")}
-    env.update(ZUULPUSH_SECRET=SECRET, ZUULPUSH_API_KEYS="storm")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "zuulpush", "serve", "--port", "0", "--api-port", "0",
-         "--log-level", "warning", *args.server_arg],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, env=env)
-    assert server.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = server.stdout.readline()
-        match = re.search(r"ready: edge=http://([\d.]+):(\d+)", line)
-        if match:
-            threading.Thread(target=server.stdout.read, daemon=True).start()  # drain
-            return server, match.group(1), int(match.group(2))
-        if not line and server.poll() is not None:
-            break
-    _stop(server)
-    raise SystemExit("zuulpush serve did not start")
-
-
-def _stop(server: subprocess.Popen[str]) -> None:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait(timeout=10)
-
 
 def _healthz(host: str, port: int, timeout_s: float = 2.0) -> dict[str, Any] | None:
     """The node's /healthz, or None if it was shed or did not answer in time."""
