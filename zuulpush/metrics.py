@@ -58,7 +58,7 @@ from router.api import ApiStats
 from router.base import MessageQueue, Priority
 from router.worker import RouterWorker, WorkerStats
 from zuulpush.edge.shedding import LoopLag
-from zuulpush.tally import DEPTH_BOUNDS, LATENCY_BOUNDS_S, Buckets
+from zuulpush.tally import DEPTH_BOUNDS, LATENCY_BOUNDS_MS, Buckets
 
 if TYPE_CHECKING:
     from zuulpush.edge.server import EdgeServer
@@ -116,7 +116,8 @@ class Metrics:
             "zuulpush_edge_registry_errors", "Failed registry or inbox rounds of an edge.")
         self.delivery_latency = histogram(
             "zuulpush_delivery_latency_seconds", "From the API accepting a message to an edge "
-            "writing it live, once per message per edge node.", LATENCY_BOUNDS_S)
+            "writing it live, once per message per edge node.",
+            [bound / 1000 for bound in LATENCY_BOUNDS_MS])
         self.auth_failures = counter(
             "zuulpush_auth_failures", "Requests refused for a missing or wrong credential.",
             "credential")
@@ -210,9 +211,10 @@ def _alive(pid: int) -> bool:
 def add_buckets(child: Any, bounds: Sequence[float], deltas: Sequence[int],
                 total: float) -> None:
     """Add plain bucket counts (`Buckets` layout: one per bound, then one past them) and their
-    sum to a prometheus Histogram child, exactly as if each had been observed. Uses the child's
-    per-bucket values (stable in prometheus_client for years, checked by a test); without
-    them, observes each bucket's bound instead (counts exact, sum approximate)."""
+    sum to a prometheus Histogram child with the same `bounds`, exactly as if each had been
+    observed. Uses the child's per-bucket values (stable in prometheus_client for years,
+    checked by a test); without them, observes each bucket's bound instead (counts exact, sum
+    approximate)."""
     values = getattr(child, "_buckets", None)
     summed = getattr(child, "_sum", None)
     if values is None or summed is None or len(values) != len(deltas):
@@ -254,13 +256,15 @@ class _Copier:
         """The keys `(kind, ...)` copied so far."""
         return [key for key in self._seen if isinstance(key, tuple) and key[0] == kind]
 
-    def buckets(self, key: Any, buckets: Buckets, metric: Any) -> None:
-        """Add what a plain histogram gained to a prometheus one."""
+    def buckets(self, key: Any, buckets: Buckets, metric: Any, scale: float = 1.0) -> None:
+        """Add what a plain histogram gained to a prometheus one whose bounds are its bounds
+        times `scale` (ms to seconds: 0.001)."""
         counts, total = list(buckets.counts), buckets.total
         before, before_total = self._seen.get(key, ([0] * len(counts), 0.0))
         deltas = [now - then for now, then in zip(counts, before, strict=True)]
         if any(deltas):
-            add_buckets(metric, buckets.bounds, deltas, total - before_total)
+            add_buckets(metric, [bound * scale for bound in buckets.bounds], deltas,
+                        (total - before_total) * scale)
         self._seen[key] = (counts, total)
 
 
@@ -401,7 +405,7 @@ class Exporter:
         c.count("replayed", st.replayed, m.edge_replayed)
         c.count("acks", st.acks, m.acks)
         c.count("registry_errors", st.registry_errors, m.edge_registry_errors)
-        c.buckets("latency", st.latency, m.delivery_latency)
+        c.buckets("latency", st.latency, m.delivery_latency, scale=0.001)
         c.buckets("inbox_depth", st.inbox_depth, m.inbox_depth)
 
     def _sync_api(self, st: ApiStats, c: _Copier) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 
-LATENCY_BOUNDS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0, 60.0)
-"""Bucket upper bounds of delivery latency, in seconds."""
+LATENCY_BOUNDS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000,
+                     60_000)
+"""Bucket upper bounds of delivery latency, in milliseconds (the edge counts whole ms: no
+division on the delivery path; the metric is in seconds)."""
 
 DEPTH_BOUNDS = (0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0)
 """Bucket upper bounds of inbox depth, in messages."""

@@ -79,7 +79,7 @@ from zuulpush.edge.wheel import TimerWheel
 from zuulpush.edge.wire import Outgoing
 from zuulpush.edge.wsframes import Close
 from zuulpush.errors import HandshakeRejected
-from zuulpush.tally import DEPTH_BOUNDS, LATENCY_BOUNDS_S, Buckets
+from zuulpush.tally import DEPTH_BOUNDS, LATENCY_BOUNDS_MS, Buckets
 
 log = logging.getLogger("zuulpush.edge")
 
@@ -121,8 +121,8 @@ class EdgeStats:
     drain_closes: int = 0  # go-aways sent by a drain
     replayed: int = 0  # messages written by replays (inbox entries and missed broadcasts)
     auth_failures: Counter[str] = field(default_factory=Counter)  # device_token, admin_key
-    latency: Buckets = field(default_factory=lambda: Buckets(LATENCY_BOUNDS_S))
-    """Seconds from the API's accepting a message (its id) to its live write here, one
+    latency: Buckets = field(default_factory=lambda: Buckets(LATENCY_BOUNDS_MS))
+    """Milliseconds from the API's accepting a message (its id) to its live write here, one
     observation per delivery (a message for this node), however many sockets it went to."""
     inbox_depth: Buckets = field(default_factory=lambda: Buckets(DEPTH_BOUNDS))
     """Messages replayed to each connection as it opened: its inbox's depth then."""
@@ -446,8 +446,10 @@ class EdgeServer:
 
     # deliveries
 
-    def deliver(self, delivery: Delivery) -> None:
-        """Write one delivery to the local connections it names (or all, for a broadcast)."""
+    def deliver(self, delivery: Delivery, now_ms: int | None = None) -> None:
+        """Write one delivery to the local connections it names (or all, for a broadcast), and
+        time it from its id; `now_ms` is the wall clock when the caller has read it already
+        (the delivery loop, once per batch)."""
         out = Outgoing(delivery.message_id, delivery.payload)
         if delivery.broadcast:
             types = delivery.device_types
@@ -460,7 +462,8 @@ class EdgeServer:
         self.stats.delivered += len(targets)
         accepted_ms = id_time_ms(delivery.message_id) if targets else None
         if accepted_ms is not None:
-            self.stats.latency.add(max(0.0, (self.wall_clock_ms() - accepted_ms) / 1000))
+            waited_ms = (self.wall_clock_ms() if now_ms is None else now_ms) - accepted_ms
+            self.stats.latency.add(waited_ms if waited_ms > 0 else 0)
 
     # tasks
 
@@ -695,8 +698,9 @@ class EdgeServer:
             if failing:
                 log.warning("node channel reachable again")
                 failing = False
+            now_ms = self.wall_clock_ms()
             for delivery in batch:
-                self.deliver(delivery)
+                self.deliver(delivery, now_ms)
 
     async def _refresh_loop(self) -> None:
         """Heartbeat the node record every few seconds (routers read its state and counts) and
