@@ -567,11 +567,11 @@ def _admin_parser(commands: Any) -> None:
                                                "sheds and counters")
     _admin_common(status, redis=False)
     client = actions.add_parser("client", help="a client's connection on its node")
-    client.add_argument("client_id", metavar="ID")
+    client.add_argument("client_id", metavar="ID", help="the client (device) id")
     _admin_common(client, redis=True)
     close = actions.add_parser("close", help="close a client's connection (4000 with a "
                                              "reconnect hint, or --code 1000)")
-    close.add_argument("client_id", metavar="ID")
+    close.add_argument("client_id", metavar="ID", help="the client (device) id")
     close.add_argument("--code", type=int, choices=[4000, 1000], default=4000,
                        help="4000: go away with a reconnect hint (default); 1000: normal close")
     _admin_common(close, redis=True)

@@ -34,6 +34,7 @@ Every metric is named `zuulpush_...`; the README (Metrics) lists them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -245,17 +246,6 @@ class _Copier:
             _child(metric, labels).inc(delta)
         self._seen[key] = value
 
-    def level(self, key: Any, value: float, metric: Any, *labels: str) -> None:
-        """Move a gauge by this source's change (several sources add up)."""
-        delta = value - self._seen.get(key, 0)
-        if delta:
-            _child(metric, labels).inc(delta)
-        self._seen[key] = value
-
-    def keys(self, kind: str) -> list[tuple[str, Any]]:
-        """The keys `(kind, ...)` copied so far."""
-        return [key for key in self._seen if isinstance(key, tuple) and key[0] == kind]
-
     def buckets(self, key: Any, buckets: Buckets, metric: Any, scale: float = 1.0) -> None:
         """Add what a plain histogram gained to a prometheus one whose bounds are its bounds
         times `scale` (ms to seconds: 0.001)."""
@@ -287,6 +277,7 @@ class Exporter:
         self._lag_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._queue_failing = False
+        self._open_kinds: set[tuple[str, str]] = set()
         self._registry = exposition_registry(self.metrics)
 
     def watch_edge(self, edge: EdgeServer) -> None:
@@ -333,9 +324,16 @@ class Exporter:
             mark_process_dead(os.getpid(), path)
 
     def sync(self) -> None:
-        """Copy every watched stat that changed; set the loop-lag gauge."""
+        """Copy every watched stat that changed, and set the open-connections gauge."""
+        opened: collections.Counter[tuple[str, str]] = collections.Counter()
         for edge, copier in self._edges:
             self._sync_edge(edge, copier)
+            opened.update(edge.open_by_kind())
+        # Set, not moved by changes: a process reusing a dead one's pid (a restarted
+        # container) finds its values in the files, and a stale level must not stay.
+        for kind in self._open_kinds | set(opened):
+            self.metrics.open_connections.labels(*kind).set(opened[kind])
+        self._open_kinds |= set(opened)
         for stats, copier in self._apis:
             self._sync_api(stats, copier)
         for worker, copier in self._workers:
@@ -383,12 +381,6 @@ class Exporter:
 
     def _sync_edge(self, edge: EdgeServer, c: _Copier) -> None:
         m, st = self.metrics, edge.stats
-        opened = edge.open_by_kind()
-        for key in c.keys("open"):
-            if key[1] not in opened:
-                c.level(key, 0, m.open_connections, *key[1])
-        for kind, n in opened.items():
-            c.level(("open", kind), n, m.open_connections, *kind)
         c.count("connects", st.connects, m.connects)
         for reason, n in st.shed.items():
             c.count(("shed", reason), n, m.shed, str(reason))
