@@ -175,7 +175,9 @@ def process_metrics() -> Metrics:
         path = multiprocess_dir()
         if path is not None and not os.path.isdir(path):
             raise ValueError(f"{MULTIPROC_ENV}={path!r} is not a directory")
-        disable_created_metrics()  # no `_created` series: a third of the page, rarely read
+        # No `_created` series (a third of the page, rarely read). prometheus_client's switch
+        # is process-wide: a program embedding zuulpush loses them on its own metrics too.
+        disable_created_metrics()
         _process_metrics = Metrics(None if path is not None else REGISTRY)
     return _process_metrics
 
