@@ -13,6 +13,7 @@
     POST /v1/inbox/ack   device token; {"ids": [...]} or {"through": ID}
                      200 {"removed": N}
     GET  /healthz    200 {"status": "ok"}
+    GET  /metrics    the page `metrics` returns (only when the app is given one; no key)
 
 Decisions:
 - `targets` is the number of clients a targeted message was resolved to (named clients plus the
@@ -46,6 +47,9 @@ Decisions:
 - The body is parsed as JSON whatever the Content-Type says: senders (and curl) often omit it.
 - The API key is checked before the body is read; the size limit (413, naming it) before parsing,
   from Content-Length when given and while reading otherwise.
+- `ApiStats` counts what the API did as plain numbers (messages enqueued and deduplicated by
+  priority, errors answered by status, key and token failures): the metrics exporter of
+  `zuulpush.metrics` reads them; this package knows nothing of Prometheus.
 - Every error is JSON, `{"error": {"code", "message", "field"?}}`, with its HTTP status: our own
   errors, aiohttp's (404 unknown path, 405 wrong method with `Allow`) and, for anything
   unexpected, a 500 without details (logged here).
@@ -57,7 +61,9 @@ import asyncio
 import dataclasses
 import logging
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -71,12 +77,20 @@ from router.base import (
     Inbox,
     Message,
     MessageQueue,
+    Priority,
     Target,
     merge_replay,
 )
 from router.clock import ClockMs, wall_ms
 from router.config import ApiConfig
-from router.errors import PayloadTooLarge, Unauthorized, Unavailable, ZuulpushError
+from router.errors import (
+    Forbidden,
+    InvalidToken,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    ZuulpushError,
+)
 from router.ids import IdGenerator
 from router.resolve import broadcast_reach, resolve_many
 from router.validation import parse_batch, parse_inbox_ack, parse_inbox_query, parse_push
@@ -84,6 +98,28 @@ from router.validation import parse_batch, parse_inbox_ack, parse_inbox_query, p
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MetricsPage = Callable[[], tuple[bytes, str]]
+"""The metrics exposition and its content type."""
+
+
+@dataclass(slots=True)
+class ApiStats:
+    """What one API has done since start, as plain counters (module docstring)."""
+
+    enqueued: Counter[Priority] = field(default_factory=Counter)
+    deduped: Counter[Priority] = field(default_factory=Counter)  # dropped as duplicates
+    rejected: Counter[int] = field(default_factory=Counter)  # error answers by HTTP status
+    auth_failures: Counter[str] = field(default_factory=Counter)  # api_key, device_token
+
+    def count_error(self, status: int, error: Exception | None = None) -> None:
+        self.rejected[status] += 1
+        if isinstance(error, InvalidToken):
+            self.auth_failures["device_token"] += 1
+        elif isinstance(error, Unauthorized | Forbidden):
+            self.auth_failures["api_key"] += 1
+
+    def count_put(self, message: Message, queued: bool) -> None:
+        (self.enqueued if queued else self.deduped)[message.priority] += 1
 
 _HTTP_CODES = {
     404: "not_found",
@@ -102,13 +138,17 @@ def create_api_app(
     history: BroadcastLog | None = None,
     ids: IdGenerator | None = None,
     clock_ms: ClockMs = wall_ms,
+    stats: ApiStats | None = None,
+    metrics: MetricsPage | None = None,
 ) -> web.Application:
     """The API as an aiohttp application; the caller runs it (AppRunner, TCPSite) and closes the
     queue, registry, inbox and history it passed in. Without `inbox` the device inbox routes are
-    absent (404); without `history` a pull returns the inbox alone."""
+    absent (404); without `history` a pull returns the inbox alone. What it does is counted in
+    `stats` (a new one when not given); `GET /metrics` exists only with `metrics`."""
+    stats = ApiStats() if stats is None else stats
     max_body = max(config.max_payload_bytes, config.max_batch_payload_bytes)
-    app = web.Application(client_max_size=max_body, middlewares=[_json_errors])
-    push = _PushHandler(config, auth, queue, registry, ids or IdGenerator(), clock_ms)
+    app = web.Application(client_max_size=max_body, middlewares=[_json_errors(stats)])
+    push = _PushHandler(config, auth, queue, registry, ids or IdGenerator(), clock_ms, stats)
     app.router.add_post("/v1/push", push.handle)
     app.router.add_post("/v1/push/batch", push.handle_batch)
     if inbox is not None:
@@ -116,13 +156,22 @@ def create_api_app(
         app.router.add_get("/v1/inbox", pull.pull)
         app.router.add_post("/v1/inbox/ack", pull.ack)
     app.router.add_get("/healthz", _healthz)
+    if metrics is not None:
+        app.router.add_get("/metrics", _metrics_handler(metrics))
     return app
+
+
+def _metrics_handler(metrics: MetricsPage) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        body, content_type = metrics()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+    return handle
 
 
 class _PushHandler:
     """POST /v1/push: authenticate, read, validate, resolve, enqueue."""
 
-    __slots__ = ("_auth", "_clock_ms", "_config", "_ids", "_queue", "_registry")
+    __slots__ = ("_auth", "_clock_ms", "_config", "_ids", "_queue", "_registry", "_stats")
 
     def __init__(
         self,
@@ -132,7 +181,9 @@ class _PushHandler:
         registry: Registry,
         ids: IdGenerator,
         clock_ms: ClockMs,
+        stats: ApiStats,
     ) -> None:
+        self._stats = stats
         self._config = config
         self._auth = auth
         self._queue = queue
@@ -153,6 +204,8 @@ class _PushHandler:
         messages = parse_batch(body, config=self._config, ids=self._ids, now_ms=self._clock_ms())
         resolved = await self._resolve(messages)
         put = await self._queue.put_many([message for message, _ in resolved])
+        for (message, _), queued in zip(resolved, put, strict=False):
+            self._stats.count_put(message, queued)
         results = [_result(message, targets, queued)
                    for (message, targets), queued in zip(resolved, put, strict=False)]
         if len(put) < len(resolved):  # the queue filled up: the rest were not enqueued
@@ -163,7 +216,9 @@ class _PushHandler:
 
     async def _put(self, message: Message, targets: int) -> dict[str, Any]:
         """Enqueue one resolved message; its result object."""
-        return _result(message, targets, await self._queue.put(message))
+        queued = await self._queue.put(message)
+        self._stats.count_put(message, queued)
+        return _result(message, targets, queued)
 
     async def _resolve(self, messages: list[Message]) -> list[tuple[Message, int]]:
         """Each message as queued (targeted: clients resolved, users gone) and its target count,
@@ -278,20 +333,26 @@ async def _read_body(request: web.Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every error as JSON with its status; log and hide unexpected ones."""
-    try:
-        return await handler(request)
-    except ZuulpushError as exc:
-        return _error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _http_error_response(exc)
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return _error_response(ZuulpushError("internal error"))
+def _json_errors(stats: ApiStats) -> Any:
+    @web.middleware
+    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer every error as JSON with its status (counted); log and hide unexpected
+        ones."""
+        try:
+            return await handler(request)
+        except ZuulpushError as exc:
+            stats.count_error(exc.http_status, exc)
+            return _error_response(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            stats.count_error(exc.status)
+            return _http_error_response(exc)
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            stats.count_error(500)
+            return _error_response(ZuulpushError("internal error"))
+    return json_errors
 
 
 def _error_response(exc: ZuulpushError) -> web.Response:

@@ -186,6 +186,11 @@ class MessageQueue(Protocol):
         """Messages waiting per priority (not counting taken ones)."""
         ...
 
+    async def lag(self) -> dict[Priority, float]:
+        """Per priority, how long the oldest message waiting (not taken) has waited since it
+        was put, in seconds; 0.0 where none waits. For monitoring: one cheap call."""
+        ...
+
     async def close(self) -> None:
         """Release resources. Idempotent."""
         ...

@@ -81,6 +81,7 @@ class MemoryQueue:
         self._credits = dict(self._weights)
         self._max_depth = max_depth
         self._fifos: dict[Priority, deque[Message]] = {p: deque() for p in Priority}
+        self._put_at: dict[Priority, deque[float]] = {p: deque() for p in Priority}  # clock()
         # dedup key -> expiry; the deque holds the same pairs in expiry order for sweeping
         self._seen: dict[str, float] = {}
         self._expiries: deque[tuple[float, str]] = deque()
@@ -98,6 +99,7 @@ class MemoryQueue:
         if key is not None:
             self._remember(key)
         self._fifos[message.priority].append(message)
+        self._put_at[message.priority].append(self._clock())
         self._ready.set()
         return True
 
@@ -131,6 +133,11 @@ class MemoryQueue:
     async def depth(self) -> dict[Priority, int]:
         return {p: len(fifo) for p, fifo in self._fifos.items()}
 
+    async def lag(self) -> dict[Priority, float]:
+        now = self._clock()
+        return {p: max(0.0, now - put_at[0]) if put_at else 0.0
+                for p, put_at in self._put_at.items()}
+
     async def close(self) -> None:
         self._closed = True
         self._ready.set()
@@ -149,6 +156,7 @@ class MemoryQueue:
                 break
             self._credits[priority] -= 1
             picked.append(self._fifos[priority].popleft())
+            self._put_at[priority].popleft()
         return picked
 
     def _next_priority(self) -> Priority | None:

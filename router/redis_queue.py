@@ -43,7 +43,8 @@ Done. `done` XACKs and XDELs each entry in one script; a consumer's next `take` 
 receipts of the batch it just handled, and the TAKE script does the same first, which saves a
 round trip per batch. The streams hold only entries waiting or taken-not-done (no MAXLEN
 trimming, which could drop messages not yet taken). So `depth()` = XLEN - pending, per
-priority, exact.
+priority, exact. `lag()` is Redis's clock (TIME) less the time in the id of each stream's
+first entry after the group's last-delivered id: the oldest message waiting, also exact.
 
 Receipts are `<priority>:<stream entry id>`.
 
@@ -207,6 +208,29 @@ end
 return out
 """)
 
+# KEYS: high, normal, low; ARGV: group. Returns per stream the ms the oldest entry not yet
+# delivered to the group has waited since it was added, -1 when none waits.
+LAG = Lua("queue_lag", r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for p = 1, 3 do
+  local last = '0-0'
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[p])) do
+    local name, id
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then
+        id = g[i + 1] end
+    end
+    if name == ARGV[1] then last = id end
+  end
+  local first = redis.call('XRANGE', KEYS[p], '(' .. last, '+', 'COUNT', 1)[1]
+  out[p] = -1
+  if first then out[p] = math.max(0, now - tonumber(string.match(first[1], '^(%d+)'))) end
+end
+return out
+""")
+
 
 class RedisQueue:
     """`MessageQueue` on Redis Streams (layout and behaviour in the module docstring).
@@ -363,6 +387,11 @@ class RedisQueue:
         with unavailable("message queue"):
             counts = await self._script(DEPTH, [self._group])
         return {p: int(n) for p, n in zip(Priority, counts, strict=True)}
+
+    async def lag(self) -> dict[Priority, float]:
+        with unavailable("message queue"):
+            waited = await self._script(LAG, [self._group])
+        return {p: max(0, int(ms)) / 1000 for p, ms in zip(Priority, waited, strict=True)}
 
     async def close(self) -> None:
         if self._closed.is_set():

@@ -59,8 +59,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from registry.base import Location, NodeInfo, NodeState, Registry
 from router.base import (
@@ -72,6 +73,7 @@ from router.base import (
     Message,
     MessageQueue,
     NodeChannel,
+    Priority,
     Taken,
 )
 from router.clock import ClockMs, wall_ms
@@ -83,7 +85,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class WorkerStats:
-    """Running totals of one worker (plain counters until metrics arrive)."""
+    """Running totals of one worker: plain counters, which `zuulpush.metrics` copies into
+    Prometheus metrics (`expired` and `delivered` also by priority)."""
 
     taken: int = 0
     expired: int = 0  # messages dropped because their TTL ran out before handling
@@ -98,6 +101,8 @@ class WorkerStats:
     publish_errors: int = 0  # node batches the channel failed to take (messages are in inboxes)
     region_errors: int = 0  # peer-region inbox or history calls that failed
     errors: int = 0  # batches that failed as a whole
+    expired_by: Counter[Priority] = field(default_factory=Counter)
+    delivered_by: Counter[Priority] = field(default_factory=Counter)
 
 
 class RouterWorker:
@@ -190,7 +195,11 @@ class RouterWorker:
     def _drop_expired(self, messages: list[Message]) -> list[Message]:
         now_ms = self._clock_ms()
         live = [m for m in messages if not m.expired(now_ms)]
-        self.stats.expired += len(messages) - len(live)
+        if len(live) < len(messages):
+            self.stats.expired += len(messages) - len(live)
+            for message in messages:
+                if message.expired(now_ms):
+                    self.stats.expired_by[message.priority] += 1
         return live
 
     async def _route(self, messages: list[Message]) -> None:
@@ -206,7 +215,9 @@ class RouterWorker:
                 self._broadcast(message, active, out)
             elif message.target.clients:
                 self._targeted(message, locations, out)
-        await asyncio.gather(*(self._send(region, batch) for region, batch in out.items()))
+        priority_of = {m.id: m.priority for m in messages}
+        await asyncio.gather(*(self._send(region, batch, priority_of)
+                               for region, batch in out.items()))
 
     async def _store_and_locate(self, messages: list[Message]) -> dict[str, Location]:
         """Store every targeted message of the batch in its clients' inboxes here (one batched
@@ -291,12 +302,13 @@ class RouterWorker:
         return ({r: tuple(ids) for r, ids in stores.items()},
                 {key: tuple(ids) for key, ids in live.items()})
 
-    async def _send(self, region: str, batch: RegionBatch) -> None:
+    async def _send(self, region: str, batch: RegionBatch,
+                    priority_of: dict[str, Priority]) -> None:
         """A region's inbox copies first (so an ack on its edge finds them), then its nodes."""
         seams = self._regions.seams(region)
         if batch.stored:
             await self._store_in(region, seams.inbox, batch.stored)
-        await self._publish(seams.channel, batch.per_node)
+        await self._publish(seams.channel, batch.per_node, priority_of)
 
     async def _store_in(self, region: str, inbox: Inbox,
                         items: list[tuple[tuple[str, ...], InboxEntry]]) -> None:
@@ -308,7 +320,8 @@ class RouterWorker:
         self._region_ok(region)
         self.stats.stored_remote += sum(len(clients) for clients, _ in items)
 
-    async def _publish(self, channel: NodeChannel, per_node: dict[str, list[Delivery]]) -> None:
+    async def _publish(self, channel: NodeChannel, per_node: dict[str, list[Delivery]],
+                       priority_of: dict[str, Priority]) -> None:
         """One batch per node, concurrently; a node that fails does not hold up the others."""
         node_ids = list(per_node)
         results = await asyncio.gather(
@@ -320,6 +333,8 @@ class RouterWorker:
                 log.error("publish to node %s failed: %r", node_id, result)
             else:
                 self.stats.delivered += len(per_node[node_id])
+                for delivery in per_node[node_id]:
+                    self.stats.delivered_by[priority_of[delivery.message_id]] += 1
 
     def _unroutable(self, region: str) -> None:
         if region not in self._unroutable_logged:

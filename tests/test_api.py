@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from registry.base import NodeInfo, NodeState, Registration
 from registry.memory import MemoryRegistry
-from router.api import create_api_app
+from router.api import ApiStats, create_api_app
 from router.auth import AuthConfig
-from router.base import Message, MessageQueue, Target
+from router.base import Message, MessageQueue, Priority, Target
 from router.config import ApiConfig
 from router.errors import Unavailable
 from router.memory import MemoryQueue
@@ -415,3 +415,38 @@ async def test_resolve_unknown_client_only_without_a_type_filter(api: Api) -> No
 async def test_count_broadcast_ignores_draining_nodes(api: Api) -> None:
     assert await count_broadcast(frozenset(), api.registry) == 4
     assert await count_broadcast(frozenset({"phone"}), api.registry) == 2
+
+
+async def test_stats_count_enqueued_and_deduplicated_by_priority_and_errors() -> None:
+    registry = MemoryRegistry(clock=lambda: 0.0)
+    queue = MemoryQueue(600.0, clock=lambda: 0.0)
+    stats = ApiStats()
+    app = create_api_app(config=CONFIG, auth=AUTH, queue=queue, registry=registry,
+                         clock_ms=lambda: NOW_MS, stats=stats,
+                         metrics=lambda: (b"zuulpush_x 1\n", "text/plain; version=0.0.4"))
+    http: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    await http.start_server()
+    try:
+        api = Api(http, queue, registry)
+        body = {"to": {"clients": ["c1"]}, "data": 1, "priority": "high", "dedup_key": "k"}
+        assert (await api.push(body))[0] == 202
+        assert (await api.push(body))[0] == 202  # a duplicate
+        assert (await api.batch({"messages": [{"to": {"clients": ["c1"]}, "data": 2}]}))[0] == 202
+        assert (await api.push(body, headers={}))[0] == 401
+        assert (await api.push(body, headers={"Authorization": "Bearer wrong"}))[0] == 403
+        assert (await api.push({"to": {}, "data": 1}))[0] == 400
+        assert (await http.get("/nowhere")).status == 404
+        page = await http.get("/metrics")  # no key: like /healthz
+        assert (page.status, await page.read()) == (200, b"zuulpush_x 1\n")
+        assert page.headers["Content-Type"] == "text/plain; version=0.0.4"
+    finally:
+        await http.close()
+        await queue.close()
+    assert stats.enqueued == {Priority.HIGH: 1, Priority.NORMAL: 1}
+    assert stats.deduped == {Priority.HIGH: 1}
+    assert stats.rejected == {401: 1, 403: 1, 400: 1, 404: 1}
+    assert stats.auth_failures == {"api_key": 2}
+
+
+async def test_no_metrics_route_unless_given_a_page(api: Api) -> None:
+    assert (await api.http.get("/metrics")).status == 404

@@ -72,3 +72,14 @@ def test_an_unreadable_file_is_an_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.toml", environ={})
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(write(tmp_path, "port = \n"), environ={})
+
+
+def test_ops_settings_are_checked() -> None:
+    from zuulpush.config import OpsConfig
+    settings = load_settings(environ={"ZUULPUSH_LOG_FORMAT": "json",
+                                      "ZUULPUSH_METRICS_PORT": "0"})
+    assert build(OpsConfig, settings) == OpsConfig(log_format="json", metrics_port=0)
+    with pytest.raises(ValueError, match="log_format"):
+        OpsConfig(log_format="xml")
+    with pytest.raises(ValueError, match="metrics_port"):
+        OpsConfig(metrics_port=-2)

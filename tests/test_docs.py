@@ -14,7 +14,9 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def _documented_keys() -> dict[str, str]:
-    rows = re.findall(r"^\| `([a-z_]+)` \| ([^|]+) \|", README, re.MULTILINE)
+    """The rows of the Configuration section's table (other tables name metrics, ...)."""
+    section = README.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \| ([^|]+) \|", section, re.MULTILINE)
     return {key: default.strip() for key, default in rows}
 
 

@@ -348,6 +348,23 @@ async def test_queue_depth_counts_waiting_only(seams: Seams) -> None:
     assert await queue.depth() == {Priority.HIGH: 0, Priority.NORMAL: 0, Priority.LOW: 2}
 
 
+async def test_queue_lag_is_how_long_the_oldest_waiting_message_has_waited(
+        seams: Seams) -> None:
+    queue = seams.queue()
+    assert await queue.lag() == {p: 0.0 for p in Priority}
+    await queue.put(message(Priority.HIGH))
+    await seams.elapse(0.2)
+    await queue.put(message(Priority.HIGH))
+    await queue.put(message(Priority.LOW))
+    lag = await queue.lag()
+    assert 0.2 <= lag[Priority.HIGH] < 5 and lag[Priority.NORMAL] == 0.0
+    assert lag[Priority.LOW] < lag[Priority.HIGH]
+    await queue.take("w1", 1, 0)  # the oldest high one: the next one has waited less
+    assert (await queue.lag())[Priority.HIGH] < lag[Priority.HIGH] - 0.1
+    await queue.take("w1", 2, 0)
+    assert await queue.lag() == {p: 0.0 for p in Priority}
+
+
 async def test_queue_done_and_close_are_idempotent(seams: Seams) -> None:
     queue = seams.queue()
     await queue.put(message())

@@ -4,6 +4,7 @@ across regions, each region's inbox, history and node channel (`router.regions`)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -524,3 +525,16 @@ def test_routes() -> None:
     assert alone.route(at("d")) == Route(via="a") and alone.route(None) == Route()
     with pytest.raises(ValueError, match="own region"):
         Regions(seams, name="a", peers={"a": seams})
+
+
+async def test_expired_and_delivered_are_also_counted_by_priority(world: World) -> None:
+    await world.connect("c1", "n1")
+    await world.connect("c2", "n2")
+    high = dataclasses.replace(message("c1", "c2"), priority=Priority.HIGH)
+    stale = dataclasses.replace(message("c1", ts_ms=NOW_MS - 60_000, ttl_s=60),
+                                priority=Priority.LOW)
+    await world.worker.handle(taken(high, message("c1"), stale))
+    stats = world.worker.stats
+    assert stats.delivered_by == {Priority.HIGH: 2, Priority.NORMAL: 1}
+    assert stats.expired_by == {Priority.LOW: 1} and stats.expired == 1
+    assert stats.delivered == sum(stats.delivered_by.values())

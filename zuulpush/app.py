@@ -30,6 +30,11 @@ regions may be replayed a message again (at least once; devices drop repeats by 
 region with no peer configured is not reached from here (its clients' messages wait in this
 region's inbox; counted and logged). `router.worker` and `router.regions` have the details.
 Without peer regions a router behaves as in a one-region fleet: every node on this Redis.
+
+Metrics: each process has one `zuulpush.metrics.Exporter`, watching what the process runs (the
+edge's, API's and workers' plain stats, the queue's depth and lag in `serve` and `router`) and
+timing its registry calls (`TimedRegistry`). The page is `GET /metrics` on the edge port and on
+the API port, and for `zuulpush router` on `metrics_host:metrics_port` when that is set.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from registry.base import Registry
 from registry.config import RegistryConfig
 from registry.factory import RegistryHandle, open_registry
 from registry.memory import MemoryRegistry
-from router.api import create_api_app
+from router.api import ApiStats, MetricsPage, create_api_app
 from router.auth import AuthConfig, TokenVerifier
 from router.base import BroadcastLog, Inbox, MessageQueue, NodeChannel
 from router.config import ApiConfig, RouterConfig
@@ -57,9 +62,10 @@ from router.redis_inbox import RedisInbox
 from router.redis_queue import RedisQueue
 from router.regions import RegionSeams
 from router.worker import RouterWorker
-from zuulpush.config import Components, FleetConfig
+from zuulpush.config import Components, FleetConfig, OpsConfig
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.server import EdgeServer, default_node_id
+from zuulpush.metrics import Exporter, TimedRegistry
 
 log = logging.getLogger("zuulpush")
 
@@ -83,15 +89,22 @@ class EmbeddedApp:
         self.inbox = MemoryInbox(config.router.inbox_max_per_client)
         self.channel = MemoryNodeChannel(config.router.node_channel_max_pending)
         self.history = MemoryBroadcastLog(config.router.broadcast_history_max)
+        self.exporter = Exporter()
+        timed = TimedRegistry(self.registry, self.exporter.metrics)
         self.edge = EdgeServer(config.edge, verifier=TokenVerifier(config.auth),
-                               registry=self.registry, inbox=self.inbox, channel=self.channel,
+                               registry=timed, inbox=self.inbox, channel=self.channel,
                                history=self.history, admin_key=config.auth.admin_key)
-        self.worker = RouterWorker(self.queue, self.registry, self.inbox, self.channel,
+        self.worker = RouterWorker(self.queue, timed, self.inbox, self.channel,
                                    consumer=f"{self.edge.node_id}-router", config=config.router,
                                    history=self.history)
-        self.api = ApiSite(config.api, config.auth, self.queue, self.registry, self.inbox,
-                           self.history)
+        self.api_stats = ApiStats()
+        self.api = ApiSite(config.api, config.auth, self.queue, timed, self.inbox,
+                           self.history, stats=self.api_stats, metrics=self.exporter.page)
         self.workers = Workers([self.worker])
+        self.exporter.watch_edge(self.edge)
+        self.exporter.watch_api(self.api_stats)
+        self.exporter.watch_workers([self.worker])
+        self.exporter.watch_queue(self.queue)
 
     @property
     def api_port(self) -> int:
@@ -101,6 +114,7 @@ class EmbeddedApp:
         await self.edge.start()
         await self.api.start()
         self.workers.start()
+        await self.exporter.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop the API, drain the worker's current batch, close every connection with a
@@ -108,6 +122,7 @@ class EmbeddedApp:
         await self.api.stop()
         await self.workers.stop(grace_s)
         await self.edge.shutdown(grace_s)
+        await self.exporter.stop()
         for seam in (self.queue, self.channel, self.inbox, self.history, self.registry):
             await seam.close()
 
@@ -117,7 +132,10 @@ class ApiSite:
 
     def __init__(self, config: ApiConfig, auth: AuthConfig, queue: MessageQueue,
                  registry: Registry, inbox: Inbox | None = None,
-                 history: BroadcastLog | None = None) -> None:
+                 history: BroadcastLog | None = None, *, stats: ApiStats | None = None,
+                 metrics: MetricsPage | None = None) -> None:
+        self._stats = stats
+        self._metrics = metrics
         self._config = config
         self._auth = auth
         self._queue = queue
@@ -129,7 +147,8 @@ class ApiSite:
 
     async def start(self) -> None:
         app = create_api_app(config=self._config, auth=self._auth, queue=self._queue,
-                             registry=self._registry, inbox=self._inbox, history=self._history)
+                             registry=self._registry, inbox=self._inbox, history=self._history,
+                             stats=self._stats, metrics=self._metrics)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.api_host, self._config.api_port,
@@ -139,6 +158,39 @@ class ApiSite:
 
     async def stop(self) -> None:
         """Stop accepting and finish the requests in flight (each one enqueues or fails)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class MetricsSite:
+    """`GET /metrics` on `metrics_host:metrics_port` (for a process with no HTTP port of its
+    own); nothing when `metrics_port` is -1. `url` once started."""
+
+    def __init__(self, ops: OpsConfig, page: MetricsPage) -> None:
+        self._ops = ops
+        self._page = page
+        self._runner: web.AppRunner | None = None
+        self.url: str | None = None
+
+    async def start(self) -> None:
+        if self._ops.metrics_port < 0:
+            return
+        page = self._page
+
+        async def metrics(request: web.Request) -> web.Response:
+            body, content_type = page()
+            return web.Response(body=body, headers={"Content-Type": content_type})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._ops.metrics_host, self._ops.metrics_port).start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://{self._ops.metrics_host}:{port}/metrics"
+
+    async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -219,6 +271,7 @@ class FleetAppConfig(Components):
     router: RouterConfig
     registry: RegistryConfig
     fleet: FleetConfig
+    ops: OpsConfig = dataclasses.field(default_factory=OpsConfig)
 
 
 
@@ -235,8 +288,12 @@ class ApiApp:
         if config.auth.secret or config.auth.public_key:
             self.inbox = redis_inbox(config.registry.redis_url, config.router, config.fleet)
             self.history = redis_history(config.registry.redis_url, config.router, config.fleet)
-        self.api = ApiSite(config.api, config.auth, self.queue, self.handle.registry, self.inbox,
-                           self.history)
+        self.exporter = Exporter()
+        self.api_stats = ApiStats()
+        self.api = ApiSite(config.api, config.auth, self.queue,
+                           TimedRegistry(self.handle.registry, self.exporter.metrics), self.inbox,
+                           self.history, stats=self.api_stats, metrics=self.exporter.page)
+        self.exporter.watch_api(self.api_stats)
 
     @property
     def api_port(self) -> int:
@@ -245,9 +302,11 @@ class ApiApp:
     async def start(self) -> None:
         await self.handle.start()
         await self.api.start()
+        await self.exporter.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.api.stop()
+        await self.exporter.stop()
         await self.queue.close()
         for seam in (self.inbox, self.history):
             if seam is not None:
@@ -274,18 +333,27 @@ class RouterApp:
         self.history = redis_history(url, config.router, config.fleet)
         self.peers = {name: redis_region(peer_url, config.router, config.fleet)
                       for name, peer_url in peer_urls.items()}
+        self.exporter = Exporter()
+        timed = TimedRegistry(self.handle.registry, self.exporter.metrics)
         self.workers = Workers([
-            RouterWorker(self.queue, self.handle.registry, self.inbox, self.channel,
+            RouterWorker(self.queue, timed, self.inbox, self.channel,
                          consumer=f"{self.node_id}-w{i}", config=config.router,
                          history=self.history, region=config.registry.region, peers=self.peers)
             for i in range(config.fleet.router_workers)])
+        self.exporter.watch_workers(self.workers.workers)
+        self.exporter.watch_queue(self.queue)
+        self.metrics_site = MetricsSite(config.ops, self.exporter.page)
 
     async def start(self) -> None:
         await self.handle.start()
         self.workers.start()
+        await self.exporter.start()
+        await self.metrics_site.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        await self.metrics_site.stop()
         await self.workers.stop(grace_s)
+        await self.exporter.stop()
         for seam in (self.queue, self.channel, self.inbox, self.history):
             await seam.close()
         for peer in self.peers.values():
@@ -322,18 +390,23 @@ class EdgeApp:
             self.inbox = MemoryInbox(config.router.inbox_max_per_client)
             self.channel = MemoryNodeChannel(config.router.node_channel_max_pending)
             self.history = MemoryBroadcastLog(config.router.broadcast_history_max)
+        self.exporter = Exporter()
         self.edge = EdgeServer(config.edge, verifier=TokenVerifier(config.auth),
-                               registry=self.handle.registry, inbox=self.inbox,
-                               channel=self.channel, history=self.history,
+                               registry=TimedRegistry(self.handle.registry,
+                                                      self.exporter.metrics),
+                               inbox=self.inbox, channel=self.channel, history=self.history,
                                admin_key=config.auth.admin_key)
+        self.exporter.watch_edge(self.edge)
 
     async def start(self) -> None:
         await self.handle.start()
         await self.edge.start()
+        await self.exporter.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Drain the node (go-aways, unregister), then close the registry, channel and inbox."""
         await self.edge.shutdown(grace_s)
+        await self.exporter.stop()
         await self.handle.close()
         for seam in (self.channel, self.inbox, self.history):
             await seam.close()

@@ -6,6 +6,7 @@
     zuulpush router  router workers of a fleet, on Redis
     zuulpush status  the fleet's edge nodes, their state and connection counts
     zuulpush drain   ask an edge node of the fleet to drain, through the registry
+    zuulpush admin   an edge node's admin API: its status, a client's connection, close it
     zuulpush token   print a device token signed with the configured secret
     zuulpush send    push a message through the push-send API
     zuulpush listen  connect as a device over WebSocket and print what arrives
@@ -25,6 +26,7 @@ import shlex
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -32,8 +34,8 @@ from typing import Any
 import orjson
 
 from router.auth import issue_token
-from zuulpush import __version__
-from zuulpush.config import ConfigError, load_settings
+from zuulpush import __version__, logs
+from zuulpush.config import LOG_FORMATS, ConfigError, OpsConfig, build, load_settings
 
 DEMO_CLIENT, DEMO_USER, DEMO_DEVICE_TYPE = "demo-device", "demo-user", "web"
 
@@ -62,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     _router_parser(commands)
     _status_parser(commands)
     _drain_parser(commands)
+    _admin_parser(commands)
     _token_parser(commands)
     _send_parser(commands)
     _listen_parser(commands)
@@ -78,8 +81,19 @@ def _redis_option(p: argparse.ArgumentParser) -> None:
 
 
 def _log_level(p: argparse.ArgumentParser) -> None:
+    """The logging options of every long-running command."""
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="default info")
+    p.add_argument("--log-format", choices=LOG_FORMATS,
+                   help="text lines, or one JSON object per line (default text)")
+
+
+def _start_logging(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    try:
+        ops = build(OpsConfig, settings)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    logs.configure(args.log_level, ops.log_format)
 
 
 def _need_redis(settings: dict[str, Any], command: str) -> None:
@@ -143,6 +157,8 @@ def _run_app(make: Callable[[], Any], banner: Callable[[Any], str]) -> int:
         app = make()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    edge = getattr(app, "edge", None)
+    logs.add_context(node_id=edge.node_id if edge is not None else app.node_id)
     uvloop.run(_run_until_signal(app, banner))
     return 0
 
@@ -166,10 +182,11 @@ def _serve_parser(commands: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from zuulpush.app import EmbeddedApp, ServeConfig
 
-    _logging(args.log_level)
     settings = load_settings(args.config, {
         "host": args.host, "port": args.port, "api_host": args.api_host,
-        "api_port": args.api_port, "echo": args.echo, **_edge_limit_flags(args)})
+        "api_port": args.api_port, "echo": args.echo, "log_format": args.log_format,
+        **_edge_limit_flags(args)})
+    _start_logging(args, settings)
     generated = _fill_secrets(settings)
     return _run_app(lambda: EmbeddedApp(ServeConfig.from_settings(settings)),
                     lambda app: _banner(app, generated))
@@ -278,11 +295,11 @@ def _edge_parser(commands: Any) -> None:
 def _edge(args: argparse.Namespace) -> int:
     from zuulpush.app import EdgeApp, EdgeAppConfig
 
-    _logging(args.log_level)
     settings = load_settings(args.config, {
         "redis_url": args.redis_url, "region": args.region, "peer_regions": args.peer_regions,
         "host": args.host, "port": args.port, "node_id": args.node_id, "echo": args.echo,
-        **_edge_limit_flags(args)})
+        "log_format": args.log_format, **_edge_limit_flags(args)})
+    _start_logging(args, settings)
     _need_redis(settings, "edge")
     if not settings.get("secret") and not settings.get("public_key"):
         raise ConfigError("no token secret or public key: set ZUULPUSH_SECRET or "
@@ -322,9 +339,10 @@ def _api_parser(commands: Any) -> None:
 def _api(args: argparse.Namespace) -> int:
     from zuulpush.app import ApiApp, FleetAppConfig
 
-    _logging(args.log_level)
     settings = load_settings(args.config, {
-        "redis_url": args.redis_url, "api_host": args.api_host, "api_port": args.api_port})
+        "redis_url": args.redis_url, "api_host": args.api_host, "api_port": args.api_port,
+        "log_format": args.log_format})
+    _start_logging(args, settings)
     _need_redis(settings, "api")
     if not settings.get("api_keys"):
         raise ConfigError("no API key: set ZUULPUSH_API_KEYS (comma-separated)")
@@ -365,6 +383,10 @@ def _router_parser(commands: Any) -> None:
                         "nodes of that region (repeatable)")
     p.add_argument("--workers", dest="router_workers", type=int,
                    help="router workers (queue consumers) in this process (default 1)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve GET /metrics on this port (default -1: none; 0: a free port)")
+    p.add_argument("--metrics-host", metavar="HOST",
+                   help="address of the metrics port (default 127.0.0.1)")
     _log_level(p)
     p.set_defaults(run=_router)
 
@@ -372,10 +394,11 @@ def _router_parser(commands: Any) -> None:
 def _router(args: argparse.Namespace) -> int:
     from zuulpush.app import FleetAppConfig, RouterApp
 
-    _logging(args.log_level)
     settings = load_settings(args.config, {
         "redis_url": args.redis_url, "region": args.region, "peer_regions": args.peer_regions,
-        "router_workers": args.router_workers})
+        "router_workers": args.router_workers, "metrics_port": args.metrics_port,
+        "metrics_host": args.metrics_host, "log_format": args.log_format})
+    _start_logging(args, settings)
     _need_redis(settings, "router")
     return _run_app(lambda: RouterApp(FleetAppConfig.from_settings(settings)), _router_banner)
 
@@ -384,9 +407,11 @@ def _router_banner(app: Any) -> str:
     n = len(app.workers.workers)
     registry = app.config.registry
     peers = ", ".join(sorted(app.peers)) or "none"
+    metrics = [f"  metrics: {app.metrics_site.url}"] if app.metrics_site.url else []
     return "\n".join([
         f"zuulpush {__version__} router {app.node_id}: {n} worker(s) on {registry.redis_url} "
         f"(region {registry.region}, peer regions: {peers})",
+        *metrics,
         f"  ready: node={app.node_id} workers={n}",
     ])
 
@@ -521,9 +546,119 @@ def _status_table(nodes: list[Any]) -> str:
     return "\n".join(lines)
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# admin
+
+ADMIN_ATTEMPTS_PER_NODE = 8
+"""With --redis, tries per node sharing the target's address: a new connection to an address
+several nodes listen on (workers on one port) reaches any of them."""
+
+
+def _admin_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "admin", help="an edge node's admin API: its status, a client's connection, close it",
+        description="Call an edge node's admin API (GET /admin/status, GET /admin/clients/ID, "
+                    "POST /admin/clients/ID/close) with the admin key (--admin-key, or "
+                    "ZUULPUSH_ADMIN_KEY / admin_key in --config) and print its JSON answer. "
+                    "Name the node with --edge URL, or for a client let the registry on Redis "
+                    "find the node holding it (--redis URL). Exit status 1 unless the node "
+                    "answers 200.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    status = actions.add_parser("status", help="the node's state, connections, loop lag, "
+                                               "sheds and counters")
+    _admin_common(status, redis=False)
+    client = actions.add_parser("client", help="a client's connection on its node")
+    client.add_argument("client_id", metavar="ID", help="the client (device) id")
+    _admin_common(client, redis=True)
+    close = actions.add_parser("close", help="close a client's connection (4000 with a "
+                                             "reconnect hint, or --code 1000)")
+    close.add_argument("client_id", metavar="ID", help="the client (device) id")
+    close.add_argument("--code", type=int, choices=[4000, 1000], default=4000,
+                       help="4000: go away with a reconnect hint (default); 1000: normal close")
+    _admin_common(close, redis=True)
+    p.set_defaults(run=_admin)
+
+
+def _admin_common(p: argparse.ArgumentParser, *, redis: bool) -> None:
+    _common(p)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--edge", metavar="URL", help="the edge node, e.g. http://10.0.0.7:8080")
+    if redis:
+        where.add_argument("--redis", dest="redis_url", metavar="URL",
+                           help="find the client's node in the registry on Redis")
+    p.add_argument("--admin-key", help="the admin key (default: ZUULPUSH_ADMIN_KEY)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for an answer (default 10)")
+
+
+def _admin(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, {"admin_key": args.admin_key})
+    key = settings.get("admin_key")
+    if not key:
+        raise ConfigError("no admin key: set ZUULPUSH_ADMIN_KEY or pass --admin-key")
+    method, path = "GET", "/admin/status"
+    if args.action != "status":
+        path = "/admin/clients/" + urllib.parse.quote(args.client_id, safe="")
+        if args.action == "close":
+            method, path = "POST", f"{path}/close?code={args.code}"
+    if args.edge:
+        status, body = _admin_call(args.edge, method, path, key, args.timeout)
+    else:
+        found = _admin_through_registry(args, method, path, key)
+        if found is None:
+            return 1
+        status, body = found
+    print(body, file=sys.stdout if status == 200 else sys.stderr)
+    return 0 if status == 200 else 1
+
+
+def _admin_through_registry(args: argparse.Namespace, method: str, path: str,
+                            key: str) -> tuple[int, str] | None:
+    """The answer of the node the registry says holds the client, or None (said why)."""
+    async def locate(registry: Any) -> Any:
+        reg = await registry.lookup(args.client_id)
+        return reg, (await registry.nodes() if reg is not None else [])
+
+    located = _on_registry(args, f"admin {args.action}", locate)
+    if located is None:
+        return None
+    reg, nodes = located
+    node = next((n for n in nodes if reg is not None and n.node_id == reg.node_id), None)
+    if reg is None or node is None:
+        where = "anywhere" if reg is None else f"on a live node ({reg.node_id} is gone)"
+        print(f"zuulpush admin: client {args.client_id!r} is not connected {where}",
+              file=sys.stderr)
+        return None
+    sharing = sum(1 for n in nodes if n.address == node.address)
+    status, body = 0, ""
+    for _ in range(ADMIN_ATTEMPTS_PER_NODE * sharing):
+        status, body = _admin_call(f"http://{node.address}", method, path, key, args.timeout)
+        if status != 404 or _answered_by(body) in (node.node_id, None):
+            break  # 404 from another node on the same address: try another connection
+    return status, body
+
+
+def _answered_by(body: str) -> str | None:
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return answer.get("node_id") if isinstance(answer, dict) else None
+
+
+def _admin_call(base: str, method: str, path: str, key: str, timeout_s: float
+                ) -> tuple[int, str]:
+    """(status, body) of one admin call; status 0 when the node cannot be reached."""
+    url = base.rstrip("/").replace("ws://", "http://", 1).replace("wss://", "https://", 1) + path
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
+                                     headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode() or f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return 0, f"zuulpush: cannot reach {base}: {reason}"
 
 
 # token

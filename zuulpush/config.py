@@ -49,8 +49,28 @@ class FleetConfig:
     queue_max_depth: int = 1_000_000
 
 
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class OpsConfig:
+    """How a long-running process reports: its log lines (`text`, or `json`: one object per
+    line, `zuulpush.logs`), and for `zuulpush router`, which has no HTTP port of its own, where
+    it serves `GET /metrics` (`metrics_port` -1: nowhere; 0: a free port, printed)."""
+
+    log_format: str = "text"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = -1
+
+    def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError("metrics_port must be -1 (none), 0 (a free port) or a port")
+
+
 COMPONENTS: tuple[type, ...] = (EdgeConfig, AuthConfig, ApiConfig, RouterConfig, RegistryConfig,
-                                FleetConfig)
+                                FleetConfig, OpsConfig)
 
 
 class ConfigError(ValueError):
@@ -154,4 +174,5 @@ def _to_bool(value: Any) -> bool:
     raise ValueError(value)
 
 
-__all__ = ["Components", "ConfigError", "FleetConfig", "build", "known_keys", "load_settings"]
+__all__ = ["Components", "ConfigError", "FleetConfig", "OpsConfig", "build", "known_keys",
+           "load_settings"]

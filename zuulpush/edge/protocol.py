@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import http
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
 import h11
-import orjson
 
 from registry.base import Registration, new_version
 from router.base import InboxEntry
 from router.errors import ZuulpushError
-from zuulpush.edge import inbound, sse, wsframes
-from zuulpush.edge.request import Accept, Route, check_head_size, decide
+from zuulpush.edge import admin, inbound, sse, wsframes
+from zuulpush.edge.answers import http_error
+from zuulpush.edge.request import ONE_SHOT, Accept, Route, check_head_size, decide
 from zuulpush.edge.shedding import Shed
 from zuulpush.edge.state import Event, State, next_state
 from zuulpush.edge.wire import SSE, WEBSOCKET, Outgoing, Wire, jittered_ms
@@ -44,16 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("zuulpush.edge")
 
 _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-
-
-def http_error(status: int, body: dict[str, object], headers: tuple[tuple[str, str], ...] = ()
-               ) -> bytes:
-    """A complete `Connection: close` HTTP/1.1 response with a JSON body (errors or not)."""
-    payload = orjson.dumps(body)
-    head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
-            "content-type: application/json", f"content-length: {len(payload)}",
-            "connection: close", *(f"{name}: {value}" for name, value in headers)]
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
 
 
 _SHED_WHY = {
@@ -230,12 +219,9 @@ class EdgeConnection(asyncio.Protocol):
 
     def _accept(self, accept: Accept, trailing: bytes) -> None:
         assert self.transport is not None
-        if accept.route in (Route.HEALTH, Route.ADMIN_DRAIN):
+        if accept.route in ONE_SHOT:  # health, metrics, admin: answered, then closed
             self._h11 = None
-            server = self._server
-            status, body = server.health() if accept.route is Route.HEALTH else \
-                server.admin_drain()
-            self._close_transport(http_error(status, body), linger=True)
+            self._close_transport(admin.answer(self._server, accept), linger=True)
             return
         if accept.route is Route.SSE:
             conn = self._h11
@@ -266,7 +252,7 @@ class EdgeConnection(asyncio.Protocol):
         """Answer the request with the error's status and JSON body, then close (lingering, as a
         client may still be sending its request; the handshake deadline bounds the linger)."""
         assert self.transport is not None
-        self._server.stats.count_reject(error.http_status)
+        self._server.stats.count_reject(error)
         headers = getattr(error, "headers", ())
         self._close_transport(http_error(error.http_status, error.body(), headers), linger=linger)
 

@@ -9,8 +9,17 @@ Routes:
 - `GET /echo` WebSocket echo for conformance suites (no token; only with `--echo`)
 - `GET /healthz` the node's health and load as JSON, then close (no token; for load balancers
   and operators)
-- `POST /admin/drain` drain the node (`Authorization: Bearer <admin key>`; 401 without a key,
-  403 with a wrong one, and always 403 when the node has no admin key configured)
+- `GET /metrics` the Prometheus metrics page, then close (no token, like `/healthz`)
+- the admin API, each with `Authorization: Bearer <admin key>` (401 without a key, 403 with a
+  wrong one, and always 403 when the node has no admin key configured); answered, then closed:
+  - `POST /admin/drain` drain the node
+  - `GET /admin/status` the node's state and load
+  - `GET /admin/clients/<client id>` the client's connection on this node (404: none here)
+  - `POST /admin/clients/<client id>/close[?code=4000|1000]` close it: 4000 (the default) with
+    a reconnect hint, or 1000 without one
+
+The admin key is checked before the client id is looked at, so a caller without it learns
+nothing about who is connected; the client id is the path segment, percent-decoded.
 
 The device token comes from `?token=`, `Authorization: Bearer`, or the `zuulpush_token` cookie, in
 that order. A resume point comes from `?last_id=` or the `Last-Event-ID` header.
@@ -26,7 +35,7 @@ import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 from wsproto.utilities import generate_accept_token
 
@@ -36,6 +45,8 @@ from zuulpush.errors import HandshakeRejected
 
 COOKIE_NAME = "zuulpush_token"
 MAX_ID_LENGTH = 64
+MAX_CLIENT_ID_LENGTH = 256
+"""As the device token's `cid` claim allows."""
 
 
 class Route(Enum):
@@ -43,23 +54,41 @@ class Route(Enum):
     SSE = "/sse"
     ECHO = "/echo"
     HEALTH = "/healthz"
+    METRICS = "/metrics"
     ADMIN_DRAIN = "/admin/drain"
+    ADMIN_STATUS = "/admin/status"
+    ADMIN_CLIENT = "/admin/clients/{client_id}"
+    ADMIN_CLOSE = "/admin/clients/{client_id}/close"
+
+
+ADMIN = frozenset({Route.ADMIN_DRAIN, Route.ADMIN_STATUS, Route.ADMIN_CLIENT, Route.ADMIN_CLOSE})
+ONE_SHOT = ADMIN | {Route.HEALTH, Route.METRICS}
+"""Routes answered at once and closed: no upgrade, no device."""
+
+CLOSE_CODES = (4000, 1000)
+"""What `POST /admin/clients/<id>/close?code=` accepts: go away with a reconnect hint, or a
+normal close without one."""
 
 
 @dataclass(frozen=True, slots=True)
 class Accept:
     """An accepted request: the route, the device (None for echo), where to resume, and for a
-    WebSocket the `Sec-WebSocket-Accept` value to answer with."""
+    WebSocket the `Sec-WebSocket-Accept` value to answer with. The admin client routes name
+    the client (`client_id`), a close its `close_code`."""
 
     route: Route
     identity: DeviceIdentity | None
     last_id: str | None
     ws_accept: bytes | None
+    client_id: str | None = None
+    close_code: int = CLOSE_CODES[0]
 
 
 Headers = Sequence[tuple[bytes, bytes]]
 
-_ROUTES = {route.value: route for route in Route}
+_ROUTES = {route.value: route for route in Route if "{" not in route.value}
+_CLIENTS = "/admin/clients/"
+_POST = frozenset({Route.ADMIN_DRAIN, Route.ADMIN_CLOSE})
 
 
 def decide(
@@ -73,25 +102,49 @@ def decide(
 ) -> Accept:
     """Validate a request; see the module docstring. Header names must be lower case (h11's)."""
     path, _, query = target.decode("latin-1").partition("?")
-    route = _ROUTES.get(path)
+    route, client_id = _route(path)
     if route is None or (route is Route.ECHO and not echo_enabled):
         raise HandshakeRejected(404, f"no such endpoint: {path}", code="not_found")
-    allowed = b"POST" if route is Route.ADMIN_DRAIN else b"GET"
+    allowed = b"POST" if route in _POST else b"GET"
     if method != allowed:
         raise HandshakeRejected(405, f"only {allowed.decode()} is allowed here",
                                 code="method_not_allowed", headers=(("allow", allowed.decode()),))
-    if route is Route.HEALTH:
-        return Accept(route, None, None, None)
-    if route is Route.ADMIN_DRAIN:
-        presented = bearer(_text(_header(headers, b"authorization")))
-        check_key(presented, (admin_key,) if admin_key else (), what="admin key")
+    if route in (Route.HEALTH, Route.METRICS):
         return Accept(route, None, None, None)
     params = _query(query)
+    if route in ADMIN:
+        presented = bearer(_text(_header(headers, b"authorization")))
+        check_key(presented, (admin_key,) if admin_key else (), what="admin key")
+        return Accept(route, None, None, None, client_id, _close_code(params))
     ws_accept = None if route is Route.SSE else _websocket_accept(headers)
     if route is Route.ECHO:
         return Accept(route, None, None, ws_accept)
     identity = verifier.verify(_token(params, headers))
     return Accept(route, identity, _last_id(params, headers), ws_accept)
+
+
+def _route(path: str) -> tuple[Route | None, str | None]:
+    """The route of `path`, and the client id an admin client route names."""
+    route = _ROUTES.get(path)
+    if route is not None or not path.startswith(_CLIENTS):
+        return route, None
+    client, slash, action = path[len(_CLIENTS):].partition("/")
+    client_id = unquote(client)
+    if not client_id or len(client_id) > MAX_CLIENT_ID_LENGTH:
+        return None, None
+    if not slash:
+        return Route.ADMIN_CLIENT, client_id
+    return (Route.ADMIN_CLOSE, client_id) if action == "close" else (None, None)
+
+
+def _close_code(params: dict[str, str]) -> int:
+    code = params.get("code")
+    if code is None:
+        return CLOSE_CODES[0]
+    if code not in {str(c) for c in CLOSE_CODES}:
+        raise HandshakeRejected(400, "code must be 4000 (reconnect) or 1000 (normal)",
+                                code="invalid_request")
+    return int(code)
 
 
 def check_head_size(method: bytes, target: bytes, headers: Headers, max_bytes: int) -> None:

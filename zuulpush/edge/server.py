@@ -67,6 +67,9 @@ from router.base import (
     NodeChannel,
     merge_replay,
 )
+from router.clock import ClockMs, wall_ms
+from router.errors import Forbidden, InvalidToken, Unauthorized, ZuulpushError
+from router.ids import id_time_ms
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.lifetime import Lifetime
 from zuulpush.edge.protocol import SHED_SLOT, SHED_UNREAD, EdgeConnection
@@ -76,6 +79,7 @@ from zuulpush.edge.wheel import TimerWheel
 from zuulpush.edge.wire import Outgoing
 from zuulpush.edge.wsframes import Close
 from zuulpush.errors import HandshakeRejected
+from zuulpush.tally import DEPTH_BOUNDS, LATENCY_BOUNDS_MS, Buckets
 
 log = logging.getLogger("zuulpush.edge")
 
@@ -98,7 +102,8 @@ def default_node_id() -> str:
 
 @dataclass(slots=True)
 class EdgeStats:
-    """Counters since start (metrics come from these)."""
+    """Counters since start: plain numbers, cheap on the hot paths; `zuulpush.metrics` copies
+    them into Prometheus metrics once a second."""
 
     connects: int = 0
     rejects: Counter[int] = field(default_factory=Counter)
@@ -114,9 +119,20 @@ class EdgeStats:
     fd_exhaustion_episodes: int = 0
     relistens: int = 0
     drain_closes: int = 0  # go-aways sent by a drain
+    replayed: int = 0  # messages written by replays (inbox entries and missed broadcasts)
+    auth_failures: Counter[str] = field(default_factory=Counter)  # device_token, admin_key
+    latency: Buckets = field(default_factory=lambda: Buckets(LATENCY_BOUNDS_MS))
+    """Milliseconds from the API's accepting a message (its id) to its live write here, one
+    observation per delivery (a message for this node), however many sockets it went to."""
+    inbox_depth: Buckets = field(default_factory=lambda: Buckets(DEPTH_BOUNDS))
+    """Messages replayed to each connection as it opened: its inbox's depth then."""
 
-    def count_reject(self, status: int) -> None:
-        self.rejects[status] += 1
+    def count_reject(self, error: ZuulpushError) -> None:
+        self.rejects[error.http_status] += 1
+        if isinstance(error, InvalidToken):
+            self.auth_failures["device_token"] += 1
+        elif isinstance(error, Unauthorized | Forbidden):  # only admin routes check a key
+            self.auth_failures["admin_key"] += 1
 
 
 def fd_limit() -> int | None:
@@ -166,10 +182,12 @@ class EdgeServer:
         history: BroadcastLog | None = None,
         rng: random.Random | None = None,
         admin_key: str = "",
+        wall_clock_ms: ClockMs = wall_ms,
     ) -> None:
         """Without `history`, resuming devices get their inbox only (no missed broadcasts).
         `rng` draws lifetimes and Retry-After jitter (tests pass a seeded one). Without an
-        `admin_key`, `POST /admin/drain` is refused."""
+        `admin_key`, the admin routes are refused. `wall_clock_ms` times deliveries from the
+        API's clock reading in their ids."""
         self.config = config
         self.verifier = verifier
         self.registry = registry
@@ -178,13 +196,18 @@ class EdgeServer:
         self.history = history
         self.admin_key = admin_key
         self.clock = clock
+        self.wall_clock_ms = wall_clock_ms
         self.node_id = config.node_id or default_node_id()
         self.state = NodeState.ACTIVE
         self.stats = EdgeStats()
         self.port = config.port
         # client id -> its current connection (REPLAYING or OPEN)
         self.connections: dict[str, EdgeConnection] = {}
-        self._by_type: Counter[str] = Counter()
+        # open device connections by (transport, device type)
+        self._by_kind: Counter[tuple[str, str]] = Counter()
+        self.metrics_page: Callable[[], tuple[bytes, str]] | None = None
+        """`GET /metrics`: the exposition and its content type (set by an app that exports
+        metrics; without it, 404)."""
         self._handshakes: deque[tuple[float, EdgeConnection]] = deque()
         self._wheel: TimerWheel[EdgeConnection] = TimerWheel(
             config.heartbeat_interval_s, now=clock())
@@ -386,9 +409,9 @@ class EdgeServer:
         previous = self.connections.get(reg.client_id)
         if previous is not None:
             previous.close(Close.REPLACED, "replaced by a newer connection")
-            self._by_type[previous.registration.device_type] -= 1  # type: ignore[union-attr]
+            self._by_kind[_kind(previous)] -= 1
         self.connections[reg.client_id] = conn
-        self._by_type[reg.device_type] += 1
+        self._by_kind[_kind(conn)] += 1
         self._admits.append(conn)
         self._work.set()
 
@@ -417,14 +440,16 @@ class EdgeServer:
             return
         if self.connections.get(reg.client_id) is conn:
             del self.connections[reg.client_id]
-            self._by_type[reg.device_type] -= 1
+            self._by_kind[_kind(conn)] -= 1
         self._leaves.append(reg)
         self._work.set()
 
     # deliveries
 
-    def deliver(self, delivery: Delivery) -> None:
-        """Write one delivery to the local connections it names (or all, for a broadcast)."""
+    def deliver(self, delivery: Delivery, now_ms: int | None = None) -> None:
+        """Write one delivery to the local connections it names (or all, for a broadcast), and
+        time it from its id; `now_ms` is the wall clock when the caller has read it already
+        (the delivery loop, once per batch)."""
         out = Outgoing(delivery.message_id, delivery.payload)
         if delivery.broadcast:
             types = delivery.device_types
@@ -435,6 +460,10 @@ class EdgeServer:
         for conn in targets:
             conn.deliver(out)
         self.stats.delivered += len(targets)
+        accepted_ms = id_time_ms(delivery.message_id) if targets else None
+        if accepted_ms is not None:
+            waited_ms = (self.wall_clock_ms() if now_ms is None else now_ms) - accepted_ms
+            self.stats.latency.add(waited_ms if waited_ms > 0 else 0)
 
     # tasks
 
@@ -625,6 +654,8 @@ class EdgeServer:
                 missed = await self._missed_broadcasts(self.history, last_id)
                 entries = merge_replay(entries, missed, reg.device_type)
             conn.replayed(entries)
+            self.stats.replayed += len(entries)
+            self.stats.inbox_depth.add(len(entries))
 
     async def _unacked(self, client_id: str, last_id: str | None) -> list[InboxEntry]:
         """The whole of a client's inbox after `last_id`, read a page at a time. All of it: a
@@ -667,8 +698,9 @@ class EdgeServer:
             if failing:
                 log.warning("node channel reachable again")
                 failing = False
+            now_ms = self.wall_clock_ms()
             for delivery in batch:
-                self.deliver(delivery)
+                self.deliver(delivery, now_ms)
 
     async def _refresh_loop(self) -> None:
         """Heartbeat the node record every few seconds (routers read its state and counts) and
@@ -709,8 +741,16 @@ class EdgeServer:
             self._resync = True
             raise
 
+    def open_by_kind(self) -> dict[tuple[str, str], int]:
+        """Open device connections by (transport, device type): `ws` or `sse`, and the type
+        their tokens name."""
+        return {kind: n for kind, n in self._by_kind.items() if n > 0}
+
     async def _heartbeat_node(self) -> None:
-        by_type = tuple((t, n) for t, n in self._by_type.items() if n > 0)
+        by_type_counts: Counter[str] = Counter()
+        for (_, device_type), n in self._by_kind.items():
+            by_type_counts[device_type] += n
+        by_type = tuple((t, n) for t, n in by_type_counts.items() if n > 0)
         node = NodeInfo(self.node_id, f"{self.config.host}:{self.port}", self.config.region,
                         self.state, len(self.connections), by_type)
         await self.registry.heartbeat_node(node, self.config.registry_ttl_s)
@@ -719,3 +759,9 @@ class EdgeServer:
         conns = list(self._wheel.members())
         conns.extend(conn for _, conn in self._handshakes if conn.state is State.HANDSHAKE)
         return conns
+
+
+def _kind(conn: EdgeConnection) -> tuple[str, str]:
+    """(transport, device type) of an accepted device connection."""
+    assert conn.wire is not None and conn.registration is not None
+    return conn.wire.name, conn.registration.device_type

@@ -87,13 +87,14 @@ class LoopLag:
     The I/O layer arms it (`arm(now)`), then calls `sampled(now)` each time its timer fires and
     schedules the next one `interval_s` later. Unarmed (no loop running), the lag is 0."""
 
-    __slots__ = ("_due", "interval_s", "last_s", "peak_s")
+    __slots__ = ("_due", "interval_s", "last_s", "peak_s", "recent_peak_s")
 
     def __init__(self, interval_s: float = LAG_SAMPLE_S) -> None:
         self.interval_s = interval_s
         self._due: float | None = None
         self.last_s = 0.0
         self.peak_s = 0.0
+        self.recent_peak_s = 0.0  # since the last `take_recent_peak`
 
     def arm(self, now: float) -> None:
         self._due = now + self.interval_s
@@ -106,8 +107,16 @@ class LoopLag:
         lag = 0.0 if self._due is None else max(0.0, now - self._due)
         self.last_s = lag
         self.peak_s = max(self.peak_s, lag)
+        self.recent_peak_s = max(self.recent_peak_s, lag)
         self._due = now + self.interval_s
         return lag
+
+    def take_recent_peak(self, now: float) -> float:
+        """The worst lag since the previous call (the current one included), for a gauge read
+        once per interval; starts the next interval."""
+        peak = max(self.recent_peak_s, self.current(now))
+        self.recent_peak_s = 0.0
+        return peak
 
     def current(self, now: float) -> float:
         """The last sample's lag, or longer if the next sample is overdue by more than that."""
