@@ -94,6 +94,11 @@ def _edge_listener(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="edge port (default 8080; 0 picks a free one)")
     p.add_argument("--echo", action="store_true", default=None,
                    help="enable the diagnostic WebSocket echo endpoint GET /echo")
+    p.add_argument("--tls-cert", dest="tls_cert_file", metavar="FILE",
+                   help="serve the edge over TLS only (wss://, https://) with this PEM "
+                        "certificate chain")
+    p.add_argument("--tls-key", dest="tls_key_file", metavar="FILE",
+                   help="the edge certificate's PEM private key (default: in --tls-cert's file)")
     _edge_limits(p)
     _log_level(p)
 
@@ -130,7 +135,27 @@ def _edge_limits(p: argparse.ArgumentParser) -> None:
 
 
 def _edge_limit_flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {key: getattr(args, key) for key in EDGE_LIMITS}
+    return {key: getattr(args, key) for key in (*EDGE_LIMITS, "tls_cert_file", "tls_key_file")}
+
+
+def _api_listener(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-host", help="push-send API address (default 127.0.0.1)")
+    p.add_argument("--api-port", type=int, help="push-send API port (default 8081; 0: free)")
+    p.add_argument("--api-tls-cert", dest="api_tls_cert_file", metavar="FILE",
+                   help="serve the API over TLS only (https://) with this PEM certificate chain")
+    p.add_argument("--api-tls-key", dest="api_tls_key_file", metavar="FILE",
+                   help="the API certificate's PEM private key (default: in --api-tls-cert's "
+                        "file)")
+
+
+def _api_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key)
+            for key in ("api_host", "api_port", "api_tls_cert_file", "api_tls_key_file")}
+
+
+def _schemes(tls: object) -> tuple[str, str]:
+    """(http or https, ws or wss) for a listener with or without a TLS context."""
+    return ("https", "wss") if tls is not None else ("http", "ws")
 
 
 def _run_app(make: Callable[[], Any], banner: Callable[[Any], str]) -> int:
@@ -158,8 +183,7 @@ def _serve_parser(commands: Any) -> None:
                     "and prints a device token and a curl line that pushes to it.")
     _common(p)
     _edge_listener(p)
-    p.add_argument("--api-host", help="push-send API address (default 127.0.0.1)")
-    p.add_argument("--api-port", type=int, help="push-send API port (default 8081; 0: free)")
+    _api_listener(p)
     p.set_defaults(run=_serve)
 
 
@@ -168,8 +192,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     _logging(args.log_level)
     settings = load_settings(args.config, {
-        "host": args.host, "port": args.port, "api_host": args.api_host,
-        "api_port": args.api_port, "echo": args.echo, **_edge_limit_flags(args)})
+        "host": args.host, "port": args.port, "echo": args.echo, **_api_flags(args),
+        **_edge_limit_flags(args)})
     generated = _fill_secrets(settings)
     return _run_app(lambda: EmbeddedApp(ServeConfig.from_settings(settings)),
                     lambda app: _banner(app, generated))
@@ -219,18 +243,22 @@ async def _run_until_signal(app: Any, banner: Callable[[Any], str]) -> None:
 def _banner(app: Any, generated: list[str]) -> str:
     config = app.config
     edge = f"{config.edge.host}:{app.edge.port}"
-    api = f"http://{config.api.api_host}:{app.api_port}"
+    http, ws = _schemes(app.edge.tls)
+    api = f"{_schemes(app.api.tls)[0]}://{config.api.api_host}:{app.api_port}"
     body = orjson.dumps({"to": {"clients": [DEMO_CLIENT]}, "topic": "hello",
                          "data": {"text": "Hello from zuulpush"}}).decode()
     lines = [
         f"zuulpush {__version__} serving in one process (in-memory registry, queue, inbox)",
-        f"  edge: ws://{edge}/ws   sse: http://{edge}/sse",
+        f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
         f"  api:  {api}/v1/push",
-        f"  ready: edge=http://{edge} api={api} node={app.edge.node_id}",
+        f"  ready: edge={http}://{edge} api={api} node={app.edge.node_id}",
     ]
     if generated:
         names = ", ".join("ZUULPUSH_" + name.upper() for name in generated)
         lines.append(f"  made for this run only (set {names} to keep them)")
+    if app.edge.tls is not None or app.api.tls is not None:
+        lines.append("  TLS: clients must trust the certificate's issuer (a self-signed "
+                     "certificate: curl --cacert FILE, zuulpush listen --cacert FILE)")
     push = (f"  curl -X POST {api}/v1/push -H 'Authorization: Bearer "
             f"{config.auth.api_keys[0]}' -H 'Content-Type: application/json' "
             f"-d {shlex.quote(body)}")
@@ -246,9 +274,9 @@ def _banner(app: Any, generated: list[str]) -> str:
         f"{DEMO_DEVICE_TYPE!r}):",
         f"  {token}",
         "Listen as that device over SSE:",
-        f"  curl -N 'http://{edge}/sse?token={token}'",
+        f"  curl -N '{http}://{edge}/sse?token={token}'",
         "or over WebSocket:",
-        f"  zuulpush listen 'ws://{edge}/ws?token={token}'",
+        f"  zuulpush listen '{ws}://{edge}/ws?token={token}'",
         "Push to it from another terminal:",
         push,
     ]
@@ -293,12 +321,13 @@ def _edge(args: argparse.Namespace) -> int:
 def _edge_banner(app: Any) -> str:
     config = app.config
     edge = f"{config.edge.host}:{app.edge.port}"
+    http, ws = _schemes(app.edge.tls)
     peers = ", ".join(sorted(config.registry.peers())) or "none"
     return "\n".join([
         f"zuulpush {__version__} edge node {app.edge.node_id} (region {config.registry.region}, "
         f"peer regions: {peers})",
-        f"  edge: ws://{edge}/ws   sse: http://{edge}/sse",
-        f"  ready: edge=http://{edge} node={app.edge.node_id}",
+        f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
+        f"  ready: edge={http}://{edge} node={app.edge.node_id}",
     ])
 
 
@@ -313,8 +342,7 @@ def _api_parser(commands: Any) -> None:
                     "(ZUULPUSH_API_KEYS).")
     _common(p)
     _redis_option(p)
-    p.add_argument("--api-host", help="push-send API address (default 127.0.0.1)")
-    p.add_argument("--api-port", type=int, help="push-send API port (default 8081; 0: free)")
+    _api_listener(p)
     _log_level(p)
     p.set_defaults(run=_api)
 
@@ -323,8 +351,7 @@ def _api(args: argparse.Namespace) -> int:
     from zuulpush.app import ApiApp, FleetAppConfig
 
     _logging(args.log_level)
-    settings = load_settings(args.config, {
-        "redis_url": args.redis_url, "api_host": args.api_host, "api_port": args.api_port})
+    settings = load_settings(args.config, {"redis_url": args.redis_url, **_api_flags(args)})
     _need_redis(settings, "api")
     if not settings.get("api_keys"):
         raise ConfigError("no API key: set ZUULPUSH_API_KEYS (comma-separated)")
@@ -332,7 +359,7 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _api_banner(app: Any) -> str:
-    api = f"http://{app.config.api.api_host}:{app.api_port}"
+    api = f"{_schemes(app.api.tls)[0]}://{app.config.api.api_host}:{app.api_port}"
     return "\n".join([
         f"zuulpush {__version__} push-send API {app.node_id} on {app.config.registry.redis_url}",
         f"  api:  {api}/v1/push",
@@ -572,9 +599,30 @@ def _send_parser(commands: Any) -> None:
     p.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
     p.add_argument("--ttl", type=int, help="seconds the message may wait for its device")
     p.add_argument("--dedup-key", help="drop repeats of this key within the dedup window")
-    p.add_argument("--api", default=None, help="API base URL (default http://127.0.0.1:8081)")
+    p.add_argument("--api", default=None,
+                   help="API base URL (default from api_host and api_port, https:// when "
+                        "api_tls_cert_file is set; else http://127.0.0.1:8081)")
     p.add_argument("--api-key", help="backend API key (default: first of ZUULPUSH_API_KEYS)")
+    _cacert(p)
     p.set_defaults(run=_send)
+
+
+def _cacert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cacert", metavar="FILE",
+                   help="trust the certificates in this PEM file for https:// and wss:// "
+                        "(e.g. a self-signed server certificate) instead of the system's")
+
+
+def _client_tls(cafile: str | None) -> Any:
+    """The client SSL context for `--cacert` (None: the system's trust store)."""
+    import ssl
+
+    if cafile is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--cacert {cafile}: {exc}") from None
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -594,13 +642,15 @@ def _send(args: argparse.Namespace) -> int:
         body["ttl"] = args.ttl
     if args.dedup_key:
         body["dedup_key"] = args.dedup_key
-    base = args.api or (f"http://{settings.get('api_host', '127.0.0.1')}:"
+    scheme = "https" if settings.get("api_tls_cert_file") else "http"
+    base = args.api or (f"{scheme}://{settings.get('api_host', '127.0.0.1')}:"
                         f"{settings.get('api_port', 8081)}")
+    context = _client_tls(args.cacert)
     request = urllib.request.Request(
         base.rstrip("/") + "/v1/push", data=orjson.dumps(body), method="POST",
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
             print(response.read().decode())
             return 0
     except urllib.error.HTTPError as exc:
@@ -622,13 +672,16 @@ def _listen_parser(commands: Any) -> None:
     p.add_argument("url", help="ws:// or wss:// device URL including ?token=")
     p.add_argument("--count", type=int, help="exit after this many messages")
     p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    _cacert(p)
     p.set_defaults(run=_listen)
 
 
 def _listen(args: argparse.Namespace) -> int:
     from zuulpush.listen import listen
 
+    context = _client_tls(args.cacert)
     try:
-        return asyncio.run(listen(args.url, count=args.count, timeout_s=args.timeout))
+        return asyncio.run(listen(args.url, count=args.count, timeout_s=args.timeout,
+                                  ssl=True if context is None else context))
     except KeyboardInterrupt:
         return 0
