@@ -1,7 +1,8 @@
 """The `zuulpush` command line.
 
     zuulpush serve   everything in one process, in memory (no Redis): edge + push-send API
-    zuulpush edge    one edge node of a fleet, on Redis (registry, inboxes, node channel)
+    zuulpush edge    one edge node of a fleet, on Redis (registry, inboxes, node channel), or
+                     N of them on one port (--workers N)
     zuulpush api     the push-send API of a fleet, enqueueing on Redis
     zuulpush router  router workers of a fleet, on Redis
     zuulpush status  the fleet's edge nodes, their state and connection counts
@@ -158,17 +159,19 @@ def _schemes(tls: object) -> tuple[str, str]:
     return ("https", "wss") if tls is not None else ("http", "ws")
 
 
-def _run_app(make: Callable[[], Any], banner: Callable[[Any], str]) -> int:
+def _run_app(make: Callable[[], Any], banner: Callable[[Any], str],
+             lifeline_fd: int | None = None) -> int:
     """Build the app (a ValueError is a configuration error), run it on uvloop until SIGINT or
     SIGTERM (or, for an app with an edge, until a drain asked through the registry or the admin
-    API is over), and shut it down cleanly: an edge drains first."""
+    API is over, or until `lifeline_fd` reads end of file: a supervisor is gone), and shut it down
+    cleanly: an edge drains first. The banner is printed once the app serves (if not empty)."""
     import uvloop
 
     try:
         app = make()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    uvloop.run(_run_until_signal(app, banner))
+    uvloop.run(_run_until_signal(app, banner, lifeline_fd))
     return 0
 
 
@@ -214,14 +217,23 @@ def _fill_secrets(settings: dict[str, Any]) -> list[str]:
     return generated
 
 
-async def _run_until_signal(app: Any, banner: Callable[[Any], str]) -> None:
+async def _run_until_signal(app: Any, banner: Callable[[Any], str],
+                            lifeline_fd: int | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if lifeline_fd is not None:  # only ever readable at its end: then stop, as on SIGTERM
+        def supervisor_gone() -> None:
+            loop.remove_reader(lifeline_fd)
+            stop.set()
+
+        loop.add_reader(lifeline_fd, supervisor_gone)
     await app.start()
     gc.freeze()  # what start-up made lives as long as the process: no collection scans it again
-    print(banner(app), flush=True)
+    text = banner(app)
+    if text:
+        print(text, flush=True)
     edge = getattr(app, "edge", None)
     waits = [asyncio.ensure_future(stop.wait())]
     if edge is not None:
@@ -287,19 +299,30 @@ def _banner(app: Any, generated: list[str]) -> str:
 
 def _edge_parser(commands: Any) -> None:
     p = commands.add_parser(
-        "edge", help="run one edge node of a fleet, its registry on Redis",
+        "edge", help="run one edge node of a fleet (or N: --workers), its registry on Redis",
         description="Run one edge node (WebSocket GET /ws, SSE GET /sse) that registers every "
                     "connection in the registry on Redis: batched, refreshed before its TTL "
                     "runs out, removed on close. If Redis goes away the node keeps its "
-                    "connections and registers them all again when Redis is back. Needs a token "
-                    "secret or public key (ZUULPUSH_SECRET / ZUULPUSH_PUBLIC_KEY).")
+                    "connections and registers them all again when Redis is back. With "
+                    "--workers N, this process supervises N such nodes, one process each, on "
+                    "the same port: it starts a worker again when it exits, and on SIGTERM or "
+                    "SIGINT drains them all and exits. Needs a token secret or public key "
+                    "(ZUULPUSH_SECRET / ZUULPUSH_PUBLIC_KEY).")
     _common(p)
     _redis_option(p)
     p.add_argument("--region", help="this region's name (default 'local')")
     p.add_argument("--peer-region", dest="peer_regions", metavar="NAME=URL", action="append",
                    help="another region's Redis to replicate with (repeatable)")
     _edge_listener(p)
-    p.add_argument("--node-id", help="this node's id (default host-pid-random)")
+    p.add_argument("--node-id", help="this node's id (default host-pid-random); with "
+                                     "--workers N, the workers are ID-1 .. ID-N")
+    p.add_argument("--workers", dest="edge_workers", type=int, metavar="N",
+                   help="run N edge nodes, each a process of its own, on the same port "
+                        "(SO_REUSEPORT) under this process, which restarts a worker that exits "
+                        "and on SIGTERM drains them all (default 1: this process is the node)")
+    p.add_argument("--reuse-port", action="store_true", default=None,
+                   help="bind with SO_REUSEPORT, so that other edge processes of this user may "
+                        "listen on the same port (implied by --workers N)")
     p.set_defaults(run=_edge)
 
 
@@ -310,11 +333,17 @@ def _edge(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, {
         "redis_url": args.redis_url, "region": args.region, "peer_regions": args.peer_regions,
         "host": args.host, "port": args.port, "node_id": args.node_id, "echo": args.echo,
+        "edge_workers": args.edge_workers, "reuse_port": args.reuse_port,
         **_edge_limit_flags(args)})
     _need_redis(settings, "edge")
     if not settings.get("secret") and not settings.get("public_key"):
         raise ConfigError("no token secret or public key: set ZUULPUSH_SECRET or "
                           "ZUULPUSH_PUBLIC_KEY")
+    workers = settings.get("edge_workers", 1)
+    if workers < 1:
+        raise ConfigError("--workers (edge_workers) must be at least 1")
+    if workers > 1:
+        return _supervise(settings, workers)
     return _run_app(lambda: EdgeApp(EdgeAppConfig.from_settings(settings)), _edge_banner)
 
 
@@ -329,6 +358,58 @@ def _edge_banner(app: Any) -> str:
         f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
         f"  ready: edge={http}://{edge} node={app.edge.node_id}",
     ])
+
+
+def _supervise(settings: dict[str, Any], workers: int) -> int:
+    """`zuulpush edge --workers N` (N > 1): everything a worker would refuse is refused here,
+    before any fork; then `zuulpush.supervisor` runs the N workers."""
+    from zuulpush.app import EdgeApp, EdgeAppConfig
+    from zuulpush.edge.server import default_node_id, edge_tls
+    from zuulpush.supervisor import STOP_GRACE_S, Slot, Supervisor, Worker
+
+    try:
+        config = EdgeAppConfig.from_settings(settings)
+        peers = config.registry.peers()
+        tls = edge_tls(config.edge)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    base = config.edge.node_id or default_node_id()
+    host = config.edge.host
+
+    def run_worker(slot: Slot) -> int:
+        mine = {**settings, "node_id": slot.node_id, "port": slot.port, "reuse_port": True}
+
+        def ready(app: Any) -> str:
+            slot.ready()
+            return ""
+
+        try:
+            return _run_app(lambda: EdgeApp(EdgeAppConfig.from_settings(mine)), ready,
+                            slot.lifeline_fd)
+        except ConfigError as exc:
+            print(f"zuulpush: worker {slot.node_id}: {exc}", file=sys.stderr)
+            return 2
+
+    def announce(started: list[Worker], port: int) -> str:
+        http, ws = _schemes(tls)
+        edge = f"{host}:{port}"
+        return "\n".join([
+            f"zuulpush {__version__} edge: {len(started)} worker processes on one port, nodes "
+            f"{started[0].node_id} .. {started[-1].node_id} (region {config.registry.region}, "
+            f"peer regions: {', '.join(sorted(peers)) or 'none'})",
+            f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
+            *(f"  worker: node={w.node_id} pid={w.pid}" for w in started),
+            f"  ready: edge={http}://{edge} node={base} workers={len(started)}",
+        ])
+
+    edge = config.edge
+    supervisor = Supervisor(
+        workers, base, host, edge.port, run_worker, announce=announce,
+        stop_timeout_s=edge.drain_window_s + edge.heartbeat_interval_s + STOP_GRACE_S)
+    try:
+        return supervisor.run()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # api
@@ -488,19 +569,24 @@ def _drain_parser(commands: Any) -> None:
                     "within a few seconds, and drains as on SIGTERM: it turns draining (routers "
                     "stop targeting it; its messages wait in inboxes), stops accepting, closes "
                     "its connections in batches spread over its drain window with reconnect "
-                    "hints, and exits when empty or at the window's end. Exit status 1 if no "
-                    "such node is live, or (--wait) if it is still there after --timeout.")
+                    "hints, and exits when empty or at the window's end (a worker of "
+                    "`zuulpush edge --workers N` is then started again, under the same id). "
+                    "Exit status 1 if no such node is live, or (--wait) if it has not drained "
+                    "after --timeout.")
     _common(p)
     _redis_option(p)
     p.add_argument("--node", required=True, metavar="ID", help="the edge node's id")
     p.add_argument("--wait", action="store_true",
-                   help="follow the node, printing its connections, until its record is gone")
+                   help="follow the node, printing its connections, until its record is gone "
+                        "(or, once it took the request, it is active again: a new process)")
     p.add_argument("--timeout", type=float, default=600.0, metavar="S",
                    help="seconds --wait follows the node (default 600)")
     p.set_defaults(run=_drain)
 
 
 def _drain(args: argparse.Namespace) -> int:
+    from registry.base import NodeState
+
     async def drain(registry: Any) -> int:
         if not any(n.node_id == args.node for n in await registry.nodes()):
             print(f"zuulpush drain: no live edge node {args.node!r}", file=sys.stderr)
@@ -511,13 +597,21 @@ def _drain(args: argparse.Namespace) -> int:
             return 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + args.timeout
+        taken = False
         while loop.time() < deadline:
             node = next((n for n in await registry.nodes() if n.node_id == args.node), None)
             if node is None:
                 print(f"drained: node={args.node}", flush=True)
                 return 0
+            if taken and node.state is NodeState.ACTIVE:
+                # Taken a look ago, active again: the node drained and exited, and a new
+                # process serves under its id (a worker of `zuulpush edge --workers N`).
+                print(f"drained: node={args.node} (a new process serves under its id)",
+                      flush=True)
+                return 0
             print(f"  {node.node_id}: {node.state}, {node.connections} connection(s)",
                   flush=True)
+            taken = taken or not await registry.drain_pending(args.node)
             await asyncio.sleep(1.0)
         print(f"zuulpush drain: node {args.node!r} still live after {args.timeout:g} s",
               file=sys.stderr)

@@ -211,6 +211,8 @@ async def test_a_connection_shed_over_tls_reads_its_503_and_retry_after(
      "API TLS (api_tls_cert_file, api_tls_key_file): a key file is set but no certificate"),
     ((*EDGE, "--redis", "redis://127.0.0.1:1/0"), ["--tls-cert", "/nonexistent.crt"],
      "cannot read '/nonexistent.crt'"),
+    ((*EDGE, "--redis", "redis://127.0.0.1:1/0", "--workers", "2"),
+     ["--tls-cert", "/nonexistent.crt"], "cannot read '/nonexistent.crt'"),
 ])
 def test_an_unusable_certificate_setting_exits_2_with_a_clear_message(
         command: tuple[str, ...], flags: list[str], message: str) -> None:

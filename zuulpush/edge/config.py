@@ -16,7 +16,8 @@ class EdgeConfig:
     turns that check off; a `lifetime_max_s` of 0 turns lifetimes off.
 
     TLS (`zuulpush.tls`): with `tls_cert_file` the node serves wss:// and https:// only (the key in
-    `tls_key_file`, or in the certificate file when that is empty)."""
+    `tls_key_file`, or in the certificate file when that is empty). `reuse_port` binds with
+    SO_REUSEPORT, so that several processes (`zuulpush edge --workers N`) listen on one port."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -46,6 +47,7 @@ class EdgeConfig:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ciphers: str = DEFAULT_CIPHERS
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "hard_max_connections", "accept_rate_per_s",

@@ -509,7 +509,7 @@ class EdgeServer:
         config = self.config
         return await loop.create_server(
             lambda: EdgeConnection(self), config.host, port, backlog=4096,
-            ssl=self.tls,
+            reuse_port=config.reuse_port, ssl=self.tls,
             ssl_handshake_timeout=config.handshake_timeout_s if self.tls else None)
 
     def _sample_lag(self) -> None:
