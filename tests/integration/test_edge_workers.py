@@ -2,7 +2,8 @@
 through SO_REUSEPORT, each registered under `<base>-<i>`; a killed worker is forked again; a
 worker drained through the registry is forked again; SIGTERM or SIGINT drains them all and the
 supervisor exits 0; a supervisor that is killed leaves no worker behind; workers that cannot
-start fail the start. Devices are the `websockets` library. Every process is checked by PID.
+start fail the start; workers serve TLS. Devices are the `websockets` library. Every process
+is checked by PID.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from registry.redis import RedisRegistry
+from tests.support.certs import make_certificate
 from tests.support.redis_servers import RedisServer
 
 from .clients import ws_connect, ws_url
@@ -226,3 +228,26 @@ def test_workers_that_cannot_listen_fail_the_start(
     assert "before all workers were ready" in done.stderr
     pids = [int(pid) for pid in re.findall(r"worker \S+ forked: pid (\d+)", done.stderr)]
     assert all(gone(pid) for pid in pids)
+
+
+async def test_workers_serve_tls_each_with_the_certificate(
+        tmp_path: Path, redis_server: RedisServer, redis_prefix: str) -> None:
+    cert = make_certificate(tmp_path)
+    env = fleet_env(redis_server, redis_prefix, ZUULPUSH_TLS_CERT_FILE=str(cert.cert_file),
+                    ZUULPUSH_TLS_KEY_FILE=str(cert.key_file))
+    server, _ = start_workers(tmp_path, env, base="t")
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix)
+    try:
+        assert server.edge.startswith("https://") and "edge: wss://" in server.stdout_text()
+        base = server.edge.replace("https://", "wss://")
+        devices = [await ws_connect(f"{base}/ws?token={server.token(f't{i}')}",
+                                    ssl=cert.client_context()) for i in range(DEVICES)]
+        spread = await nodes_holding(registry, [f"t{i}" for i in range(DEVICES)])
+        assert set(spread) == {"t-1", "t-2"}, spread
+        closing = asyncio.ensure_future(close_codes(devices, 20))
+        server.terminate()
+        assert await closing == {(4000, "drain")}
+        assert server.wait(20) == 0
+    finally:
+        server.stop()
+        await registry.close()

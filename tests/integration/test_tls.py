@@ -48,6 +48,15 @@ def tls_env(cert: Certificate) -> dict[str, str]:
             "ZUULPUSH_API_TLS_KEY_FILE": str(cert.key_file)}
 
 
+@pytest.fixture(autouse=True)
+async def tls_closes_finish() -> AsyncIterator[None]:
+    """A client's TLS close waits for the server's close_notify before its socket closes: give
+    it time before the test's loop closes, else the socket is found unclosed later (by the
+    garbage collector, as a ResourceWarning in another test)."""
+    yield
+    await asyncio.sleep(0.25)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, cert: Certificate
            ) -> Iterator[ServerProcess]:
