@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import secrets
@@ -28,13 +29,17 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from router.auth import issue_token
 from zuulpush import __version__
 from zuulpush.config import ConfigError, load_settings
+
+if TYPE_CHECKING:
+    from zuulpush.app import EdgeAppConfig
+    from zuulpush.supervisor import Slot, Worker
 
 DEMO_CLIENT, DEMO_USER, DEMO_DEVICE_TYPE = "demo-device", "demo-user", "web"
 
@@ -363,53 +368,60 @@ def _edge_banner(app: Any) -> str:
 def _supervise(settings: dict[str, Any], workers: int) -> int:
     """`zuulpush edge --workers N` (N > 1): everything a worker would refuse is refused here,
     before any fork; then `zuulpush.supervisor` runs the N workers."""
-    from zuulpush.app import EdgeApp, EdgeAppConfig
+    from zuulpush.app import EdgeAppConfig
     from zuulpush.edge.server import default_node_id, edge_tls
-    from zuulpush.supervisor import STOP_GRACE_S, Slot, Supervisor, Worker
+    from zuulpush.supervisor import STOP_GRACE_S, Supervisor
 
     try:
         config = EdgeAppConfig.from_settings(settings)
-        peers = config.registry.peers()
+        config.registry.peers()
         tls = edge_tls(config.edge)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    base = config.edge.node_id or default_node_id()
-    host = config.edge.host
-
-    def run_worker(slot: Slot) -> int:
-        mine = {**settings, "node_id": slot.node_id, "port": slot.port, "reuse_port": True}
-
-        def ready(app: Any) -> str:
-            slot.ready()
-            return ""
-
-        try:
-            return _run_app(lambda: EdgeApp(EdgeAppConfig.from_settings(mine)), ready,
-                            slot.lifeline_fd)
-        except ConfigError as exc:
-            print(f"zuulpush: worker {slot.node_id}: {exc}", file=sys.stderr)
-            return 2
-
-    def announce(started: list[Worker], port: int) -> str:
-        http, ws = _schemes(tls)
-        edge = f"{host}:{port}"
-        return "\n".join([
-            f"zuulpush {__version__} edge: {len(started)} worker processes on one port, nodes "
-            f"{started[0].node_id} .. {started[-1].node_id} (region {config.registry.region}, "
-            f"peer regions: {', '.join(sorted(peers)) or 'none'})",
-            f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
-            *(f"  worker: node={w.node_id} pid={w.pid}" for w in started),
-            f"  ready: edge={http}://{edge} node={base} workers={len(started)}",
-        ])
-
     edge = config.edge
+    base = edge.node_id or default_node_id()
     supervisor = Supervisor(
-        workers, base, host, edge.port, run_worker, announce=announce,
+        workers, base, edge.host, edge.port, functools.partial(_edge_worker, settings),
+        announce=functools.partial(_workers_banner, config, base, _schemes(tls)),
         stop_timeout_s=edge.drain_window_s + edge.heartbeat_interval_s + STOP_GRACE_S)
     try:
         return supervisor.run()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _edge_worker(settings: dict[str, Any], slot: Slot) -> int:
+    """One worker of `zuulpush edge --workers N`, in its forked process: the node
+    `slot.node_id` on `slot.port` (SO_REUSEPORT), telling the supervisor once it serves."""
+    from zuulpush.app import EdgeApp, EdgeAppConfig
+
+    mine = {**settings, "node_id": slot.node_id, "port": slot.port, "reuse_port": True}
+
+    def ready(app: Any) -> str:
+        slot.ready()
+        return ""  # the supervisor prints the banner, once all serve
+
+    try:
+        return _run_app(lambda: EdgeApp(EdgeAppConfig.from_settings(mine)), ready,
+                        slot.lifeline_fd)
+    except ConfigError as exc:
+        print(f"zuulpush: worker {slot.node_id}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _workers_banner(config: EdgeAppConfig, base: str, schemes: tuple[str, str],
+                    started: list[Worker], port: int) -> str:
+    http, ws = schemes
+    edge = f"{config.edge.host}:{port}"
+    peers = ", ".join(sorted(config.registry.peers())) or "none"
+    return "\n".join([
+        f"zuulpush {__version__} edge: {len(started)} worker processes on one port, nodes "
+        f"{started[0].node_id} .. {started[-1].node_id} (region {config.registry.region}, "
+        f"peer regions: {peers})",
+        f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
+        *(f"  worker: node={w.node_id} pid={w.pid}" for w in started),
+        f"  ready: edge={http}://{edge} node={base} workers={len(started)}",
+    ])
 
 
 # api

@@ -292,8 +292,8 @@ class Supervisor:
         delay = worker.backoff.delay_after(ran_s)
         worker.restarts += 1
         worker.fork_at = self._clock() + delay
-        log.warning("worker %s exited (%s) after %.1f s; forking it again in %.1f s",
-                    worker.node_id, how, ran_s, delay)
+        log.warning("worker %s exited (%s) after %.1f s; forking it again in %.1f s "
+                    "(restart %d)", worker.node_id, how, ran_s, delay, worker.restarts)
 
     def _fork_due(self) -> None:
         if self._stop_deadline is not None:
