@@ -8,8 +8,11 @@ hold at most 20,000 descriptors here), holds them with heartbeats answered, and 
     server_rss_baseline_bytes, server_rss_bytes, bytes_per_connection
 
 `bytes_per_connection` is (RSS with N connections open - RSS of the warmed-up idle server) / N.
+With `--tls`, the server is given a self-signed certificate (made for the run) and the devices
+connect over TLS (wss://, https:// SSE).
 
     python perf/density.py --connections 15000
+    python perf/density.py --connections 15000 --tls
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ import json
 import multiprocessing as mp
 import os
 import socket
+import ssl
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -39,21 +45,34 @@ PER_PROCESS = 8000
 def main() -> None:
     args = _args()
     server = None
-    if args.url:
-        host, port = args.url.split(":")
-        pid = args.server_pid
-        secret = args.secret
-    else:
-        server, host, port = start_serve({
-            "ZUULPUSH_SECRET": SECRET, "ZUULPUSH_API_KEYS": "density",
-            "ZUULPUSH_HEARTBEAT_INTERVAL_S": str(args.heartbeat_s)})
-        pid, secret = server.pid, SECRET
-    try:
-        result = _run(args, host, int(port), pid, secret)
-    finally:
-        if server is not None:
-            stop(server)
+    with tempfile.TemporaryDirectory() as directory:
+        if args.url:
+            host, port = args.url.split(":")
+            pid = args.server_pid
+            secret = args.secret
+        else:
+            env = {"ZUULPUSH_SECRET": SECRET, "ZUULPUSH_API_KEYS": "density",
+                   "ZUULPUSH_HEARTBEAT_INTERVAL_S": str(args.heartbeat_s)}
+            if args.tls:
+                args.cafile = _certificate(Path(directory), env)
+            server, host, port = start_serve(env)
+            pid, secret = server.pid, SECRET
+        try:
+            result = _run(args, host, int(port), pid, secret)
+        finally:
+            if server is not None:
+                stop(server)
     print(json.dumps(result, indent=2))
+
+
+def _certificate(directory: Path, env: dict[str, str]) -> str:
+    """A self-signed certificate for the server (set in `env`); the file clients trust."""
+    from tests.support.certs import make_certificate
+
+    cert = make_certificate(directory)
+    env["ZUULPUSH_TLS_CERT_FILE"], env["ZUULPUSH_TLS_KEY_FILE"] = \
+        str(cert.cert_file), str(cert.key_file)
+    return str(cert.cert_file)
 
 
 def _args() -> argparse.Namespace:
@@ -65,6 +84,10 @@ def _args() -> argparse.Namespace:
                    help="server heartbeat interval while holding (pings answered)")
     p.add_argument("--per-process", type=int, default=PER_PROCESS,
                    help="connections per client process")
+    p.add_argument("--tls", action="store_true",
+                   help="serve with a self-signed certificate made for the run; connect over "
+                        "TLS (with --url: trust --cafile)")
+    p.add_argument("--cafile", help="with --url and --tls: the edge's certificate to trust")
     p.add_argument("--url", help="host:port of a running edge (default: start zuulpush serve)")
     p.add_argument("--server-pid", type=int, help="PID of that edge, to read its memory")
     p.add_argument("--secret", help="that edge's token secret")
@@ -88,7 +111,8 @@ def _run(args: argparse.Namespace, host: str, port: int, pid: int | None,
         count = min(args.per_process, args.connections - i * args.per_process)
         source = f"127.0.{1 + i // 200}.{2 + i % 200}"
         w = ctx.Process(target=_client_process, args=(
-            i, count, host, port, source, secret, args.transport, results, release))
+            i, count, host, port, source, secret, args.transport, results, release,
+            args.cafile if args.tls else None))
         w.start()
         workers.append(w)
     opened = failed = 0
@@ -110,6 +134,7 @@ def _run(args: argparse.Namespace, host: str, port: int, pid: int | None,
         w.join(timeout=30)
     return {
         "transport": args.transport,
+        "tls": bool(args.tls),
         "connections": opened,
         "failures": failed,
         "lost": lost,
@@ -125,9 +150,11 @@ def _run(args: argparse.Namespace, host: str, port: int, pid: int | None,
 
 def _warm_up(args: argparse.Namespace, host: str, port: int, secret: str) -> None:
     """Exercise every code path once, so that lazy imports and caches are in the baseline."""
+    tls = _client_tls(args.cafile if args.tls else None)
+
     async def run() -> None:
         conns = [await _open(host, port, "127.0.0.1", _token(secret, f"warm-{i}"),
-                             args.transport) for i in range(50)]
+                             args.transport, tls) for i in range(50)]
         for _, writer in conns:
             writer.close()
     asyncio.run(run())
@@ -139,9 +166,14 @@ def _token(secret: str, client_id: str) -> str:
                        device_type="phone", ttl_s=3600)
 
 
-async def _open(host: str, port: int, source: str, token: str,
-                transport: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+def _client_tls(cafile: str | None) -> ssl.SSLContext | None:
+    return None if cafile is None else ssl.create_default_context(cafile=cafile)
+
+
+async def _open(host: str, port: int, source: str, token: str, transport: str,
+                tls: ssl.SSLContext | None = None
+                ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0), ssl=tls)
     if transport == "ws":
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write(f"GET /ws?token={token} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
@@ -173,21 +205,27 @@ async def _hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 def _client_process(index: int, count: int, host: str, port: int, source: str, secret: str,
-                    transport: str, results: Any, release: Any) -> None:
+                    transport: str, results: Any, release: Any, cafile: str | None) -> None:
     async def run() -> None:
         tokens = [_token(secret, f"d{index}-{i}") for i in range(count)]
         sem = asyncio.Semaphore(200)
+        tls = _client_tls(cafile)
+
+        holders = []
 
         async def one(token: str) -> Any:
             async with sem:
                 try:
-                    return await _open(host, port, source, token, transport)
+                    reader, writer = await _open(host, port, source, token, transport, tls)
                 except (OSError, ConnectionError, asyncio.IncompleteReadError):
                     return None
+            # Pings are answered from the start: opening the rest may take longer than a
+            # heartbeat interval (TLS handshakes, on a loaded machine).
+            holders.append(asyncio.create_task(_hold(reader, writer, transport)))
+            return reader, writer
         conns = [c for c in await asyncio.gather(*(one(t) for t in tokens)) if c is not None]
         results.put({"opened": len(conns), "failed": count - len(conns),
                      "connect_done": time.monotonic()})
-        holders = [asyncio.create_task(_hold(r, w, transport)) for r, w in conns]
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, release.wait)
         lost = sum(1 for h in holders if h.done() and h.result())

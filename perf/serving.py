@@ -30,7 +30,7 @@ def start_serve(env: Mapping[str, str], args: Sequence[str] = (),
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         line = server.stdout.readline()
-        match = re.search(r"ready: edge=http://([\d.]+):(\d+)", line)
+        match = re.search(r"ready: edge=https?://([\d.]+):(\d+)", line)
         if match:
             threading.Thread(target=server.stdout.read, daemon=True).start()
             return server, match.group(1), int(match.group(2))

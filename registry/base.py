@@ -166,6 +166,11 @@ class Registry(Protocol):
         restarted under the same id does not drain again."""
         ...
 
+    async def drain_pending(self, node_id: str) -> bool:
+        """Whether a drain request for `node_id` stands, not yet taken nor expired (read only:
+        for an operator following the drain)."""
+        ...
+
     async def close(self) -> None:
         """Release connections to the backing store. Idempotent."""
         ...

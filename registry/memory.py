@@ -141,6 +141,10 @@ class MemoryRegistry:
         until = self._drains.pop(node_id, None)
         return until is not None and until > self._clock()
 
+    async def drain_pending(self, node_id: str) -> bool:
+        until = self._drains.get(node_id)
+        return until is not None and until > self._clock()
+
     async def close(self) -> None:
         return None
 

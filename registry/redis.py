@@ -311,6 +311,9 @@ class RedisRegistry:
     async def take_drain_request(self, node_id: str) -> bool:
         return await _awaited(self._client.getdel(self._keys.drain(node_id))) is not None
 
+    async def drain_pending(self, node_id: str) -> bool:
+        return bool(await _awaited(self._client.exists(self._keys.drain(node_id))))
+
     async def close(self) -> None:
         if self._owns_client and not self._closed:
             self._closed = True

@@ -166,6 +166,9 @@ class ReplicatedRegistry:
     async def take_drain_request(self, node_id: str) -> bool:
         return await self.local.take_drain_request(node_id)
 
+    async def drain_pending(self, node_id: str) -> bool:
+        return await self.local.drain_pending(node_id)
+
     async def lookup(self, client_id: str) -> Registration | None:
         return await self.local.lookup(client_id)
 

@@ -12,6 +12,8 @@ class ApiConfig:
     `max_batch` messages at most in one `POST /v1/push/batch`, whose body may be up to
     `max_batch_payload_bytes` (each message in it is still held to `max_payload_bytes`).
     `max_inbox_page` bounds a device's `GET /v1/inbox?limit=` and the ids of one inbox ack.
+    With `api_tls_cert_file` (and `api_tls_key_file`, or the key in the same file) the API serves
+    https:// only (`zuulpush.tls`).
     """
 
     api_host: str = "127.0.0.1"
@@ -23,6 +25,8 @@ class ApiConfig:
     max_batch: int = 500
     max_batch_payload_bytes: int = 1024 * 1024
     max_inbox_page: int = 1000
+    api_tls_cert_file: str = ""
+    api_tls_key_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)

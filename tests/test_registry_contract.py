@@ -269,9 +269,13 @@ async def test_a_drain_request_is_taken_once_or_expires_and_is_not_a_node(made: 
     await r.request_drain("drain:n1", made.ttl_s / 2)  # an odd node id names another request
     assert [n.node_id for n in await r.nodes()] == ["n1"]  # the request is no node record
     assert not await r.take_drain_request("n2")
+    assert await r.drain_pending("n1") and await r.drain_pending("n1")  # looking takes nothing
+    assert not await r.drain_pending("n2")
     assert await r.take_drain_request("n1")
     assert not await r.take_drain_request("n1")  # taken: a restarted n1 does not drain again
+    assert not await r.drain_pending("n1")
     await made.elapse(made.ttl_s / 2)
+    assert not await r.drain_pending("drain:n1")
     assert not await r.take_drain_request("drain:n1")  # expired untaken
 
 

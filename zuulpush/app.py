@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -66,6 +67,7 @@ from zuulpush.config import Components, FleetConfig, OpsConfig
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.server import EdgeServer, default_node_id
 from zuulpush.metrics import Exporter, TimedRegistry
+from zuulpush.tls import optional_context
 
 log = logging.getLogger("zuulpush")
 
@@ -128,7 +130,9 @@ class EmbeddedApp:
 
 
 class ApiSite:
-    """The push-send API (aiohttp) on its address. `await start()`, then `await stop()`."""
+    """The push-send API (aiohttp) on its address, over TLS when `api_tls_cert_file` is set
+    (`tls` is then its context; a setting that cannot be used raises
+    `zuulpush.tls.TlsConfigError` at construction). `await start()`, then `await stop()`."""
 
     def __init__(self, config: ApiConfig, auth: AuthConfig, queue: MessageQueue,
                  registry: Registry, inbox: Inbox | None = None,
@@ -144,6 +148,9 @@ class ApiSite:
         self._history = history
         self._runner: web.AppRunner | None = None
         self.port = config.api_port
+        self.tls: ssl.SSLContext | None = optional_context(
+            config.api_tls_cert_file, config.api_tls_key_file,
+            what="API TLS (api_tls_cert_file, api_tls_key_file)")
 
     async def start(self) -> None:
         app = create_api_app(config=self._config, auth=self._auth, queue=self._queue,
@@ -152,7 +159,7 @@ class ApiSite:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.api_host, self._config.api_port,
-                           backlog=1024)
+                           backlog=1024, ssl_context=self.tls)
         await site.start()
         self.port = self._runner.addresses[0][1]
 

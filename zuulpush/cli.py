@@ -1,7 +1,8 @@
 """The `zuulpush` command line.
 
     zuulpush serve   everything in one process, in memory (no Redis): edge + push-send API
-    zuulpush edge    one edge node of a fleet, on Redis (registry, inboxes, node channel)
+    zuulpush edge    one edge node of a fleet, on Redis (registry, inboxes, node channel), or
+                     N of them on one port (--workers N)
     zuulpush api     the push-send API of a fleet, enqueueing on Redis
     zuulpush router  router workers of a fleet, on Redis
     zuulpush status  the fleet's edge nodes, their state and connection counts
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import secrets
@@ -29,13 +31,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from router.auth import issue_token
 from zuulpush import __version__, logs
 from zuulpush.config import LOG_FORMATS, ConfigError, OpsConfig, build, load_settings
+
+if TYPE_CHECKING:
+    from zuulpush.app import EdgeAppConfig
+    from zuulpush.supervisor import Slot, Worker
 
 DEMO_CLIENT, DEMO_USER, DEMO_DEVICE_TYPE = "demo-device", "demo-user", "web"
 
@@ -108,6 +114,11 @@ def _edge_listener(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="edge port (default 8080; 0 picks a free one)")
     p.add_argument("--echo", action="store_true", default=None,
                    help="enable the diagnostic WebSocket echo endpoint GET /echo")
+    p.add_argument("--tls-cert", dest="tls_cert_file", metavar="FILE",
+                   help="serve the edge over TLS only (wss://, https://) with this PEM "
+                        "certificate chain")
+    p.add_argument("--tls-key", dest="tls_key_file", metavar="FILE",
+                   help="the edge certificate's PEM private key (default: in --tls-cert's file)")
     _edge_limits(p)
     _log_level(p)
 
@@ -144,13 +155,35 @@ def _edge_limits(p: argparse.ArgumentParser) -> None:
 
 
 def _edge_limit_flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {key: getattr(args, key) for key in EDGE_LIMITS}
+    return {key: getattr(args, key) for key in (*EDGE_LIMITS, "tls_cert_file", "tls_key_file")}
 
 
-def _run_app(make: Callable[[], Any], banner: Callable[[Any], str]) -> int:
+def _api_listener(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-host", help="push-send API address (default 127.0.0.1)")
+    p.add_argument("--api-port", type=int, help="push-send API port (default 8081; 0: free)")
+    p.add_argument("--api-tls-cert", dest="api_tls_cert_file", metavar="FILE",
+                   help="serve the API over TLS only (https://) with this PEM certificate chain")
+    p.add_argument("--api-tls-key", dest="api_tls_key_file", metavar="FILE",
+                   help="the API certificate's PEM private key (default: in --api-tls-cert's "
+                        "file)")
+
+
+def _api_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key)
+            for key in ("api_host", "api_port", "api_tls_cert_file", "api_tls_key_file")}
+
+
+def _schemes(tls: object) -> tuple[str, str]:
+    """(http or https, ws or wss) for a listener with or without a TLS context."""
+    return ("https", "wss") if tls is not None else ("http", "ws")
+
+
+def _run_app(make: Callable[[], Any], banner: Callable[[Any], str],
+             lifeline_fd: int | None = None) -> int:
     """Build the app (a ValueError is a configuration error), run it on uvloop until SIGINT or
     SIGTERM (or, for an app with an edge, until a drain asked through the registry or the admin
-    API is over), and shut it down cleanly: an edge drains first."""
+    API is over, or until `lifeline_fd` reads end of file: a supervisor is gone), and shut it down
+    cleanly: an edge drains first. The banner is printed once the app serves (if not empty)."""
     import uvloop
 
     try:
@@ -159,7 +192,7 @@ def _run_app(make: Callable[[], Any], banner: Callable[[Any], str]) -> int:
         raise ConfigError(str(exc)) from None
     edge = getattr(app, "edge", None)
     logs.add_context(node_id=edge.node_id if edge is not None else app.node_id)
-    uvloop.run(_run_until_signal(app, banner))
+    uvloop.run(_run_until_signal(app, banner, lifeline_fd))
     return 0
 
 
@@ -174,8 +207,7 @@ def _serve_parser(commands: Any) -> None:
                     "and prints a device token and a curl line that pushes to it.")
     _common(p)
     _edge_listener(p)
-    p.add_argument("--api-host", help="push-send API address (default 127.0.0.1)")
-    p.add_argument("--api-port", type=int, help="push-send API port (default 8081; 0: free)")
+    _api_listener(p)
     p.set_defaults(run=_serve)
 
 
@@ -183,9 +215,8 @@ def _serve(args: argparse.Namespace) -> int:
     from zuulpush.app import EmbeddedApp, ServeConfig
 
     settings = load_settings(args.config, {
-        "host": args.host, "port": args.port, "api_host": args.api_host,
-        "api_port": args.api_port, "echo": args.echo, "log_format": args.log_format,
-        **_edge_limit_flags(args)})
+        "host": args.host, "port": args.port, "echo": args.echo, **_api_flags(args),
+        "log_format": args.log_format, **_edge_limit_flags(args)})
     _start_logging(args, settings)
     generated = _fill_secrets(settings)
     return _run_app(lambda: EmbeddedApp(ServeConfig.from_settings(settings)),
@@ -207,14 +238,23 @@ def _fill_secrets(settings: dict[str, Any]) -> list[str]:
     return generated
 
 
-async def _run_until_signal(app: Any, banner: Callable[[Any], str]) -> None:
+async def _run_until_signal(app: Any, banner: Callable[[Any], str],
+                            lifeline_fd: int | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if lifeline_fd is not None:  # only ever readable at its end: then stop, as on SIGTERM
+        def supervisor_gone() -> None:
+            loop.remove_reader(lifeline_fd)
+            stop.set()
+
+        loop.add_reader(lifeline_fd, supervisor_gone)
     await app.start()
     gc.freeze()  # what start-up made lives as long as the process: no collection scans it again
-    print(banner(app), flush=True)
+    text = banner(app)
+    if text:
+        print(text, flush=True)
     edge = getattr(app, "edge", None)
     waits = [asyncio.ensure_future(stop.wait())]
     if edge is not None:
@@ -236,18 +276,22 @@ async def _run_until_signal(app: Any, banner: Callable[[Any], str]) -> None:
 def _banner(app: Any, generated: list[str]) -> str:
     config = app.config
     edge = f"{config.edge.host}:{app.edge.port}"
-    api = f"http://{config.api.api_host}:{app.api_port}"
+    http, ws = _schemes(app.edge.tls)
+    api = f"{_schemes(app.api.tls)[0]}://{config.api.api_host}:{app.api_port}"
     body = orjson.dumps({"to": {"clients": [DEMO_CLIENT]}, "topic": "hello",
                          "data": {"text": "Hello from zuulpush"}}).decode()
     lines = [
         f"zuulpush {__version__} serving in one process (in-memory registry, queue, inbox)",
-        f"  edge: ws://{edge}/ws   sse: http://{edge}/sse",
+        f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
         f"  api:  {api}/v1/push",
-        f"  ready: edge=http://{edge} api={api} node={app.edge.node_id}",
+        f"  ready: edge={http}://{edge} api={api} node={app.edge.node_id}",
     ]
     if generated:
         names = ", ".join("ZUULPUSH_" + name.upper() for name in generated)
         lines.append(f"  made for this run only (set {names} to keep them)")
+    if app.edge.tls is not None or app.api.tls is not None:
+        lines.append("  TLS: clients must trust the certificate's issuer (a self-signed "
+                     "certificate: curl --cacert FILE, zuulpush listen --cacert FILE)")
     push = (f"  curl -X POST {api}/v1/push -H 'Authorization: Bearer "
             f"{config.auth.api_keys[0]}' -H 'Content-Type: application/json' "
             f"-d {shlex.quote(body)}")
@@ -263,9 +307,9 @@ def _banner(app: Any, generated: list[str]) -> str:
         f"{DEMO_DEVICE_TYPE!r}):",
         f"  {token}",
         "Listen as that device over SSE:",
-        f"  curl -N 'http://{edge}/sse?token={token}'",
+        f"  curl -N '{http}://{edge}/sse?token={token}'",
         "or over WebSocket:",
-        f"  zuulpush listen 'ws://{edge}/ws?token={token}'",
+        f"  zuulpush listen '{ws}://{edge}/ws?token={token}'",
         "Push to it from another terminal:",
         push,
     ]
@@ -276,19 +320,30 @@ def _banner(app: Any, generated: list[str]) -> str:
 
 def _edge_parser(commands: Any) -> None:
     p = commands.add_parser(
-        "edge", help="run one edge node of a fleet, its registry on Redis",
+        "edge", help="run one edge node of a fleet (or N: --workers), its registry on Redis",
         description="Run one edge node (WebSocket GET /ws, SSE GET /sse) that registers every "
                     "connection in the registry on Redis: batched, refreshed before its TTL "
                     "runs out, removed on close. If Redis goes away the node keeps its "
-                    "connections and registers them all again when Redis is back. Needs a token "
-                    "secret or public key (ZUULPUSH_SECRET / ZUULPUSH_PUBLIC_KEY).")
+                    "connections and registers them all again when Redis is back. With "
+                    "--workers N, this process supervises N such nodes, one process each, on "
+                    "the same port: it starts a worker again when it exits, and on SIGTERM or "
+                    "SIGINT drains them all and exits. Needs a token secret or public key "
+                    "(ZUULPUSH_SECRET / ZUULPUSH_PUBLIC_KEY).")
     _common(p)
     _redis_option(p)
     p.add_argument("--region", help="this region's name (default 'local')")
     p.add_argument("--peer-region", dest="peer_regions", metavar="NAME=URL", action="append",
                    help="another region's Redis to replicate with (repeatable)")
     _edge_listener(p)
-    p.add_argument("--node-id", help="this node's id (default host-pid-random)")
+    p.add_argument("--node-id", help="this node's id (default host-pid-random); with "
+                                     "--workers N, the workers are ID-1 .. ID-N")
+    p.add_argument("--workers", dest="edge_workers", type=int, metavar="N",
+                   help="run N edge nodes, each a process of its own, on the same port "
+                        "(SO_REUSEPORT) under this process, which restarts a worker that exits "
+                        "and on SIGTERM drains them all (default 1: this process is the node)")
+    p.add_argument("--reuse-port", action="store_true", default=None,
+                   help="bind with SO_REUSEPORT, so that other edge processes of this user may "
+                        "listen on the same port (implied by --workers N)")
     p.set_defaults(run=_edge)
 
 
@@ -298,24 +353,90 @@ def _edge(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, {
         "redis_url": args.redis_url, "region": args.region, "peer_regions": args.peer_regions,
         "host": args.host, "port": args.port, "node_id": args.node_id, "echo": args.echo,
+        "edge_workers": args.edge_workers, "reuse_port": args.reuse_port,
         "log_format": args.log_format, **_edge_limit_flags(args)})
     _start_logging(args, settings)
     _need_redis(settings, "edge")
     if not settings.get("secret") and not settings.get("public_key"):
         raise ConfigError("no token secret or public key: set ZUULPUSH_SECRET or "
                           "ZUULPUSH_PUBLIC_KEY")
+    workers = settings.get("edge_workers", 1)
+    if workers < 1:
+        raise ConfigError("--workers (edge_workers) must be at least 1")
+    if workers > 1:
+        return _supervise(settings, workers)
     return _run_app(lambda: EdgeApp(EdgeAppConfig.from_settings(settings)), _edge_banner)
 
 
 def _edge_banner(app: Any) -> str:
     config = app.config
     edge = f"{config.edge.host}:{app.edge.port}"
+    http, ws = _schemes(app.edge.tls)
     peers = ", ".join(sorted(config.registry.peers())) or "none"
     return "\n".join([
         f"zuulpush {__version__} edge node {app.edge.node_id} (region {config.registry.region}, "
         f"peer regions: {peers})",
-        f"  edge: ws://{edge}/ws   sse: http://{edge}/sse",
-        f"  ready: edge=http://{edge} node={app.edge.node_id}",
+        f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
+        f"  ready: edge={http}://{edge} node={app.edge.node_id}",
+    ])
+
+
+def _supervise(settings: dict[str, Any], workers: int) -> int:
+    """`zuulpush edge --workers N` (N > 1): everything a worker would refuse is refused here,
+    before any fork; then `zuulpush.supervisor` runs the N workers."""
+    from zuulpush.app import EdgeAppConfig
+    from zuulpush.edge.server import default_node_id, edge_tls
+    from zuulpush.supervisor import STOP_GRACE_S, Supervisor
+
+    try:
+        config = EdgeAppConfig.from_settings(settings)
+        config.registry.peers()
+        tls = edge_tls(config.edge)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    edge = config.edge
+    base = edge.node_id or default_node_id()
+    supervisor = Supervisor(
+        workers, base, edge.host, edge.port, functools.partial(_edge_worker, settings),
+        announce=functools.partial(_workers_banner, config, base, _schemes(tls)),
+        stop_timeout_s=edge.drain_window_s + edge.heartbeat_interval_s + STOP_GRACE_S)
+    try:
+        return supervisor.run()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _edge_worker(settings: dict[str, Any], slot: Slot) -> int:
+    """One worker of `zuulpush edge --workers N`, in its forked process: the node
+    `slot.node_id` on `slot.port` (SO_REUSEPORT), telling the supervisor once it serves."""
+    from zuulpush.app import EdgeApp, EdgeAppConfig
+
+    mine = {**settings, "node_id": slot.node_id, "port": slot.port, "reuse_port": True}
+
+    def ready(app: Any) -> str:
+        slot.ready()
+        return ""  # the supervisor prints the banner, once all serve
+
+    try:
+        return _run_app(lambda: EdgeApp(EdgeAppConfig.from_settings(mine)), ready,
+                        slot.lifeline_fd)
+    except ConfigError as exc:
+        print(f"zuulpush: worker {slot.node_id}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _workers_banner(config: EdgeAppConfig, base: str, schemes: tuple[str, str],
+                    started: list[Worker], port: int) -> str:
+    http, ws = schemes
+    edge = f"{config.edge.host}:{port}"
+    peers = ", ".join(sorted(config.registry.peers())) or "none"
+    return "\n".join([
+        f"zuulpush {__version__} edge: {len(started)} worker processes on one port, nodes "
+        f"{started[0].node_id} .. {started[-1].node_id} (region {config.registry.region}, "
+        f"peer regions: {peers})",
+        f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
+        *(f"  worker: node={w.node_id} pid={w.pid}" for w in started),
+        f"  ready: edge={http}://{edge} node={base} workers={len(started)}",
     ])
 
 
@@ -330,8 +451,7 @@ def _api_parser(commands: Any) -> None:
                     "(ZUULPUSH_API_KEYS).")
     _common(p)
     _redis_option(p)
-    p.add_argument("--api-host", help="push-send API address (default 127.0.0.1)")
-    p.add_argument("--api-port", type=int, help="push-send API port (default 8081; 0: free)")
+    _api_listener(p)
     _log_level(p)
     p.set_defaults(run=_api)
 
@@ -339,9 +459,8 @@ def _api_parser(commands: Any) -> None:
 def _api(args: argparse.Namespace) -> int:
     from zuulpush.app import ApiApp, FleetAppConfig
 
-    settings = load_settings(args.config, {
-        "redis_url": args.redis_url, "api_host": args.api_host, "api_port": args.api_port,
-        "log_format": args.log_format})
+    settings = load_settings(args.config, {"redis_url": args.redis_url, **_api_flags(args),
+                                           "log_format": args.log_format})
     _start_logging(args, settings)
     _need_redis(settings, "api")
     if not settings.get("api_keys"):
@@ -350,7 +469,7 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _api_banner(app: Any) -> str:
-    api = f"http://{app.config.api.api_host}:{app.api_port}"
+    api = f"{_schemes(app.api.tls)[0]}://{app.config.api.api_host}:{app.api_port}"
     return "\n".join([
         f"zuulpush {__version__} push-send API {app.node_id} on {app.config.registry.redis_url}",
         f"  api:  {api}/v1/push",
@@ -486,19 +605,24 @@ def _drain_parser(commands: Any) -> None:
                     "within a few seconds, and drains as on SIGTERM: it turns draining (routers "
                     "stop targeting it; its messages wait in inboxes), stops accepting, closes "
                     "its connections in batches spread over its drain window with reconnect "
-                    "hints, and exits when empty or at the window's end. Exit status 1 if no "
-                    "such node is live, or (--wait) if it is still there after --timeout.")
+                    "hints, and exits when empty or at the window's end (a worker of "
+                    "`zuulpush edge --workers N` is then started again, under the same id). "
+                    "Exit status 1 if no such node is live, or (--wait) if it has not drained "
+                    "after --timeout.")
     _common(p)
     _redis_option(p)
     p.add_argument("--node", required=True, metavar="ID", help="the edge node's id")
     p.add_argument("--wait", action="store_true",
-                   help="follow the node, printing its connections, until its record is gone")
+                   help="follow the node, printing its connections, until its record is gone "
+                        "(or, once it took the request, it is active again: a new process)")
     p.add_argument("--timeout", type=float, default=600.0, metavar="S",
                    help="seconds --wait follows the node (default 600)")
     p.set_defaults(run=_drain)
 
 
 def _drain(args: argparse.Namespace) -> int:
+    from registry.base import NodeState
+
     async def drain(registry: Any) -> int:
         if not any(n.node_id == args.node for n in await registry.nodes()):
             print(f"zuulpush drain: no live edge node {args.node!r}", file=sys.stderr)
@@ -509,13 +633,21 @@ def _drain(args: argparse.Namespace) -> int:
             return 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + args.timeout
+        taken = False
         while loop.time() < deadline:
             node = next((n for n in await registry.nodes() if n.node_id == args.node), None)
             if node is None:
                 print(f"drained: node={args.node}", flush=True)
                 return 0
+            if taken and node.state is NodeState.ACTIVE:
+                # Taken a look ago, active again: the node drained and exited, and a new
+                # process serves under its id (a worker of `zuulpush edge --workers N`).
+                print(f"drained: node={args.node} (a new process serves under its id)",
+                      flush=True)
+                return 0
             print(f"  {node.node_id}: {node.state}, {node.connections} connection(s)",
                   flush=True)
+            taken = taken or not await registry.drain_pending(args.node)
             await asyncio.sleep(1.0)
         print(f"zuulpush drain: node {args.node!r} still live after {args.timeout:g} s",
               file=sys.stderr)
@@ -707,9 +839,30 @@ def _send_parser(commands: Any) -> None:
     p.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
     p.add_argument("--ttl", type=int, help="seconds the message may wait for its device")
     p.add_argument("--dedup-key", help="drop repeats of this key within the dedup window")
-    p.add_argument("--api", default=None, help="API base URL (default http://127.0.0.1:8081)")
+    p.add_argument("--api", default=None,
+                   help="API base URL (default from api_host and api_port, https:// when "
+                        "api_tls_cert_file is set; else http://127.0.0.1:8081)")
     p.add_argument("--api-key", help="backend API key (default: first of ZUULPUSH_API_KEYS)")
+    _cacert(p)
     p.set_defaults(run=_send)
+
+
+def _cacert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cacert", metavar="FILE",
+                   help="trust the certificates in this PEM file for https:// and wss:// "
+                        "(e.g. a self-signed server certificate) instead of the system's")
+
+
+def _client_tls(cafile: str | None) -> Any:
+    """The client SSL context for `--cacert` (None: the system's trust store)."""
+    import ssl
+
+    if cafile is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--cacert {cafile}: {exc}") from None
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -729,13 +882,15 @@ def _send(args: argparse.Namespace) -> int:
         body["ttl"] = args.ttl
     if args.dedup_key:
         body["dedup_key"] = args.dedup_key
-    base = args.api or (f"http://{settings.get('api_host', '127.0.0.1')}:"
+    scheme = "https" if settings.get("api_tls_cert_file") else "http"
+    base = args.api or (f"{scheme}://{settings.get('api_host', '127.0.0.1')}:"
                         f"{settings.get('api_port', 8081)}")
+    context = _client_tls(args.cacert)
     request = urllib.request.Request(
         base.rstrip("/") + "/v1/push", data=orjson.dumps(body), method="POST",
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
             print(response.read().decode())
             return 0
     except urllib.error.HTTPError as exc:
@@ -757,13 +912,16 @@ def _listen_parser(commands: Any) -> None:
     p.add_argument("url", help="ws:// or wss:// device URL including ?token=")
     p.add_argument("--count", type=int, help="exit after this many messages")
     p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    _cacert(p)
     p.set_defaults(run=_listen)
 
 
 def _listen(args: argparse.Namespace) -> int:
     from zuulpush.listen import listen
 
+    context = _client_tls(args.cacert)
     try:
-        return asyncio.run(listen(args.url, count=args.count, timeout_s=args.timeout))
+        return asyncio.run(listen(args.url, count=args.count, timeout_s=args.timeout,
+                                  ssl=True if context is None else context))
     except KeyboardInterrupt:
         return 0

@@ -41,9 +41,13 @@ class FleetConfig:
     `claim_idle_s` is the queue's visibility timeout: a router that died with messages taken
     and not done has them claimed by another after this long (a live router must finish a
     batch within it, or the batch may be handled twice).
+
+    `edge_workers`: the edge nodes one `zuulpush edge` runs, each a process of its own under a
+    supervisor (`zuulpush.supervisor`) when more than 1.
     """
 
     router_workers: int = 1
+    edge_workers: int = 1
     router_prefix: str = "zp"
     claim_idle_s: float = 30.0
     queue_max_depth: int = 1_000_000

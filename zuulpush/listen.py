@@ -15,6 +15,7 @@ import sys
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from zuulpush.client import PushClient, PushClientError
+from zuulpush.client.transport import SslOption
 
 
 def split_device_url(url: str) -> tuple[str, str, str, str | None]:
@@ -30,13 +31,14 @@ def split_device_url(url: str) -> tuple[str, str, str, str | None]:
 
 
 async def listen(url: str, *, count: int | None = None, timeout_s: float | None = None,
-                 reconnect: bool = False) -> int:
+                 reconnect: bool = False, ssl: SslOption = True) -> int:
     """Print messages until the server closes, `count` messages arrived or `timeout_s` passed.
-    Returns a process exit code: 0 on a normal end, 1 if the connection failed."""
+    `ssl` is `PushClient`'s (wss:// and https:// URLs). Returns a process exit code: 0 on a
+    normal end, 1 if the connection failed."""
     try:
         base, transport, token, last_id = split_device_url(url)
         client = PushClient(base, token, transport=transport, last_id=last_id,
-                            reconnect=reconnect, auto_ack=False)
+                            reconnect=reconnect, auto_ack=False, ssl=ssl)
     except ValueError as exc:
         print(f"zuulpush listen: {exc}", file=sys.stderr)
         return 1

@@ -73,7 +73,7 @@ REGISTRY_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                      5.0)
 REGISTRY_OPS = ("register", "refresh", "unregister", "lookup", "lookup_many", "locate_many",
                 "devices_many", "devices_of_user", "device", "heartbeat_node", "remove_node",
-                "nodes", "request_drain", "take_drain_request")
+                "nodes", "request_drain", "take_drain_request", "drain_pending")
 
 Page = tuple[bytes, str]
 
@@ -505,6 +505,10 @@ class TimedRegistry:
     async def take_drain_request(self, node_id: str) -> bool:
         with self._timed("take_drain_request"):
             return await self.inner.take_drain_request(node_id)
+
+    async def drain_pending(self, node_id: str) -> bool:
+        with self._timed("drain_pending"):
+            return await self.inner.drain_pending(node_id)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -134,6 +134,17 @@ class FakeTransport:
         return self.extra.get(name, default)
 
 
+class TlsFakeTransport(FakeTransport):
+    """A TLS transport (uvloop's and asyncio's): no half-close; `close()` sends close_notify and
+    reads, discarding, until the peer's."""
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS transports do not half-close")
+
+
 @dataclass
 class Response:
     status: int
@@ -179,8 +190,8 @@ def token(client_id: str, device_type: str = "android", user_id: str = "user-1")
 class Device:
     """A device on one `EdgeConnection`: it sends bytes in and reads what the edge wrote."""
 
-    def __init__(self, server: EdgeServer) -> None:
-        self.transport = FakeTransport()
+    def __init__(self, server: EdgeServer, *, tls: bool = False) -> None:
+        self.transport = TlsFakeTransport() if tls else FakeTransport()
         self.conn = self.transport.protocol = EdgeConnection(server)
         self.conn.connection_made(self.transport)  # type: ignore[arg-type]
         self._frames_out = FrameProtocol(client=True, extensions=[])
@@ -308,11 +319,12 @@ class Edge:
             registry=self.registry, inbox=self.inbox, channel=self.channel, clock=self.clock,
             history=history, rng=random.Random(0))
 
-    def device(self) -> Device:
-        return Device(self.server)
+    def device(self, *, tls: bool = False) -> Device:
+        return Device(self.server, tls=tls)
 
-    def ws(self, client_id: str, *, device_type: str = "android", query: str = "") -> Device:
-        device = self.device()
+    def ws(self, client_id: str, *, device_type: str = "android", query: str = "",
+           tls: bool = False) -> Device:
+        device = self.device(tls=tls)
         response = device.upgrade(f"/ws?token={token(client_id, device_type)}{query}")
         assert response.status == 101, response
         return device
@@ -738,6 +750,47 @@ async def test_a_handshake_timeout_closes_outright(edge: Edge) -> None:
     edge.tick()
     assert slow.transport.written.startswith(b"HTTP/1.1 408")
     assert slow.transport.closed and not slow.transport.half_closed
+
+
+async def test_over_tls_a_close_we_start_closes_whole_and_waits_an_interval(edge: Edge) -> None:
+    # No half-close over TLS: close() writes the close frame, then close_notify, and reads until
+    # the peer's; the wheel gives that a whole interval before it aborts.
+    device = edge.ws("c1", tls=True)
+    await edge.flush()
+    device.conn.goaway(Close.RECONNECT, "drain")
+    assert device.close_frame()[0] == Close.RECONNECT
+    assert device.transport.closed and not device.transport.half_closed
+    edge.tick(HEARTBEAT_S * 0.9)
+    assert not device.transport.aborted
+    edge.tick(HEARTBEAT_S * 0.2)
+    assert device.transport.aborted
+
+
+async def test_over_tls_the_answer_to_a_device_close_closes_whole(edge: Edge) -> None:
+    device = edge.ws("c1", tls=True)
+    device.close(1000)
+    assert device.close_frame()[0] == 1000
+    assert device.transport.closed and not device.transport.half_closed
+    device.lose()
+    assert device.conn.state is State.CLOSED
+
+
+def test_over_tls_a_rejection_closes_whole_and_the_deadline_bounds_it(edge: Edge) -> None:
+    bad = edge.device(tls=True)
+    bad.send(b"GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert bad.response().status == 404
+    assert bad.transport.closed and not bad.transport.half_closed
+    edge.tick()
+    assert bad.transport.aborted
+
+
+def test_over_tls_a_shed_connection_gets_its_503_then_a_whole_close() -> None:
+    edge = Edge(accept_rate_per_s=1.0, accept_burst=1)
+    edge.device(tls=True)
+    shed = edge.device(tls=True)
+    shed_retry_after(shed, Shed.RATE)  # TLS is up: the request is on its way, or here
+    assert shed.transport.closed and not shed.transport.half_closed
+    assert edge.server.stats.shed == {"rate": 1}
 
 
 async def test_device_ping_is_answered_with_its_payload(edge: Edge) -> None:

@@ -250,9 +250,10 @@ class Curl:
 
 @contextlib.asynccontextmanager
 async def curl_sse(edge: str, token: str, *, max_time_s: float = 20.0,
-                   headers: Sequence[str] = ()) -> AsyncIterator[Curl]:
-    """`curl -N` on the SSE endpoint, connected (its `retry:` event read) when entered."""
-    args = ["-N", "--max-time", str(max_time_s)]
+                   headers: Sequence[str] = (), extra: Sequence[str] = ()) -> AsyncIterator[Curl]:
+    """`curl -N` on the SSE endpoint, connected (its `retry:` event read) when entered; `extra`
+    are more curl arguments (e.g. `--cacert FILE`)."""
+    args = ["-N", "--max-time", str(max_time_s), *extra]
     for header in headers:
         args += ["-H", header]
     curl = await Curl.start(*args, f"{edge}/sse?token={token}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zuulpush.tls import DEFAULT_CIPHERS
+
 
 @dataclass(frozen=True, slots=True)
 class EdgeConfig:
@@ -11,7 +13,11 @@ class EdgeConfig:
 
     Shedding and lifetimes (`zuulpush.edge.shedding`, `zuulpush.edge.lifetime`): ceilings of 0
     are derived from the file-descriptor limit; an `accept_rate_per_s` or `shed_loop_lag_ms` of 0
-    turns that check off; a `lifetime_max_s` of 0 turns lifetimes off."""
+    turns that check off; a `lifetime_max_s` of 0 turns lifetimes off.
+
+    TLS (`zuulpush.tls`): with `tls_cert_file` the node serves wss:// and https:// only (the key in
+    `tls_key_file`, or in the certificate file when that is empty). `reuse_port` binds with
+    SO_REUSEPORT, so that several processes (`zuulpush edge --workers N`) listen on one port."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -38,6 +44,10 @@ class EdgeConfig:
     lifetime_min_s: float = 1500.0
     lifetime_max_s: float = 2100.0
     drain_window_s: float = 30.0
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ciphers: str = DEFAULT_CIPHERS
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "hard_max_connections", "accept_rate_per_s",

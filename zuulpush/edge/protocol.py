@@ -409,14 +409,21 @@ class EdgeConnection(asyncio.Protocol):
         until the peer closes too: closing a socket while the peer is still sending makes the
         kernel answer with a reset, which can destroy our close frame or error response before
         the peer reads it. A peer that lingers too long is aborted: by the heartbeat wheel after
-        a whole interval (`tick`), or at the handshake deadline before an upgrade."""
-        assert self.transport is not None
+        a whole interval (`tick`), or at the handshake deadline before an upgrade.
+
+        TLS has no half-close (`can_write_eof()` is False): there `close()` itself lingers, as it
+        writes `last`, sends close_notify and reads, discarding, until the peer's; every close
+        then waits in the wheel the same way, so no visit aborts it before that is done."""
+        transport = self.transport
+        assert transport is not None
         self.state = next_state(self.state, Event.CLOSING)
         self._reader = self._replay = None
         if last:
-            self.transport.write(last)
-        if linger and self.transport.can_write_eof():
+            transport.write(last)
+        half_close = transport.can_write_eof()
+        if linger or not half_close:
             self._server.linger(self)
-            self.transport.write_eof()
+        if linger and half_close:
+            transport.write_eof()
         else:
-            self.transport.close()
+            transport.close()

@@ -49,6 +49,7 @@ import os
 import random
 import resource
 import socket
+import ssl
 import time
 import uuid
 from collections import Counter, deque
@@ -80,6 +81,7 @@ from zuulpush.edge.wire import Outgoing
 from zuulpush.edge.wsframes import Close
 from zuulpush.errors import HandshakeRejected
 from zuulpush.tally import DEPTH_BOUNDS, LATENCY_BOUNDS_MS, Buckets
+from zuulpush.tls import optional_context
 
 log = logging.getLogger("zuulpush.edge")
 
@@ -144,6 +146,14 @@ def fd_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+def edge_tls(config: EdgeConfig) -> ssl.SSLContext | None:
+    """The edge's TLS context (None without `tls_cert_file`); `TlsConfigError` if the files or
+    ciphers cannot be used."""
+    return optional_context(config.tls_cert_file, config.tls_key_file,
+                            what="edge TLS (tls_cert_file, tls_key_file)",
+                            ciphers=config.tls_ciphers)
+
+
 def listener_status(server: asyncio.Server | None, port: int) -> str:
     """"ok" if the server's socket still listens on `port`; "exhausted" if no file descriptor
     can be had to look (EMFILE/ENFILE); "gone" if it was closed."""
@@ -187,8 +197,10 @@ class EdgeServer:
         """Without `history`, resuming devices get their inbox only (no missed broadcasts).
         `rng` draws lifetimes and Retry-After jitter (tests pass a seeded one). Without an
         `admin_key`, the admin routes are refused. `wall_clock_ms` times deliveries from the
-        API's clock reading in their ids."""
+        API's clock reading in their ids. A TLS setting that cannot be used raises
+        `zuulpush.tls.TlsConfigError` here, before anything listens."""
         self.config = config
+        self.tls = edge_tls(config)
         self.verifier = verifier
         self.registry = registry
         self.inbox = inbox
@@ -520,9 +532,14 @@ class EdgeServer:
     # the listening socket, file descriptors, loop lag
 
     async def _listen(self, port: int) -> asyncio.Server:
+        """Listen on `port`; with TLS, a socket's TLS handshake comes before `connection_made`
+        (and so before admission) and must end within `handshake_timeout_s`."""
         loop = asyncio.get_running_loop()
-        return await loop.create_server(lambda: EdgeConnection(self), self.config.host, port,
-                                        backlog=4096)
+        config = self.config
+        return await loop.create_server(
+            lambda: EdgeConnection(self), config.host, port, backlog=4096,
+            reuse_port=config.reuse_port, ssl=self.tls,
+            ssl_handshake_timeout=config.handshake_timeout_s if self.tls else None)
 
     def _sample_lag(self) -> None:
         self.lag.sampled(self.clock())
