@@ -108,7 +108,7 @@ async def test_status_lists_the_nodes_their_state_and_counts(
         async def both_counted() -> bool:
             return await counts() == {"edge-a": 2, "edge-b": 1}
         await eventually(both_counted, 5.0)
-        table = zuulpush("status", "--redis", redis.url)
+        table = await asyncio.to_thread(zuulpush, "status", "--redis", redis.url)
         assert table.returncode == 0
         assert "edge-a" in table.stdout and "phone=1 tv=1" in table.stdout
         assert "2 node(s), 3 connection(s)" in table.stdout
