@@ -309,7 +309,7 @@ class RedisQueue:
             if len(results) < start + len(chunk):
                 break
         if not results and messages:
-            raise Unavailable("message queue is full", retry_after_s=1.0)
+            raise _full()
         return results
 
     def _send_coalesced(self) -> None:
@@ -319,22 +319,19 @@ class RedisQueue:
         task.add_done_callback(self._sending.discard)
 
     async def _answer(self, batch: list[tuple[Message, asyncio.Future[bool]]]) -> None:
-        """Put `batch` in one script call per `PUT_ITEMS`; answer each put's future."""
-        for start in range(0, len(batch), PUT_ITEMS):
-            chunk = batch[start:start + PUT_ITEMS]
-            try:
-                results = await self._put_now([message for message, _ in chunk])
-            except Exception as exc:
-                results, error = [], exc
+        """Put `batch` as `put_many` does; answer each put's future."""
+        error: Exception = _full()
+        try:
+            results = await self.put_many([message for message, _ in batch])
+        except Exception as exc:
+            results, error = [], exc
+        for i, (_, answer) in enumerate(batch):
+            if answer.done():  # its request went away; the put happened or not, as sent
+                continue
+            if i < len(results):
+                answer.set_result(results[i])
             else:
-                error = Unavailable("message queue is full", retry_after_s=1.0)
-            for i, (_, answer) in enumerate(chunk):
-                if answer.done():  # its request went away; the put happened or not, as sent
-                    continue
-                if i < len(results):
-                    answer.set_result(results[i])
-                else:
-                    answer.set_exception(error)
+                answer.set_exception(error)
 
     async def _put_now(self, messages: Sequence[Message]) -> list[bool]:
         """One PUT script call: a result per message, shorter if the queue filled up."""
@@ -463,6 +460,10 @@ def decode_message(meta: bytes, payload: bytes) -> Message:
      dedup_key) = orjson.loads(meta)
     target = Target(tuple(clients), tuple(users), frozenset(device_types), broadcast)
     return Message(id_, topic, payload, ts_ms, Priority(priority), ttl_s, target, dedup_key)
+
+
+def _full() -> Unavailable:
+    return Unavailable("message queue is full", retry_after_s=1.0)
 
 
 def _done_pairs(receipts: Sequence[str]) -> list[str]:
