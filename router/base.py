@@ -56,7 +56,10 @@ class Target:
 @dataclass(frozen=True, slots=True)
 class Message:
     """An accepted push. `payload` is the JSON object devices receive, encoded once:
-    `{"id", "topic", "ts", "data"}` with `ts` in milliseconds since the epoch."""
+    `{"id", "topic", "ts", "data"}` with `ts` in milliseconds since the epoch.
+
+    `forwarded_from`: the region whose router handed this message on to this region's queue
+    (`router.regions`), None for a message accepted by this region's API."""
 
     id: str
     topic: str
@@ -66,6 +69,7 @@ class Message:
     ttl_s: int
     target: Target
     dedup_key: str | None = None
+    forwarded_from: str | None = None
 
     @classmethod
     def create(
@@ -89,6 +93,16 @@ class Message:
 
     def expired(self, now_ms: int) -> bool:
         return now_ms >= self.expires_at_ms
+
+    def forward(self, from_region: str, clients: tuple[str, ...] = ()) -> Message:
+        """This message as this region's router hands it to a peer region's queue: for
+        `clients` (a targeted message) or everyone (a broadcast), same id, payload, priority
+        and expiry; no dedup key (it was checked where it was sent)."""
+        target = self.target
+        if not target.broadcast:
+            target = Target(clients=clients, device_types=target.device_types)
+        return Message(self.id, self.topic, self.payload, self.ts_ms, self.priority, self.ttl_s,
+                       target, None, from_region)
 
 
 @dataclass(frozen=True, slots=True)

@@ -446,20 +446,27 @@ class RedisQueue:
 
 
 def encode_meta(message: Message) -> bytes:
-    """Every field of `message` but its payload, as compact JSON."""
+    """Every field of `message` but its payload, as compact JSON. `forwarded_from` is written
+    only when set, so what one region's API enqueues reads the same as before regions."""
     target = message.target
-    return orjson.dumps([
+    fields = [
         message.id, message.topic, message.ts_ms, int(message.priority), message.ttl_s,
         target.clients, target.users, sorted(target.device_types), target.broadcast,
-        message.dedup_key])
+        message.dedup_key]
+    if message.forwarded_from is not None:
+        fields.append(message.forwarded_from)
+    return orjson.dumps(fields)
 
 
 def decode_message(meta: bytes, payload: bytes) -> Message:
     """The message `encode_meta` and its payload were made from."""
+    fields = orjson.loads(meta)
     (id_, topic, ts_ms, priority, ttl_s, clients, users, device_types, broadcast,
-     dedup_key) = orjson.loads(meta)
+     dedup_key) = fields[:10]
+    forwarded_from = fields[10] if len(fields) > 10 else None
     target = Target(tuple(clients), tuple(users), frozenset(device_types), broadcast)
-    return Message(id_, topic, payload, ts_ms, Priority(priority), ttl_s, target, dedup_key)
+    return Message(id_, topic, payload, ts_ms, Priority(priority), ttl_s, target, dedup_key,
+                   forwarded_from)
 
 
 def _full() -> Unavailable:

@@ -24,32 +24,35 @@ id). With the opposite order, a device registering between lookup and add would 
 next resume.
 
 Across regions (`peers`, see `router.regions`): the registry this worker reads is replicated, so
-the lookup also finds clients connected in other regions, with their node's region. With peer
-regions configured:
+the lookup also finds clients connected in other regions, with their node's region, as of the
+replication lag. The worker never stores or delivers in another region: it forwards the message
+to that region's queue (`Message.forward`), and that region's routers do steps 1-4 there, with
+their own registry, which is current for their own connections. With peer regions configured:
 
-- a client on a node of a peer region also gets the message in THAT region's inbox (its edge
-  replays and acks there), and a live `Delivery` on THAT region's node channel when its node is
-  active. The peer copies of a batch are added in one batched call per region, after the lookup
-  (which is what names the region) and before that region's publishes, so an ack on the edge
-  there finds the entry to remove. Regions are served concurrently: a slow or unreachable peer
-  delays only its own deliveries, and a failing peer is counted and logged once per outage, never
-  fails the batch (the message is in this region's inbox regardless).
-- a client connected nowhere (or on a dead node) gets a copy in every peer region's inbox too,
-  since it may reconnect in any region.
+- a client on a node of a peer region: the message (for the clients there) is forwarded to that
+  region's queue, after this region's inbox add (it is in both regions' inboxes in the end).
+- a client connected nowhere (or on a dead node): forwarded to every peer region, since it may
+  reconnect in any of them.
 - a client on a node of a region with no peer configured stays in this region's inbox only,
   counted (`unroutable_region`) and logged once per region.
-- a broadcast is kept in this region's history and each peer's (all before the node lookup),
-  then published to every active node on its own region's channel; nodes of unconfigured regions
-  are skipped and counted (`unroutable_nodes`).
-- acks are regional: a device acks in the region it is connected to; the copies in other regions'
+- a broadcast is kept in this region's history and published to this region's active nodes,
+  and forwarded to every peer region, whose routers keep and publish it there; nodes of
+  unconfigured regions are skipped and counted (`unroutable_nodes`).
+- a message forwarded here (`forwarded_from`) is routed in this region only, never forwarded
+  again (`router.regions`).
+- the forwards of a batch go in one `put_many` per peer region, concurrently with this region's
+  publishes. A peer whose queue fails (down, or full) never fails the batch: the forwards are
+  counted (`region_errors`) and logged once per outage, and the message stays in this region's
+  inbox (a device that comes back here is replayed it, or pulls it with `GET /v1/inbox`).
+- acks are regional: a device acks in the region it is connected to; copies in other regions'
   inboxes stay until they expire or fall off the cap, so a device that moves may see a message
   again (at least once; devices drop repeats by id).
 
-The ordering argument above holds in this region. For a peer region it is weaker by the
-registry's replication lag (typically well under a second): a device that connects in region B
-just before the message is routed, and whose registration has not reached this region yet, is
-looked up here as offline; the copy still goes to B's inbox, but after B's edge read it, so the
-device gets it on its next reconnect or inbox pull there, not live.
+Why forward rather than write into the peer's inbox from here: the lookup here sees the peer's
+connections late. A device connecting in region B just before a message is routed in A is seen
+here as offline or on its old node; a copy written into B's inbox after B's edge replayed would
+wait there, and a later resume in B with a newer id would ack it away undelivered. B's router
+stores before it looks up in B's registry, so the argument above holds in B too.
 
 Without peers (`zuulpush serve`, a one-region fleet) every node is reached on this region's
 channel, whatever its `NodeInfo.region`: the behaviour of a fleet without regions.
@@ -60,7 +63,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from registry.base import Location, NodeInfo, NodeState, Registry
@@ -78,7 +81,8 @@ from router.base import (
 )
 from router.clock import ClockMs, wall_ms
 from router.config import RouterConfig
-from router.regions import RegionBatch, Regions, RegionSeams
+from router.errors import Unavailable
+from router.regions import Regions
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +95,32 @@ class WorkerStats:
     taken: int = 0
     expired: int = 0  # messages dropped because their TTL ran out before handling
     stored: int = 0  # inbox entries added here (one per message per target client)
-    stored_remote: int = 0  # inbox entries added in peer regions (one per message per client)
     kept: int = 0  # broadcasts added to the broadcast history
-    kept_remote: int = 0  # broadcasts added to peer regions' histories (one per region)
     delivered: int = 0  # deliveries handed to nodes (one per message per node)
-    held: int = 0  # target clients not reachable live now (offline, or on a non-active node)
+    held: int = 0  # target clients left in this region's inbox only: not live here, not forwarded
     unroutable_region: int = 0  # target clients on nodes of regions with no peer configured
     unroutable_nodes: int = 0  # broadcast deliveries skipped: nodes of unconfigured regions
     publish_errors: int = 0  # node batches the channel failed to take (messages are in inboxes)
-    region_errors: int = 0  # peer-region inbox or history calls that failed
+    region_errors: int = 0  # forwards a peer region's queue did not take
     errors: int = 0  # batches that failed as a whole
     expired_by: Counter[Priority] = field(default_factory=Counter)
     delivered_by: Counter[Priority] = field(default_factory=Counter)
+    forwarded: Counter[str] = field(default_factory=Counter)  # messages handed on, by peer region
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """What one taken batch sends on: deliveries per node of this region, and forwarded
+    messages per peer region."""
+
+    per_node: dict[str, list[Delivery]] = field(default_factory=dict)
+    forwards: dict[str, list[Message]] = field(default_factory=dict)
+
+    def deliver(self, node_id: str, delivery: Delivery) -> None:
+        self.per_node.setdefault(node_id, []).append(delivery)
+
+    def forward(self, region: str, message: Message) -> None:
+        self.forwards.setdefault(region, []).append(message)
 
 
 class RouterWorker:
@@ -121,17 +139,19 @@ class RouterWorker:
         take_timeout_s: float = 1.0,
         history: BroadcastLog | None = None,
         region: str = "local",
-        peers: Mapping[str, RegionSeams] | None = None,
+        peers: Mapping[str, MessageQueue] | None = None,
     ) -> None:
         """`history`, when given, keeps every broadcast for devices that resume; without it a
-        broadcast reaches only the devices connected when it is delivered. `inbox`, `channel`
-        and `history` are this region's, named `region`; `peers` are other regions' seams by
-        name (module docstring). Without peers every node is reached on `channel`."""
+        broadcast reaches only the devices connected when it is delivered. `queue`, `inbox`,
+        `channel` and `history` are this region's, named `region`; `peers` are other regions'
+        queues by name, that messages for their clients are forwarded to (module docstring).
+        Without peers every node is reached on `channel`."""
         self._queue = queue
         self._registry = registry
         self._inbox = inbox
+        self._channel = channel
         self._history = history
-        self._regions = Regions(RegionSeams(channel, inbox, history), name=region, peers=peers)
+        self._regions = Regions(name=region, peers=peers)
         self._consumer = consumer
         self._config = config
         self._clock_ms = clock_ms
@@ -205,19 +225,20 @@ class RouterWorker:
     async def _route(self, messages: list[Message]) -> None:
         broadcasts = [m for m in messages if m.target.broadcast]
         if broadcasts:
-            await self._keep(broadcasts)  # histories first, node lookup second: module docstring
+            await self._keep(broadcasts)  # history first, node lookup second: module docstring
         active = await self._active_nodes() if broadcasts else []
         targeted = [m for m in messages if not m.target.broadcast and m.target.clients]
         locations = await self._store_and_locate(targeted)
-        out: dict[str, RegionBatch] = {}
+        out = Outgoing()
         for message in messages:
             if message.target.broadcast:
                 self._broadcast(message, active, out)
             elif message.target.clients:
                 self._targeted(message, locations, out)
         priority_of = {m.id: m.priority for m in messages}
-        await asyncio.gather(*(self._send(region, batch, priority_of)
-                               for region, batch in out.items()))
+        await asyncio.gather(self._publish(self._channel, out.per_node, priority_of),
+                             *(self._forward(region, forwards)
+                               for region, forwards in out.forwards.items()))
 
     async def _store_and_locate(self, messages: list[Message]) -> dict[str, Location]:
         """Store every targeted message of the batch in its clients' inboxes here (one batched
@@ -231,94 +252,73 @@ class RouterWorker:
         return await self._registry.locate_many(clients)
 
     async def _keep(self, broadcasts: list[Message]) -> None:
-        """Keep the broadcasts in this region's history (a failure fails the batch), then in
-        each peer region's, concurrently (a failure there is counted and logged)."""
-        kept = [Broadcast(m.id, m.payload, m.expires_at_ms, m.target.device_types)
-                for m in broadcasts]
-        if self._history is not None:
-            for broadcast in kept:
-                await self._history.add(broadcast)
-            self.stats.kept += len(kept)
-        await asyncio.gather(*(self._keep_in(region, seams.history, kept)
-                               for region, seams in self._regions.peers.items()
-                               if seams.history is not None))
-
-    async def _keep_in(self, region: str, history: BroadcastLog, kept: list[Broadcast]) -> None:
-        try:
-            for broadcast in kept:
-                await history.add(broadcast)
-        except Exception as exc:
-            self._region_failed(region, exc)
+        """Keep the broadcasts in this region's history, for devices that resume."""
+        if self._history is None:
             return
-        self._region_ok(region)
-        self.stats.kept_remote += len(kept)
+        for m in broadcasts:
+            await self._history.add(
+                Broadcast(m.id, m.payload, m.expires_at_ms, m.target.device_types))
+        self.stats.kept += len(broadcasts)
 
     async def _active_nodes(self) -> list[NodeInfo]:
         return [n for n in await self._registry.nodes() if n.state is NodeState.ACTIVE]
 
-    def _broadcast(self, message: Message, active: list[NodeInfo],
-                   out: dict[str, RegionBatch]) -> None:
-        """One delivery per active node, on its own region's channel."""
+    def _broadcast(self, message: Message, active: list[NodeInfo], out: Outgoing) -> None:
+        """One delivery per active node of this region; forwarded to every peer region."""
         delivery = Delivery(
             message.id, message.payload, broadcast=True, device_types=message.target.device_types
         )
         for node in active:
             region = self._regions.region_of(node)
-            if region is None:
+            if region == self._regions.name:
+                out.deliver(node.node_id, delivery)
+            elif region is None:
                 self.stats.unroutable_nodes += 1
                 self._unroutable(node.region)
-            else:
-                _batch(out, region).deliver(node.node_id, delivery)
+        if message.forwarded_from is None:
+            for peer in self._regions.peers:
+                out.forward(peer, message.forward(self._regions.name))
 
     def _targeted(self, message: Message, locations: dict[str, Location],
-                  out: dict[str, RegionBatch]) -> None:
-        """Queue the message's peer-region inbox copies and its live deliveries per node."""
-        stores, live = self._place(message.target.clients, locations)
-        entry = _entry(message)
-        for region, clients in stores.items():
-            _batch(out, region).stored.append((clients, entry))
-        for (region, node_id), node_clients in live.items():
-            _batch(out, region).deliver(
-                node_id, Delivery(message.id, message.payload, clients=node_clients))
-        self.stats.held += len(message.target.clients) - sum(map(len, live.values()))
-
-    def _place(self, clients: Iterable[str], locations: dict[str, Location]
-               ) -> tuple[dict[str, tuple[str, ...]], dict[tuple[str, str], tuple[str, ...]]]:
-        """For one message's clients, in target order: those to store a copy for, by peer
-        region, and those reachable live, by (region, node)."""
-        stores: dict[str, list[str]] = {}
-        live: dict[tuple[str, str], list[str]] = {}
-        for client_id in clients:
+                  out: Outgoing) -> None:
+        """Queue the message's live deliveries per node here, and its forwards per region."""
+        live: dict[str, list[str]] = {}
+        forwards: dict[str, list[str]] = {}
+        forwarded = message.forwarded_from is not None
+        held = 0
+        for client_id in message.target.clients:
             location = locations.get(client_id)
-            route = self._regions.route(location)
-            for region in route.store_in:
-                stores.setdefault(region, []).append(client_id)
-            if route.via is not None and location is not None:
-                node_id = location.registration.node_id
-                live.setdefault((route.via, node_id), []).append(client_id)
-            elif route.unroutable is not None:
+            route = self._regions.route(location, forwarded=forwarded)
+            if route.live and location is not None:
+                live.setdefault(location.registration.node_id, []).append(client_id)
+                continue
+            held += not route.forward_to
+            for region in route.forward_to:
+                forwards.setdefault(region, []).append(client_id)
+            if route.unroutable is not None:
                 self.stats.unroutable_region += 1
                 self._unroutable(route.unroutable)
-        return ({r: tuple(ids) for r, ids in stores.items()},
-                {key: tuple(ids) for key, ids in live.items()})
+        for node_id, node_clients in live.items():
+            out.deliver(node_id, Delivery(message.id, message.payload,
+                                          clients=tuple(node_clients)))
+        for region, region_clients in forwards.items():
+            out.forward(region, message.forward(self._regions.name, tuple(region_clients)))
+        self.stats.held += held
 
-    async def _send(self, region: str, batch: RegionBatch,
-                    priority_of: dict[str, Priority]) -> None:
-        """A region's inbox copies first (so an ack on its edge finds them), then its nodes."""
-        seams = self._regions.seams(region)
-        if batch.stored:
-            await self._store_in(region, seams.inbox, batch.stored)
-        await self._publish(seams.channel, batch.per_node, priority_of)
-
-    async def _store_in(self, region: str, inbox: Inbox,
-                        items: list[tuple[tuple[str, ...], InboxEntry]]) -> None:
+    async def _forward(self, region: str, messages: list[Message]) -> None:
+        """Hand `messages` to a peer region's queue, in one call; a failure is counted and
+        logged once per outage, never raised (the messages are in this region's inboxes)."""
         try:
-            await inbox.add_many(items)
+            accepted = len(await self._regions.peers[region].put_many(messages))
         except Exception as exc:
-            self._region_failed(region, exc)  # the message is in this region's inbox anyway
+            self._region_failed(region, exc, len(messages))
             return
-        self._region_ok(region)
-        self.stats.stored_remote += sum(len(clients) for clients, _ in items)
+        self.stats.forwarded[region] += accepted
+        if accepted < len(messages):
+            self._region_failed(region, Unavailable(f"queue took {accepted} of {len(messages)}"),
+                                len(messages) - accepted)
+        else:
+            self._region_ok(region)
 
     async def _publish(self, channel: NodeChannel, per_node: dict[str, list[Delivery]],
                        priority_of: dict[str, Priority]) -> None:
@@ -343,13 +343,12 @@ class RouterWorker:
                         "its clients' messages wait in this region's inbox",
                         self._regions.name, region, region)
 
-    def _region_failed(self, region: str, exc: Exception) -> None:
-        self.stats.region_errors += 1
+    def _region_failed(self, region: str, exc: Exception, lost: int) -> None:
+        self.stats.region_errors += lost
         if region not in self._failing_regions:
             self._failing_regions.add(region)
-            log.error("peer region %s unreachable (%r): its copies of messages and broadcasts "
-                      "are not stored there (they are in this region's); retrying with each "
-                      "batch", region, exc)
+            log.error("peer region %s does not take forwarded messages (%r): they stay in this "
+                      "region's inboxes; trying again with each batch", region, exc)
 
     def _region_ok(self, region: str) -> None:
         if region in self._failing_regions:
@@ -359,10 +358,3 @@ class RouterWorker:
 
 def _entry(message: Message) -> InboxEntry:
     return InboxEntry(message.id, message.payload, message.expires_at_ms)
-
-
-def _batch(out: dict[str, RegionBatch], region: str) -> RegionBatch:
-    batch = out.get(region)
-    if batch is None:
-        batch = out[region] = RegionBatch()
-    return batch

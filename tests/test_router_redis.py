@@ -237,7 +237,9 @@ async def test_messages_round_trip_with_every_field(
         message(Priority.HIGH, data=[], target=Target(broadcast=True,
                                                       device_types=frozenset({"web"}))),
         message(Priority.LOW, data="plain", target=Target(users=("u-🙂",))),
+        message(data=1, target=Target(clients=("x", "y"))).forward("eu-wëst", ("y",)),
     ]
+    assert sent[-1].forwarded_from == "eu-wëst" and sent[-1].target == Target(clients=("y",))
     for m in sent:
         assert await queue.put(m)
     taken = await queue.take("w", 10, 0)

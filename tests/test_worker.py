@@ -1,5 +1,6 @@
 """RouterWorker over the memory seams: store first, deliver per active node, drop the expired;
-across regions, each region's inbox, history and node channel (`router.regions`)."""
+across regions, forwarding to the peer region's queue, whose router stores and delivers there
+(`router.regions`)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from registry.memory import MemoryRegistry
 from router.base import Broadcast, Delivery, InboxEntry, Message, Priority, Taken, Target
 from router.config import RouterConfig
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
-from router.regions import Regions, RegionSeams, Route
-from router.worker import RouterWorker
+from router.regions import Regions, Route
+from router.worker import RouterWorker, WorkerStats
 
 NOW_MS = 1_700_000_000_000
 TTL_S = 60.0
@@ -26,8 +27,8 @@ TTL_S = 60.0
 class SpyQueue(MemoryQueue):
     """A memory queue that remembers what was marked done."""
 
-    def __init__(self) -> None:
-        super().__init__(600.0)
+    def __init__(self, max_depth: int | None = None) -> None:
+        super().__init__(600.0, max_depth=max_depth)
         self.done_receipts: list[str] = []
 
     async def done(self, consumer: str, receipts: Sequence[str]) -> None:
@@ -285,19 +286,39 @@ async def test_run_survives_a_failing_batch(world: World) -> None:
     assert world.queue.done_receipts == []
 
 
-# Across regions: this worker is in region "a", with region "b" configured as a peer; nodes
-# "a1" (region a), "b1" and "b2" (region b) and "c1" (region c, not configured) heartbeat in the
-# (replicated) registry the worker reads.
+# Across regions: regions "a" and "b", each with its own registry (the replicated view: a test
+# decides what each region has seen), queue, inbox, channel, history and worker, peers of each
+# other; nodes "a1" (region a), "b1" and "b2" (region b) and "c1" (region c, a peer of neither).
 
 @dataclass
 class Region:
+    name: str
+    registry: MemoryRegistry
+    queue: SpyQueue
     inbox: MemoryInbox
     channel: MemoryNodeChannel
     history: MemoryBroadcastLog
+    worker: RouterWorker | None = None
 
-    @property
-    def seams(self) -> RegionSeams:
-        return RegionSeams(self.channel, self.inbox, self.history)
+    async def node(self, node_id: str, region_name: str,
+                   state: NodeState = NodeState.ACTIVE) -> None:
+        await self.registry.heartbeat_node(NodeInfo(node_id, "addr", region_name, state, 0),
+                                           TTL_S)
+
+    async def connect(self, client: str, node_id: str) -> None:
+        await self.registry.register([Registration(client, "u", "phone", node_id, 1)], TTL_S)
+
+    async def handle(self, *messages: Message) -> None:
+        assert self.worker is not None
+        await self.worker.handle(taken(*messages))
+
+    async def route_queued(self) -> list[Message]:
+        """Take what was forwarded here and route it; returns the messages taken."""
+        assert self.worker is not None
+        batch = await self.queue.take("w", 1000, 0)
+        if batch:
+            await self.worker.handle(batch)
+        return [t.message for t in batch]
 
     async def received(self, node_id: str) -> list[Delivery]:
         return await self.channel.receive(node_id, 1000, 0)
@@ -308,41 +329,41 @@ class Region:
     async def kept(self) -> list[str]:
         return [b.id for b in await self.history.after("", 1000)]
 
+    @property
+    def stats(self) -> WorkerStats:
+        assert self.worker is not None
+        return self.worker.stats
 
-def region(inbox: MemoryInbox | None = None, channel: MemoryNodeChannel | None = None,
-           history: MemoryBroadcastLog | None = None) -> Region:
-    return Region(MemoryInbox(100, clock_ms=lambda: NOW_MS) if inbox is None else inbox,
+
+def region(name: str, queue: SpyQueue | None = None,
+           channel: MemoryNodeChannel | None = None) -> Region:
+    return Region(name, MemoryRegistry(clock=lambda: 0.0), queue or SpyQueue(),
+                  MemoryInbox(100, clock_ms=lambda: NOW_MS),
                   MemoryNodeChannel(1000) if channel is None else channel,
-                  MemoryBroadcastLog(100, clock_ms=lambda: NOW_MS) if history is None else history)
+                  MemoryBroadcastLog(100, clock_ms=lambda: NOW_MS))
 
 
 @dataclass
 class Fleet:
-    registry: MemoryRegistry
-    queue: SpyQueue
     a: Region
     b: Region
-    worker: RouterWorker
-
-    async def node(self, node_id: str, region_name: str,
-                   state: NodeState = NodeState.ACTIVE) -> None:
-        await self.registry.heartbeat_node(NodeInfo(node_id, "addr", region_name, state, 0),
-                                           TTL_S)
 
     async def connect(self, client: str, node_id: str) -> None:
-        await self.registry.register([Registration(client, "u", "phone", node_id, 1)], TTL_S)
+        """`client` connected on `node_id`, as both regions' registries see it."""
+        for r in (self.a, self.b):
+            await r.connect(client, node_id)
 
 
 async def make_fleet(a: Region | None = None, b: Region | None = None) -> Fleet:
-    a, b = a or region(), b or region()
-    registry, queue = MemoryRegistry(clock=lambda: 0.0), SpyQueue()
-    worker = RouterWorker(queue, registry, a.inbox, a.channel, consumer="w1",
-                          config=RouterConfig(), clock_ms=lambda: NOW_MS, history=a.history,
-                          region="a", peers={"b": b.seams})
-    fleet = Fleet(registry, queue, a, b, worker)
-    for node_id, region_name in (("a1", "a"), ("b1", "b"), ("b2", "b"), ("c1", "c")):
-        await fleet.node(node_id, region_name)
-    return fleet
+    a, b = a or region("a"), b or region("b")
+    for here, peer in ((a, b), (b, a)):
+        here.worker = RouterWorker(here.queue, here.registry, here.inbox, here.channel,
+                                   consumer="w1", config=RouterConfig(), clock_ms=lambda: NOW_MS,
+                                   history=here.history, region=here.name,
+                                   peers={peer.name: peer.queue})
+        for node_id, region_name in (("a1", "a"), ("b1", "b"), ("b2", "b"), ("c1", "c")):
+            await here.node(node_id, region_name)
+    return Fleet(a, b)
 
 
 @pytest.fixture
@@ -350,59 +371,106 @@ async def fleet() -> Fleet:
     return await make_fleet()
 
 
-async def test_a_client_in_a_peer_region_is_stored_in_both_and_published_there(
+async def test_a_client_in_a_peer_region_is_stored_here_and_forwarded_there(
         fleet: Fleet) -> None:
     await fleet.connect("cb", "b1")
     sent = message("cb")
-    await fleet.worker.handle(taken(sent))
+    await fleet.a.handle(sent)
     assert await fleet.a.stored("cb") == [sent.id]
+    assert await fleet.a.received("b1") == []
+    assert (fleet.a.stats.stored, fleet.a.stats.held, fleet.a.stats.delivered) == (1, 0, 0)
+    assert fleet.a.stats.forwarded == {"b": 1}
+    assert fleet.a.queue.done_receipts == [sent.id]
+    assert await fleet.b.route_queued() == [dataclasses.replace(sent, forwarded_from="a")]
     assert await fleet.b.stored("cb") == [sent.id]
     assert await fleet.b.received("b1") == [Delivery(sent.id, sent.payload, clients=("cb",))]
-    assert await fleet.a.received("b1") == []
-    stats = fleet.worker.stats
-    assert (stats.stored, stats.stored_remote, stats.delivered, stats.held) == (1, 1, 1, 0)
-    assert fleet.queue.done_receipts == [sent.id]
+    assert fleet.b.stats.delivered == 1 and not fleet.b.stats.forwarded
 
 
-async def test_one_message_to_both_regions_is_batched_per_node_and_region(fleet: Fleet) -> None:
+async def test_one_batch_forwards_each_message_once_per_region_with_its_clients_there(
+        fleet: Fleet) -> None:
     for client, node_id in (("ca", "a1"), ("cb1", "b1"), ("cb2", "b1"), ("cb3", "b2")):
         await fleet.connect(client, node_id)
     first, second = message("ca", "cb1", "cb2", "cb3"), message("cb3", "ca")
-    await fleet.worker.handle(taken(first, second))
+    await fleet.a.handle(first, second)
     assert await fleet.a.received("a1") == [
         Delivery(first.id, first.payload, clients=("ca",)),
         Delivery(second.id, second.payload, clients=("ca",)),
     ]
+    forwarded = await fleet.b.route_queued()
+    assert [(m.id, m.target.clients, m.forwarded_from, m.dedup_key) for m in forwarded] == [
+        (first.id, ("cb1", "cb2", "cb3"), "a", None), (second.id, ("cb3",), "a", None)]
     assert await fleet.b.received("b1") == [Delivery(first.id, first.payload,
                                                      clients=("cb1", "cb2"))]
     assert await fleet.b.received("b2") == [
         Delivery(first.id, first.payload, clients=("cb3",)),
         Delivery(second.id, second.payload, clients=("cb3",)),
     ]
-    assert await fleet.b.stored("ca") == []  # a client here has no copy in b
+    assert await fleet.b.stored("ca") == []  # a client of region a has no copy in b
     assert await fleet.b.stored("cb3") == [first.id, second.id]
-    assert fleet.worker.stats.stored == 6 and fleet.worker.stats.stored_remote == 4
+    assert fleet.a.stats.stored == 6 and fleet.b.stats.stored == 4
 
 
-async def test_an_offline_client_waits_in_every_regions_inbox(fleet: Fleet) -> None:
+async def test_an_offline_client_is_forwarded_to_every_peer_and_waits_in_each_inbox(
+        fleet: Fleet) -> None:
     await fleet.connect("dead-node", "gone")  # registered, its node stopped heartbeating
     sent = message("offline", "dead-node")
-    await fleet.worker.handle(taken(sent))
-    for client in ("offline", "dead-node"):
-        assert await fleet.a.stored(client) == [sent.id]
-        assert await fleet.b.stored(client) == [sent.id]
-    assert fleet.worker.stats.held == 2 and fleet.worker.stats.delivered == 0
+    await fleet.a.handle(sent)
+    await fleet.b.route_queued()
+    for r in (fleet.a, fleet.b):
+        for client in ("offline", "dead-node"):
+            assert await r.stored(client) == [sent.id]
+    assert fleet.a.stats.held == 0 and fleet.a.stats.forwarded == {"b": 1}
+    assert fleet.b.stats.held == 2 and fleet.b.stats.delivered == 0
+    assert await fleet.a.route_queued() == []  # never forwarded back
+
+
+async def test_a_device_that_just_connected_in_a_peer_is_reached_through_its_registry(
+        fleet: Fleet) -> None:
+    """The replication-lag race: region a has not seen the device's new connection in b yet
+    (it looks offline there), so a message routed in a must still reach it in b, live."""
+    await fleet.b.connect("mover", "b1")  # region b's registry only: not replicated to a yet
+    sent = message("mover")
+    await fleet.a.handle(sent)
+    assert fleet.a.stats.delivered == 0
+    await fleet.b.route_queued()
+    assert await fleet.b.received("b1") == [Delivery(sent.id, sent.payload, clients=("mover",))]
+    assert await fleet.b.stored("mover") == [sent.id]
+
+
+async def test_a_device_seen_in_a_peer_is_reached_where_it_is_now(fleet: Fleet) -> None:
+    """Region a still sees the device on b1 (stale); region b knows it moved to b2."""
+    await fleet.connect("mover", "b1")
+    await fleet.b.registry.register([Registration("mover", "u", "phone", "b2", 2)], TTL_S)
+    sent = message("mover")
+    await fleet.a.handle(sent)
+    await fleet.b.route_queued()
+    assert await fleet.b.received("b1") == []
+    assert await fleet.b.received("b2") == [Delivery(sent.id, sent.payload, clients=("mover",))]
+
+
+async def test_a_forwarded_message_is_routed_where_it_arrives_and_never_forwarded_again(
+        fleet: Fleet) -> None:
+    await fleet.b.connect("back-in-a", "a1")  # b sees it in a: the origin region's own business
+    sent = message("back-in-a", "offline").forward("a", ("back-in-a", "offline"))
+    await fleet.b.handle(sent)
+    assert await fleet.b.stored("back-in-a") == [sent.id]
+    assert await fleet.b.stored("offline") == [sent.id]
+    assert fleet.b.stats.held == 2 and not fleet.b.stats.forwarded
+    assert await fleet.a.route_queued() == []
+    assert await fleet.b.received("a1") == [] and await fleet.a.received("a1") == []
 
 
 async def test_a_client_on_a_draining_node_of_a_peer_waits_in_its_inbox_there(
         fleet: Fleet) -> None:
-    await fleet.node("b1", "b", NodeState.DRAINING)
+    await fleet.b.node("b1", "b", NodeState.DRAINING)
     await fleet.connect("cb", "b1")
     sent = message("cb")
-    await fleet.worker.handle(taken(sent))
+    await fleet.a.handle(sent)
+    await fleet.b.route_queued()
     assert await fleet.b.stored("cb") == [sent.id]
     assert await fleet.b.received("b1") == []
-    assert fleet.worker.stats.held == 1
+    assert fleet.b.stats.held == 1
 
 
 async def test_an_unconfigured_region_is_counted_logged_once_and_kept_here(
@@ -410,86 +478,70 @@ async def test_an_unconfigured_region_is_counted_logged_once_and_kept_here(
     await fleet.connect("cc", "c1")
     first, second = message("cc"), message("cc")
     with caplog.at_level(logging.WARNING, logger="router.worker"):
-        await fleet.worker.handle(taken(first))
-        await fleet.worker.handle(taken(second))
+        await fleet.a.handle(first)
+        await fleet.a.handle(second)
     assert await fleet.a.stored("cc") == [first.id, second.id]
-    assert await fleet.b.stored("cc") == []
-    for channel in (fleet.a, fleet.b):
-        assert await channel.received("c1") == []
-    assert fleet.worker.stats.unroutable_region == 2 and fleet.worker.stats.held == 2
+    assert await fleet.b.route_queued() == []
+    for r in (fleet.a, fleet.b):
+        assert await r.received("c1") == []
+    assert fleet.a.stats.unroutable_region == 2 and fleet.a.stats.held == 2
     assert [r.getMessage() for r in caplog.records if "'c'" in r.getMessage()] == [
         "router in region 'a' has no peer region 'c' (--peer-region c=URL): its clients' "
         "messages wait in this region's inbox"]
 
 
-async def test_a_broadcast_reaches_each_regions_nodes_on_its_own_channel_and_history(
+async def test_a_broadcast_is_kept_and_delivered_in_each_region_by_its_own_router(
         fleet: Fleet) -> None:
-    await fleet.node("b2", "b", NodeState.DRAINING)
+    await fleet.b.node("b2", "b", NodeState.DRAINING)
     sent = message(broadcast=True, device_types=frozenset({"tv"}))
-    await fleet.worker.handle(taken(sent))
+    await fleet.a.handle(sent)
     expected = [Delivery(sent.id, sent.payload, broadcast=True, device_types=frozenset({"tv"}))]
     assert await fleet.a.received("a1") == expected
+    assert await fleet.a.received("b1") == [] and await fleet.a.kept() == [sent.id]
+    assert await fleet.b.kept() == []  # not until region b's router takes it
+    assert await fleet.b.route_queued() == [sent.forward("a")]
+    assert await fleet.b.kept() == [sent.id]
     assert await fleet.b.received("b1") == expected
-    assert await fleet.a.received("b1") == [] and await fleet.b.received("a1") == []
     assert await fleet.b.received("b2") == []  # draining
-    assert await fleet.a.received("c1") == [] and await fleet.b.received("c1") == []
-    assert await fleet.a.kept() == [sent.id] and await fleet.b.kept() == [sent.id]
-    stats = fleet.worker.stats
-    assert (stats.delivered, stats.kept, stats.kept_remote, stats.unroutable_nodes) == (2, 1, 1, 1)
-    assert fleet.a.inbox.clients() == 0 and fleet.b.inbox.clients() == 0
+    assert await fleet.b.received("a1") == []  # region a's node: a's router delivered it
+    for r in (fleet.a, fleet.b):
+        assert await r.received("c1") == []
+        assert (r.stats.delivered, r.stats.kept, r.stats.unroutable_nodes) == (1, 1, 1)
+        assert r.inbox.clients() == 0
+    assert fleet.a.stats.forwarded == {"b": 1} and not fleet.b.stats.forwarded
+    assert await fleet.a.route_queued() == []
 
 
-class CheckingChannel(MemoryNodeChannel):
-    """Records, at each publish, what region b's inbox and history already held."""
-
-    def __init__(self) -> None:
-        super().__init__(1000)
-        self.peer: Region | None = None
-        self.seen: list[tuple[list[str], list[str]]] = []
-
-    async def publish(self, node_id: str, deliveries: Sequence[Delivery]) -> None:
-        assert self.peer is not None
-        self.seen.append((await self.peer.stored("cb"), await self.peer.kept()))
-        await super().publish(node_id, deliveries)
-
-
-async def test_a_peers_inbox_and_history_are_written_before_its_nodes_get_anything() -> None:
-    b = region(channel=CheckingChannel())
-    assert isinstance(b.channel, CheckingChannel)
-    b.channel.peer = b
-    fleet = await make_fleet(b=b)
-    await fleet.connect("cb", "b1")
-    direct, everyone = message("cb"), message(broadcast=True)
-    await fleet.worker.handle(taken(direct, everyone))
-    assert sorted(b.channel.seen) == [([direct.id], [everyone.id])] * 2  # b1 and b2
-
-
-class DownInbox(MemoryInbox):
-    async def add_many(self, items: Sequence[tuple[Sequence[str], InboxEntry]]) -> None:
-        raise ConnectionError("region b unreachable")
-
-
-class DownHistory(MemoryBroadcastLog):
-    async def add(self, broadcast: Broadcast) -> None:
+class DownQueue(SpyQueue):
+    async def put_many(self, messages: Sequence[Message]) -> list[bool]:
         raise ConnectionError("region b unreachable")
 
 
 async def test_a_peer_region_down_fails_nothing_here(caplog: pytest.LogCaptureFixture) -> None:
-    fleet = await make_fleet(b=region(inbox=DownInbox(100), history=DownHistory(100)))
+    fleet = await make_fleet(b=region("b", queue=DownQueue()))
     await fleet.connect("ca", "a1")
     await fleet.connect("cb", "b1")
     with caplog.at_level(logging.ERROR, logger="router.worker"):
         for _ in range(2):
             sent, everyone = message("ca", "cb"), message(broadcast=True)
-            await fleet.worker.handle(taken(sent, everyone))
+            await fleet.a.handle(sent, everyone)
             assert await fleet.a.received("a1") == [
                 Delivery(sent.id, sent.payload, clients=("ca",)),
                 Delivery(everyone.id, everyone.payload, broadcast=True)]
             assert await fleet.a.stored("cb") == [sent.id]
-            assert fleet.queue.done_receipts[-2:] == [sent.id, everyone.id]
+            assert fleet.a.queue.done_receipts[-2:] == [sent.id, everyone.id]
             await fleet.a.inbox.ack("cb", [sent.id])
-    assert fleet.worker.stats.region_errors == 4 and fleet.worker.stats.errors == 0
-    assert len([r for r in caplog.records if "peer region b unreachable" in r.getMessage()]) == 1
+    assert fleet.a.stats.region_errors == 4 and fleet.a.stats.errors == 0
+    assert not fleet.a.stats.forwarded
+    assert len([r for r in caplog.records if "peer region b does not take" in r.getMessage()]) == 1
+
+
+async def test_a_peer_queue_that_fills_up_part_way_counts_what_it_did_not_take() -> None:
+    fleet = await make_fleet(b=region("b", queue=SpyQueue(max_depth=1)))
+    first, second = message("offline"), message("offline")
+    await fleet.a.handle(first, second)
+    assert fleet.a.stats.forwarded == {"b": 1} and fleet.a.stats.region_errors == 1
+    assert [m.id for m in await fleet.b.route_queued()] == [first.id]
 
 
 async def test_without_peers_every_node_is_reached_on_the_one_channel() -> None:
@@ -503,28 +555,32 @@ async def test_without_peers_every_node_is_reached_on_the_one_channel() -> None:
     assert [d.message_id for d in await world.received("n2")] == [direct.id, everyone.id]
     assert [d.message_id for d in await world.received("n1")] == [everyone.id]
     stats = world.worker.stats
-    assert (stats.unroutable_region, stats.unroutable_nodes, stats.stored_remote) == (0, 0, 0)
+    assert (stats.unroutable_region, stats.unroutable_nodes, stats.forwarded) == (0, 0, {})
 
 
 def test_routes() -> None:
-    seams = RegionSeams(MemoryNodeChannel(1), MemoryInbox(1))
-    regions = Regions(seams, name="a", peers={"b": seams, "c": seams})
+    queue = MemoryQueue(600.0)
+    regions = Regions(name="a", peers={"b": queue, "c": queue})
 
     def at(region_name: str | None, state: NodeState = NodeState.ACTIVE) -> Location:
         node = None if region_name is None else NodeInfo("n", "addr", region_name, state, 0)
         return Location(Registration("c", "u", "phone", "n", 1), node)
 
-    assert regions.route(None) == Route(store_in=("b", "c"))
-    assert regions.route(at(None)) == Route(store_in=("b", "c"))
-    assert regions.route(at("a")) == Route(via="a")
+    assert regions.route(None) == Route(forward_to=("b", "c"))
+    assert regions.route(at(None)) == Route(forward_to=("b", "c"))
+    assert regions.route(at("a")) == Route(live=True)
     assert regions.route(at("a", NodeState.DRAINING)) == Route()
-    assert regions.route(at("b")) == Route(store_in=("b",), via="b")
-    assert regions.route(at("c", NodeState.DRAINING)) == Route(store_in=("c",))
+    assert regions.route(at("b")) == Route(forward_to=("b",))
+    assert regions.route(at("c", NodeState.DRAINING)) == Route(forward_to=("c",))
     assert regions.route(at("d")) == Route(unroutable="d")
-    alone = Regions(seams, name="a")
-    assert alone.route(at("d")) == Route(via="a") and alone.route(None) == Route()
+    for where in (None, at(None), at("b"), at("c")):
+        assert regions.route(where, forwarded=True) == Route()
+    assert regions.route(at("a"), forwarded=True) == Route(live=True)
+    assert regions.route(at("d"), forwarded=True) == Route(unroutable="d")
+    alone = Regions(name="a")
+    assert alone.route(at("d")) == Route(live=True) and alone.route(None) == Route()
     with pytest.raises(ValueError, match="own region"):
-        Regions(seams, name="a", peers={"a": seams})
+        Regions(name="a", peers={"a": queue})
 
 
 async def test_expired_and_delivered_are_also_counted_by_priority(world: World) -> None:

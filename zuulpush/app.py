@@ -10,8 +10,8 @@
   enqueueing on the queue on Redis; with a device-token secret or public key configured, also
   the devices' inbox pull and ack (`GET /v1/inbox`, `POST /v1/inbox/ack`) on the inboxes there.
 - `RouterApp` (`zuulpush router`): N router workers in one process, taking from the queue on
-  Redis, storing in inboxes and publishing to node channels there, and, with peer regions, in
-  theirs too (below). Stateless: run any number.
+  Redis, storing in inboxes and publishing to node channels there, and, with peer regions,
+  forwarding to those regions' queues (below). Stateless: run any number.
 
 Every fleet process opens the seams on one `redis_url` (`redis+cluster://` for a Cluster), under
 `router_prefix` (queue, inboxes, node channels) and `registry_prefix` (the registry). The API and
@@ -19,17 +19,18 @@ the routers read this region's registry only and run no replicators (the edges d
 there also shows the clients connected in other regions, each with its node's region.
 
 Across regions: a router started with `region` and `peer_regions` (`--region a --peer-region
-b=URL`) also opens, on each peer region's Redis and under the same `router_prefix`, that region's
-node channel, inboxes and broadcast history. A client connected to a node of region b then gets
-the message in region b's inbox too (after this region's) and live on region b's node channel; a
-client connected nowhere gets a copy in every region's inbox, to be replayed wherever it
-reconnects; a broadcast is kept in every region's history and published to each active node on its
-own region's channel. A device acks in the region it is connected to: the copies in the other
-regions' inboxes stay until they expire or fall off the cap, so a device that moves between
-regions may be replayed a message again (at least once; devices drop repeats by id). A node of a
-region with no peer configured is not reached from here (its clients' messages wait in this
-region's inbox; counted and logged). `router.worker` and `router.regions` have the details.
-Without peer regions a router behaves as in a one-region fleet: every node on this Redis.
+b=URL`) also opens each peer region's queue, on that region's Redis under the same
+`router_prefix`. A message for a client connected in region b, or connected nowhere, is stored
+here, then forwarded to region b's queue (every peer's, for a client connected nowhere), where
+region b's routers store it in b's inbox and deliver it with b's registry, which is current for
+b's own connections; a broadcast is kept and delivered here and forwarded to every peer. A
+forwarded message is never forwarded again. A device acks in the region it is connected to: the
+copies in the other regions' inboxes stay until they expire or fall off the cap, so a device that
+moves between regions may be replayed a message again (at least once; devices drop repeats by
+id). A node of a region with no peer configured is not reached from here (its clients' messages
+wait in this region's inbox; counted and logged). `router.worker` and `router.regions` have the
+details. Without peer regions a router behaves as in a one-region fleet: every node on this
+Redis.
 
 Metrics: each process has one `zuulpush.metrics.Exporter`, watching what the process runs (the
 edge's, API's and workers' plain stats, the queue's depth and lag in `serve` and `router`) and
@@ -61,7 +62,6 @@ from router.redis_channel import RedisNodeChannel
 from router.redis_history import RedisBroadcastLog
 from router.redis_inbox import RedisInbox
 from router.redis_queue import RedisQueue
-from router.regions import RegionSeams
 from router.worker import RouterWorker
 from zuulpush.config import Components, FleetConfig, OpsConfig
 from zuulpush.edge.config import EdgeConfig
@@ -250,18 +250,6 @@ def redis_channel(url: str, fleet: FleetConfig) -> RedisNodeChannel:
     return RedisNodeChannel.from_url(url, prefix=fleet.router_prefix)
 
 
-def redis_region(url: str, router: RouterConfig, fleet: FleetConfig) -> RegionSeams:
-    """A region's node channel, inboxes and broadcast history on its Redis at `url`."""
-    return RegionSeams(redis_channel(url, fleet), redis_inbox(url, router, fleet),
-                       redis_history(url, router, fleet))
-
-
-async def close_region(seams: RegionSeams) -> None:
-    for seam in (seams.channel, seams.inbox, seams.history):
-        if seam is not None:
-            await seam.close()
-
-
 def _local_registry(config: RegistryConfig) -> RegistryHandle:
     """This region's registry alone: the API and routers read, they do not replicate."""
     if not config.redis_url:
@@ -323,7 +311,7 @@ class ApiApp:
 
 class RouterApp:
     """`router_workers` router workers on Redis, consumers named `<process id>-w<i>`, with the
-    node channel, inboxes and history of each peer region (module docstring). `await start()`,
+    queue of each peer region, that they forward to (module docstring). `await start()`,
     then `await stop()`: stop taking, finish the batches in hand, close the seams."""
 
     def __init__(self, config: FleetAppConfig) -> None:
@@ -338,7 +326,7 @@ class RouterApp:
         self.inbox = redis_inbox(url, config.router, config.fleet)
         self.channel = redis_channel(url, config.fleet)
         self.history = redis_history(url, config.router, config.fleet)
-        self.peers = {name: redis_region(peer_url, config.router, config.fleet)
+        self.peers = {name: redis_queue(peer_url, config.router, config.fleet)
                       for name, peer_url in peer_urls.items()}
         self.exporter = Exporter()
         timed = TimedRegistry(self.handle.registry, self.exporter.metrics)
@@ -364,7 +352,7 @@ class RouterApp:
         for seam in (self.queue, self.channel, self.inbox, self.history):
             await seam.close()
         for peer in self.peers.values():
-            await close_region(peer)
+            await peer.close()
         await self.handle.close()
 
 

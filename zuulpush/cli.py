@@ -485,11 +485,12 @@ def _router_parser(commands: Any) -> None:
         description="Run N router workers: take messages off the priority queue on Redis "
                     "(high first, low never starved), drop expired ones, store each in its "
                     "clients' inboxes and publish it to the node channel of the edge node "
-                    "holding each client. With peer regions, a client connected to a node of "
-                    "a peer region also gets the message in that region's inbox and live on "
-                    "that region's node channel, a client connected nowhere gets it in every "
-                    "region's inbox, and broadcasts go to every region's history and nodes; "
-                    "the registry read is this region's (replicated by the edges). Stateless: "
+                    "holding each client. With peer regions, a message for a client "
+                    "connected in a peer region is stored here and forwarded to that region's "
+                    "queue, whose routers deliver it there; one for a client connected nowhere, "
+                    "and every broadcast, is forwarded to every peer region; a forwarded "
+                    "message is never forwarded again. The registry read is this region's "
+                    "(replicated by the edges). Stateless: "
                     "run any number of these processes; a killed one's messages are claimed by "
                     "the others after claim_idle_s. SIGTERM stops taking and finishes the "
                     "batches in hand.")
@@ -498,8 +499,8 @@ def _router_parser(commands: Any) -> None:
     p.add_argument("--region", help="this region's name, as its edges' --region "
                                     "(default 'local')")
     p.add_argument("--peer-region", dest="peer_regions", metavar="NAME=URL", action="append",
-                   help="another region's Redis, to store and deliver there for clients and "
-                        "nodes of that region (repeatable)")
+                   help="another region's Redis, whose queue this router forwards that "
+                        "region's clients' messages to (repeatable)")
     p.add_argument("--workers", dest="router_workers", type=int,
                    help="router workers (queue consumers) in this process (default 1)")
     p.add_argument("--metrics-port", type=int, metavar="PORT",

@@ -139,8 +139,10 @@ class Metrics:
                              "Messages router workers took off the queue.")
         self.stored = counter("zuulpush_router_inbox_stored",
                               "Inbox entries routers stored (one per message per client).")
-        self.held = counter("zuulpush_router_held", "Target clients not reachable live "
-                            "(offline, or on a node that is not active): their inbox only.")
+        self.held = counter("zuulpush_router_held", "Target clients neither reachable live "
+                            "nor forwarded to another region: this region's inbox only.")
+        self.forwarded = counter("zuulpush_router_forwarded",
+                                 "Messages routers handed on to a peer region's queue.", "region")
         self.router_errors = counter("zuulpush_router_errors", "Router failures, by kind.",
                                      "kind")
         self.queue_depth = gauge("zuulpush_queue_depth", "Messages waiting in the queue.",
@@ -420,8 +422,10 @@ class Exporter:
         for priority, n in st.expired_by.items():
             c.count(("expired", priority), n, m.expired, priority.label)
         c.count("taken", st.taken, m.taken)
-        c.count("stored", st.stored + st.stored_remote, m.stored)
+        c.count("stored", st.stored, m.stored)
         c.count("held", st.held, m.held)
+        for region, n in st.forwarded.items():
+            c.count(("forwarded", region), n, m.forwarded, region)
         for kind, n in (("batch", st.errors), ("publish", st.publish_errors),
                         ("region", st.region_errors)):
             c.count(("errors", kind), n, m.router_errors, kind)

@@ -1,10 +1,11 @@
 """Live delivery across regions, with real processes on two real Redis servers.
 
 Region a and region b each have their own `redis-server` (started by the test on free loopback
-ports, stopped by PID). `zuulpush edge` runs in each region (`--region`, and `--peer-region`
-naming the other, so the registries replicate); region a also runs `zuulpush api` and
-`zuulpush router --region a --peer-region b=URL`. Devices are `websockets` clients that ack what
-they get. Every process is stopped by its PID and checked for a clean exit; every wait is bounded.
+ports, stopped by PID) and their own `zuulpush router --region X --peer-region Y=URL`, which
+forward to each other. `zuulpush edge` runs in each region (`--region`, and `--peer-region`
+naming the other, so the registries replicate); region a also runs `zuulpush api`. Devices are
+`websockets` clients that ack what they get. Every process is stopped by its PID and checked for
+a clean exit; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from .test_e2e import Device, eventually, push, to_clients
 
 @dataclass
 class TwoRegions:
-    """Region a (edge-a, the API, a router) and region b (edge-b), each on its own Redis."""
+    """Region a (edge-a, the API, a router) and region b (edge-b, a router), each on its own
+    Redis."""
 
     redis_a: RedisServer
     redis_b: RedisServer
@@ -38,6 +40,7 @@ class TwoRegions:
     edge_b: ServerProcess
     api: ServerProcess
     router: ServerProcess
+    router_b: ServerProcess
 
     def push_api(self) -> AbstractAsyncContextManager[PushApi]:
         return push_api(self.api.api, self.api.api_key)
@@ -56,12 +59,13 @@ def regions(tmp_path: Path, redis_factory: Callable[..., RedisServer]
         (EDGE, in_b, ("--node-id", "edge-b", "--region", "b", "--peer-region", f"a={a.url}")),
         (API, in_a, ()),
         (ROUTER, in_a, ("--region", "a", "--peer-region", f"b={b.url}")),
+        (ROUTER, in_b, ("--region", "b", "--peer-region", f"a={a.url}")),
     ])
     try:
         assert "region a, peer regions: b" in started[3].stdout_text()
         yield TwoRegions(a, b, *started)
     finally:
-        stop_all([started[3], started[2], started[0], started[1]])
+        stop_all([started[3], started[4], started[2], started[0], started[1]])
 
 
 async def connect(edge: ServerProcess, client_id: str, device_type: str = "phone",
@@ -102,7 +106,8 @@ async def test_a_device_on_edge_b_gets_live_what_region_as_api_was_given(
         assert sent["targets"] == 1
         got = orjson.loads(await asyncio.wait_for(device.ws.recv(), 5.0))  # not acked yet
         assert (got["id"], got["topic"], got["data"]) == (sent["id"], "news", {"n": 1})
-        # Kept in both regions' inboxes; the ack, made on edge b, removes region b's copy only.
+        # Kept in both regions' inboxes (b's by b's router, which delivered it); the ack, made on
+        # edge b, removes region b's copy only.
         assert await inbox_ids(in_b, "rb") == [sent["id"]]
         assert await inbox_ids(in_a, "rb") == [sent["id"]]
         await device.ws.send(orjson.dumps({"type": "ack", "id": sent["id"]}).decode())
@@ -176,3 +181,46 @@ async def test_a_broadcast_from_region_a_reaches_both_edges_and_both_histories(
     finally:
         await on_a.ws.close()
         await history_b.close()
+
+
+async def test_a_device_region_a_has_not_seen_is_reached_live_by_region_bs_router(
+        tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> None:
+    """The replication lag at its worst: region a never hears of region b's connections (edge b
+    has no peer, so nothing replicates), and every message for the device is sent to region a.
+    Region a's router sees the device connected nowhere and forwards to region b, whose router
+    finds it in b's registry: delivered live, and a resume with the newest id loses nothing."""
+    a, b = redis_factory(), redis_factory()
+    in_a, in_b = {"ZUULPUSH_REDIS_URL": a.url}, {"ZUULPUSH_REDIS_URL": b.url}
+    started = start_many(tmp_path, [
+        (EDGE, in_b, ("--node-id", "edge-b", "--region", "b")),
+        (API, in_a, ()),
+        (ROUTER, in_a, ("--region", "a", "--peer-region", f"b={b.url}")),
+        (ROUTER, in_b, ("--region", "b", "--peer-region", f"a={a.url}")),
+    ])
+    edge_b, api_a = started[0], started[1]
+    registry_a = RedisRegistry.from_url(a.url)
+    try:
+        device = await connect(edge_b, "unseen")
+        async with push_api(api_a.api, api_a.api_key) as api:
+            sent = [(await push(api, to_clients("unseen", data=i)))["id"] for i in range(3)]
+            assert await device.next_ids(3) == sent  # live, in order
+            assert (await registry_a.locate_many(["unseen"])) == {}  # a never saw it
+            await device.ws.close()
+            later = [(await push(api, to_clients("unseen", data=i)))["id"] for i in range(3, 5)]
+
+        in_b_inbox = RedisInbox.from_url(b.url, max_per_client=1000)
+        try:
+            async def stored_in_b() -> bool:
+                return await inbox_ids(in_b_inbox, "unseen", sent[-1]) == later
+            await eventually(stored_in_b)
+        finally:
+            await in_b_inbox.close()
+        again = await connect(edge_b, "unseen", last_id=sent[-1])
+        try:
+            assert await again.next_ids(2) == later
+            await again.nothing_more()
+        finally:
+            await again.ws.close()
+    finally:
+        await registry_a.close()
+        stop_all([started[2], started[3], started[1], started[0]])
