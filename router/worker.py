@@ -82,6 +82,7 @@ from router.base import (
 from router.clock import ClockMs, wall_ms
 from router.config import RouterConfig
 from router.errors import Unavailable
+from router.node_cache import NodeCache
 from router.regions import Regions
 
 log = logging.getLogger(__name__)
@@ -140,18 +141,23 @@ class RouterWorker:
         history: BroadcastLog | None = None,
         region: str = "local",
         peers: Mapping[str, MessageQueue] | None = None,
+        node_cache_s: float = 0.0,
     ) -> None:
         """`history`, when given, keeps every broadcast for devices that resume; without it a
         broadcast reaches only the devices connected when it is delivered. `queue`, `inbox`,
         `channel` and `history` are this region's, named `region`; `peers` are other regions'
         queues by name, that messages for their clients are forwarded to (module docstring).
-        Without peers every node is reached on `channel`."""
+        Without peers every node is reached on `channel`. `node_cache_s` > 0: locate clients
+        through a `NodeCache` of the active nodes that old (one round trip fewer per batch on
+        Redis)."""
         self._queue = queue
         self._registry = registry
         self._inbox = inbox
         self._channel = channel
         self._history = history
         self._regions = Regions(name=region, peers=peers)
+        self._locator: NodeCache | Registry = (
+            NodeCache(registry, node_cache_s) if node_cache_s > 0 else registry)
         self._consumer = consumer
         self._config = config
         self._clock_ms = clock_ms
@@ -249,7 +255,7 @@ class RouterWorker:
         await self._inbox.add_many([(m.target.clients, _entry(m)) for m in messages])
         self.stats.stored += sum(len(m.target.clients) for m in messages)
         clients = dict.fromkeys(c for m in messages for c in m.target.clients)
-        return await self._registry.locate_many(clients)
+        return await self._locator.locate_many(clients)
 
     async def _keep(self, broadcasts: list[Message]) -> None:
         """Keep the broadcasts in this region's history, for devices that resume."""

@@ -309,6 +309,11 @@ class ApiApp:
         await self.handle.close()
 
 
+NODE_CACHE_S = 1.0
+"""How long a router worker trusts an active node's record (`router.node_cache`): one registry
+round trip fewer per batch."""
+
+
 class RouterApp:
     """`router_workers` router workers on Redis, consumers named `<process id>-w<i>`, with the
     queue of each peer region, that they forward to (module docstring). `await start()`,
@@ -333,7 +338,8 @@ class RouterApp:
         self.workers = Workers([
             RouterWorker(self.queue, timed, self.inbox, self.channel,
                          consumer=f"{self.node_id}-w{i}", config=config.router,
-                         history=self.history, region=config.registry.region, peers=self.peers)
+                         history=self.history, region=config.registry.region, peers=self.peers,
+                         node_cache_s=NODE_CACHE_S)
             for i in range(config.fleet.router_workers)])
         self.exporter.watch_workers(self.workers.workers)
         self.exporter.watch_queue(self.queue)
