@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import re
+import shlex
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from zuulpush.cli import _fill_secrets, _parser
 from zuulpush.config import COMPONENTS, ENV_PREFIX, known_keys, load_settings
 from zuulpush.edge.server import default_node_id
+from zuulpush.metrics import Metrics
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -143,3 +148,113 @@ def test_every_command_is_in_the_readme() -> None:
     commands = _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for name in commands:
         assert f"zuulpush {name}" in README
+
+
+# The operator's pages: every command they show runs with the real parsers, every flag and
+# variable they name exists, every metric they alert on is exported.
+
+ROOT = Path(__file__).resolve().parent.parent
+OPERATOR_DOCS = [ROOT / "docs" / "operations.md"]
+FLEET_PY = ROOT / "deploy" / "local" / "fleet.py"
+SHELL_WORDS = {"if", "then", "else", "do", "while", "until", "!", "sudo", "exec", "time"}
+
+
+def _shell_commands(text: str) -> list[list[str]]:
+    """The simple commands of every ```sh block: lines joined at a trailing backslash, split at
+    `;`, `&`, `|`, `(` and `)` (so `$(zuulpush token ...)` is a command of its own)."""
+    commands: list[list[str]] = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True
+            lexer.commenters = "#"
+            command: list[str] = []
+            for token in lexer:
+                if token and set(token) <= set(";&|()"):
+                    commands.append(command)
+                    command = []
+                else:
+                    command.append(token)
+            commands.append(command)
+    return [c for c in commands if c]
+
+
+def _program_args(command: list[str]) -> tuple[str, list[str]] | None:
+    """("zuulpush" or "fleet.py", its arguments) if the command runs one of them."""
+    words = list(command)
+    while words and (words[0] in SHELL_WORDS
+                     or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0])):
+        words.pop(0)  # `until`, `sudo`, VAR=value ... before the command
+    if words[:2] == ["docker", "run"] and "zuulpush" in words:
+        return "zuulpush", words[words.index("zuulpush") + 1:]
+    for i, word in enumerate(words[:2]):
+        if word.endswith("fleet.py"):
+            return "fleet.py", words[i + 1:]
+    if words and (words[0] == "zuulpush" or words[0].endswith("/zuulpush")):
+        return "zuulpush", words[1:]
+    return None
+
+
+def _fleet_parser() -> argparse.ArgumentParser:
+    spec = importlib.util.spec_from_file_location("zuulpush_local_fleet", FLEET_PY)
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
+    if spec.name not in sys.modules:
+        sys.modules[spec.name] = module  # its dataclasses look their module up while defined
+        spec.loader.exec_module(module)
+    parser: argparse.ArgumentParser = module._parser()
+    return parser
+
+
+@pytest.mark.parametrize("doc", OPERATOR_DOCS, ids=lambda p: p.name)
+def test_operator_commands_parse(doc: Path) -> None:
+    parsers = {"zuulpush": _parser(), "fleet.py": _fleet_parser()}
+    checked = 0
+    for command in _shell_commands(doc.read_text()):
+        found = _program_args(command)
+        if found is None:
+            continue
+        program, args = found
+        try:
+            parsers[program].parse_args(args)
+        except SystemExit:
+            pytest.fail(f"{doc.name}: {program} refuses {shlex.join(args)!r}")
+        checked += 1
+    assert checked or doc.name == "sizing.md"
+
+
+def _options(*path: str) -> set[str]:
+    parser = _parser()
+    for name in path:
+        subparsers = next(a for a in parser._actions
+                          if isinstance(a, argparse._SubParsersAction))
+        parser = subparsers.choices[name]
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+@pytest.mark.parametrize("doc", OPERATOR_DOCS, ids=lambda p: p.name)
+def test_operator_inline_commands_use_real_flags(doc: Path) -> None:
+    """`zuulpush drain --node ID [--wait]` in a table: the command exists and takes each flag."""
+    commands = _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for code in re.findall(r"`(zuulpush [^`]+)`", doc.read_text()):
+        words = code.split()
+        assert words[1] in commands, code
+        path = words[1:3] if words[1] == "admin" else words[1:2]
+        for flag in re.findall(r"(--[a-z][a-z-]*)", code):
+            assert flag in _options(*path), (doc.name, code, flag)
+
+
+@pytest.mark.parametrize("doc", OPERATOR_DOCS, ids=lambda p: p.name)
+def test_operator_variables_are_settings(doc: Path) -> None:
+    real = {ENV_PREFIX + key.upper() for key in known_keys()}
+    named = set(re.findall(r"\b(ZUULPUSH_[A-Z][A-Z_]*[A-Z])", doc.read_text()))
+    assert named <= real, named - real
+
+
+@pytest.mark.parametrize("doc", OPERATOR_DOCS, ids=lambda p: p.name)
+def test_operator_metrics_exist(doc: Path) -> None:
+    families = {family.name for family in  # type: ignore[union-attr]
+                Metrics(CollectorRegistry()).registry.collect()}
+    for name in set(re.findall(r"\b(zuulpush_[a-z_]+)", doc.read_text())):
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert name in families or base in families, (doc.name, name)
