@@ -154,7 +154,7 @@ def test_every_command_is_in_the_readme() -> None:
 # variable they name exists, every metric they alert on is exported.
 
 ROOT = Path(__file__).resolve().parent.parent
-OPERATOR_DOCS = [ROOT / "docs" / "operations.md"]
+OPERATOR_DOCS = [ROOT / "docs" / "operations.md", ROOT / "docs" / "sizing.md"]
 FLEET_PY = ROOT / "deploy" / "local" / "fleet.py"
 SHELL_WORDS = {"if", "then", "else", "do", "while", "until", "!", "sudo", "exec", "time"}
 
