@@ -22,14 +22,25 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
     parse_url,
 )
-from redis.exceptions import DataError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, DataError
 from redis.utils import HIREDIS_AVAILABLE
 
 # hiredis is a dependency (redis[hiredis]); without it everything works, packing in Python.
 hiredis: Any = importlib.import_module("hiredis") if HIREDIS_AVAILABLE else None
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-CLIENT_DEFAULTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+RECONNECT_RETRY = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 2,
+                        supported_errors=(ConnectionError,))
+"""A call whose connection breaks under it (Redis restarted or failed over while a blocking read
+waited, a proxy dropped the connection) reconnects and is sent again, twice at most, backing
+off up to half a second, instead of failing. Only connection errors: a timeout is not retried
+(it may have run, and it already took `socket_timeout`). Sending again may run a command twice
+if its reply, not the command, was lost; every call the seams make is idempotent or, for
+enqueues and publishes, at least once (message ids make repeats harmless)."""
+CLIENT_DEFAULTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0,
+                                   "retry": RECONNECT_RETRY}
 MAX_CONNECTIONS = 64
 POOL_TIMEOUT_S = 10.0
 
@@ -45,10 +56,11 @@ def connect(url: str, **kwargs: Any) -> Client:
       a Redis Cluster, discovered from any of the listed nodes.
 
     `kwargs` go to the client and override the defaults (5 s socket timeout, 2 s connect
-    timeout); options in a single-server URL's query override both. A single-server client
-    holds at most `max_connections` (64) connections, and a call finding all of them busy waits
-    for one (up to 10 s) rather than failing: many concurrent callers queue, Redis sees a bounded
-    number of clients. `decode_responses` is refused: the registry reads bytes.
+    timeout, `RECONNECT_RETRY`); options in a single-server URL's query override both. A
+    single-server client holds at most `max_connections` (64) connections, and a call finding
+    all of them busy waits for one (up to 10 s) rather than failing: many concurrent callers
+    queue, Redis sees a bounded number of clients. `decode_responses` is refused: the registry
+    reads bytes.
     """
     if kwargs.get("decode_responses"):
         raise ValueError("the registry reads bytes: decode_responses must be False")

@@ -438,3 +438,46 @@ async def test_a_restarted_redis_is_used_again_without_help(redis_factory: Any) 
     assert [d.message_id for d in await waiting] == ["D3"]
     for seam in (queue, inbox, channel):
         await seam.close()
+
+
+async def test_connections_broken_while_idle_are_made_again_by_the_first_call(
+        redis_factory: Any) -> None:
+    """Redis restarts while the pools' connections are idle: each seam's next call succeeds on
+    the new server, rather than failing once per pooled connection."""
+    server = redis_factory()
+    queue = RedisQueue.from_url(server.url, prefix="rs", dedup_window_s=WINDOW_S)
+    inbox = RedisInbox.from_url(server.url, prefix="rs", max_per_client=10)
+    channel = RedisNodeChannel.from_url(server.url, prefix="rs")
+    entry = InboxEntry("E1", b"x", FAR_MS)
+    await queue.put(message())
+    await inbox.add(["c1"], entry)
+    await channel.publish("n1", [Delivery("D1", b"{}")])
+    server.stop()
+    server.start()  # same port, empty; nothing called in between
+    sent = message()
+    assert await queue.put(sent)
+    await inbox.add(["c1"], entry)
+    assert await inbox.after("c1", None, 10) == [entry]
+    await channel.publish("n1", [Delivery("D2", b"{}")])
+    assert [d.message_id for d in await channel.receive("n1", 10, 0)] == ["D2"]
+    assert [t.message for t in await queue.take("w", 10, 0)] == [sent]
+    for seam in (queue, inbox, channel):
+        await seam.close()
+
+
+async def test_a_read_waiting_when_redis_restarts_carries_on_on_the_new_one(
+        redis_factory: Any) -> None:
+    """An edge's blocking receive is in flight when Redis restarts: the broken call reconnects
+    and is sent again (`RECONNECT_RETRY`), and gets what is published next, rather than failing
+    the delivery loop's read."""
+    server = redis_factory()
+    channel = RedisNodeChannel.from_url(server.url, prefix="rs")
+    publisher = RedisNodeChannel.from_url(server.url, prefix="rs")
+    waiting = asyncio.create_task(channel.receive("n1", 10, 5))
+    await asyncio.sleep(0.1)
+    server.stop()
+    server.start()  # same port, empty
+    await publisher.publish("n1", [Delivery("D1", b"{}")])
+    assert [d.message_id for d in await asyncio.wait_for(waiting, 10)] == ["D1"]
+    for seam in (channel, publisher):
+        await seam.close()
