@@ -92,6 +92,7 @@ from router.errors import (
     ZuulpushError,
 )
 from router.ids import IdGenerator
+from router.redis_common import as_outage
 from router.resolve import broadcast_reach, resolve_many
 from router.validation import parse_batch, parse_inbox_ack, parse_inbox_query, parse_push
 
@@ -348,7 +349,12 @@ def _json_errors(stats: ApiStats) -> Any:
                 raise
             stats.count_error(exc.status)
             return _http_error_response(exc)
-        except Exception:
+        except Exception as exc:
+            outage = as_outage(exc)  # e.g. the registry's Redis, looking up a user's devices
+            if outage is not None:
+                log.warning("%s %s: %s", request.method, request.path, outage.message)
+                stats.count_error(outage.http_status, outage)
+                return _error_response(outage)
             log.exception("unhandled error in %s %s", request.method, request.path)
             stats.count_error(500)
             return _error_response(ZuulpushError("internal error"))

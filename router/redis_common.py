@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from redis.exceptions import ClusterError, NoScriptError
+from redis.exceptions import ClusterError, NoScriptError, OutOfMemoryError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -33,6 +33,16 @@ PIPELINE_ITEMS = 5000
 
 T = TypeVar("T")
 _OUTAGES = (RedisConnectionError, RedisTimeoutError, ClusterError)
+
+
+def as_outage(exc: BaseException) -> Unavailable | None:
+    """`exc` as the 503 it means when it is a Redis outage (unreachable, timed out, cluster
+    down) or Redis refusing writes for memory (`OOM`, under `noeviction`); None otherwise."""
+    if isinstance(exc, _OUTAGES):
+        return Unavailable(f"Redis unreachable ({type(exc).__name__}: {exc})")
+    if isinstance(exc, OutOfMemoryError):
+        return Unavailable(f"Redis refuses writes (OOM): {exc}")
+    return None
 
 
 @contextmanager

@@ -87,6 +87,11 @@ from router.regions import Regions
 
 log = logging.getLogger(__name__)
 
+FORWARD_TIMEOUT_S = 1.0
+"""The longest a batch waits for a peer region's queue to take its forwards."""
+PEER_RETRY_AFTER_S = 5.0
+"""After a peer region failed (or timed out) a forward, its forwards are skipped this long."""
+
 
 @dataclass(slots=True)
 class WorkerStats:
@@ -165,6 +170,7 @@ class RouterWorker:
         self._stopping = False
         self._unroutable_logged: set[str] = set()
         self._failing_regions: set[str] = set()
+        self._retry_region_at: dict[str, float] = {}  # loop time until which a peer is skipped
         self.stats = WorkerStats()
 
     async def run(self) -> None:
@@ -312,11 +318,20 @@ class RouterWorker:
         self.stats.held += held
 
     async def _forward(self, region: str, messages: list[Message]) -> None:
-        """Hand `messages` to a peer region's queue, in one call; a failure is counted and
-        logged once per outage, never raised (the messages are in this region's inboxes)."""
+        """Hand `messages` to a peer region's queue, in one call of at most `FORWARD_TIMEOUT_S`;
+        a failure is counted and logged once per outage, never raised (the messages are in this
+        region's inboxes). A peer that failed is skipped (counted the same) for
+        `PEER_RETRY_AFTER_S`, so that a peer that hangs rather than refuses holds up one batch
+        per that while, not every batch."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._retry_region_at.get(region, 0.0):
+            self.stats.region_errors += len(messages)
+            return
         try:
-            accepted = len(await self._regions.peers[region].put_many(messages))
+            accepted = len(await asyncio.wait_for(
+                self._regions.peers[region].put_many(messages), FORWARD_TIMEOUT_S))
         except Exception as exc:
+            self._retry_region_at[region] = loop.time() + PEER_RETRY_AFTER_S
             self._region_failed(region, exc, len(messages))
             return
         self.stats.forwarded[region] += accepted
@@ -354,7 +369,8 @@ class RouterWorker:
         if region not in self._failing_regions:
             self._failing_regions.add(region)
             log.error("peer region %s does not take forwarded messages (%r): they stay in this "
-                      "region's inboxes; trying again with each batch", region, exc)
+                      "region's inboxes; trying again every %.0f s", region, exc,
+                      PEER_RETRY_AFTER_S)
 
     def _region_ok(self, region: str) -> None:
         if region in self._failing_regions:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,13 +12,16 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from registry.base import NodeInfo, NodeState, Registration
 from registry.memory import MemoryRegistry
+from registry.redis import RedisRegistry
 from router.api import ApiStats, create_api_app
 from router.auth import AuthConfig
 from router.base import Message, MessageQueue, Priority, Target
 from router.config import ApiConfig
 from router.errors import Unavailable
 from router.memory import MemoryQueue
+from router.redis_queue import RedisQueue
 from router.resolve import count_broadcast, resolve_clients
+from tests.support.redis_servers import RedisServer
 
 NOW_MS = 1_700_000_000_000
 KEY = "secret-api-key"
@@ -450,3 +453,37 @@ async def test_stats_count_enqueued_and_deduplicated_by_priority_and_errors() ->
 
 async def test_no_metrics_route_unless_given_a_page(api: Api) -> None:
     assert (await api.http.get("/metrics")).status == 404
+
+
+async def test_redis_down_under_a_user_push_or_a_broadcast_is_a_503_not_a_500(
+        redis_factory: Callable[..., RedisServer]) -> None:
+    """Pushes that must read the registry (a user's devices, a broadcast's reach) while its Redis
+    is unreachable, or while Redis refuses writes for memory, answer 503 with a JSON body and
+    `Retry-After`, like pushes to named clients do."""
+    server = redis_factory()
+    registry = RedisRegistry.from_url(server.url)
+    queue = RedisQueue.from_url(server.url, dedup_window_s=60)
+    app = create_api_app(config=CONFIG, auth=AUTH, queue=queue, registry=registry)
+    http: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    await http.start_server()
+    try:
+        server.stop()
+        for body in ({"to": {"users": ["alice"]}, "data": 1},
+                     {"to": {"broadcast": True}, "data": 1},
+                     {"to": {"clients": ["c1"]}, "data": 1}):
+            response = await http.post("/v1/push", json=body, headers=HEADERS)
+            answer = await response.json()
+            assert response.status == 503, answer
+            assert answer["error"]["code"] == "unavailable"
+            assert "Redis unreachable" in answer["error"]["message"]
+            assert response.headers["Retry-After"] == "1"
+        server.start()
+        server.cli("CONFIG", "SET", "maxmemory", "1")  # under noeviction: writes are refused
+        response = await http.post("/v1/push", json={"to": {"clients": ["c1"]}, "data": 1},
+                                   headers=HEADERS)
+        answer = await response.json()
+        assert response.status == 503 and "OOM" in answer["error"]["message"], answer
+    finally:
+        await http.close()
+        await queue.close()
+        await registry.close()

@@ -14,6 +14,7 @@ import pytest
 
 from registry.base import Location, NodeInfo, NodeState, Registration
 from registry.memory import MemoryRegistry
+from router import worker as worker_module
 from router.base import Broadcast, Delivery, InboxEntry, Message, Priority, Taken, Target
 from router.config import RouterConfig
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
@@ -534,6 +535,31 @@ async def test_a_peer_region_down_fails_nothing_here(caplog: pytest.LogCaptureFi
     assert fleet.a.stats.region_errors == 4 and fleet.a.stats.errors == 0
     assert not fleet.a.stats.forwarded
     assert len([r for r in caplog.records if "peer region b does not take" in r.getMessage()]) == 1
+
+
+class HangingQueue(SpyQueue):
+    """A peer region whose Redis accepts connections and never answers."""
+
+    async def put_many(self, messages: Sequence[Message]) -> list[bool]:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+async def test_a_peer_that_hangs_holds_up_one_batch_per_retry_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "FORWARD_TIMEOUT_S", 0.05)
+    fleet = await make_fleet(b=region("b", queue=HangingQueue()))
+    await fleet.connect("ca", "a1")
+    loop = asyncio.get_running_loop()
+    took = []
+    for _ in range(3):
+        sent = message("ca", "offline")
+        began = loop.time()
+        await fleet.a.handle(sent)
+        took.append(loop.time() - began)
+        assert (await fleet.a.received("a1"))[-1].message_id == sent.id
+    assert took[0] >= 0.05 and max(took[1:]) < 0.05  # then skipped for PEER_RETRY_AFTER_S
+    assert fleet.a.stats.region_errors == 3 and fleet.a.stats.errors == 0
 
 
 async def test_a_peer_queue_that_fills_up_part_way_counts_what_it_did_not_take() -> None:
