@@ -199,15 +199,15 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
 
 def _check_command(args: argparse.Namespace, settings: Mapping[str, Any]) -> int | None:
     """The port the command listens on, once its component configs are built from these
-    settings (values in range, keys known); None for the router, which serves no port."""
+    settings (values in range, keys known): the router's is its metrics port (None if unset)."""
     assert settings.get("redis_url"), f"zuulpush {args.command} without a Redis URL"
     if args.command == "edge":
         return EdgeAppConfig.from_settings(settings).edge.port
     if args.command == "api":
         return FleetAppConfig.from_settings(settings).api.api_port
     assert args.command == "router", f"zuulpush {args.command} is not a long-running role"
-    FleetAppConfig.from_settings(settings)
-    return None
+    port = FleetAppConfig.from_settings(settings).ops.metrics_port
+    return port if port > 0 else None
 
 
 def _edge_settings(argv: list[str], env: Mapping[str, str]) -> EdgeConfig:
