@@ -149,7 +149,7 @@ async def test_a_fleet_on_redis_exports_on_every_process(
             routed = await scrape(router_page)
             assert get(routed, "zuulpush_router_inbox_stored_total") == 1
             assert get(routed, "zuulpush_queue_depth", priority="normal") == 0
-            assert get(routed, "zuulpush_registry_op_seconds_count", op="locate_many") >= 1
+            assert get(routed, "zuulpush_registry_op_seconds_count", op="lookup_many") >= 1
             assert get(await scrape(api.api), "zuulpush_messages_enqueued_total",
                        priority="normal") == 1
             page = await scrape(edge.edge)
