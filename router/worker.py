@@ -181,16 +181,28 @@ class RouterWorker:
         `take_timeout_s`. The loop carries on either way.
         """
         handled: list[str] = []  # receipts of the batch handled last: the next take marks them
+        queue_down = False
         while not self._stopping:
             try:
                 batch = await self._queue.take(
                     self._consumer, self._config.worker_batch, self._take_timeout_s, handled
                 )
+            except Unavailable as exc:  # Redis away: once per outage, not once a second
+                self.stats.errors += 1
+                if not queue_down:
+                    queue_down = True
+                    log.warning("router worker %s cannot take from the queue (%s); retrying",
+                                self._consumer, exc.message)
+                await asyncio.sleep(self._take_timeout_s)  # back off; do not spin on a failure
+                continue
             except Exception:
                 self.stats.errors += 1
                 log.exception("router worker %s cannot take from the queue", self._consumer)
-                await asyncio.sleep(self._take_timeout_s)  # back off; do not spin on a failure
+                await asyncio.sleep(self._take_timeout_s)
                 continue
+            if queue_down:
+                queue_down = False
+                log.warning("router worker %s takes from the queue again", self._consumer)
             handled = await self._handle_logged(batch) if batch else []
         if handled:
             try:

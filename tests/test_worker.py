@@ -17,6 +17,7 @@ from registry.memory import MemoryRegistry
 from router import worker as worker_module
 from router.base import Broadcast, Delivery, InboxEntry, Message, Priority, Taken, Target
 from router.config import RouterConfig
+from router.errors import Unavailable
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.regions import Regions, Route
 from router.worker import RouterWorker, WorkerStats
@@ -285,6 +286,41 @@ async def test_run_survives_a_failing_batch(world: World) -> None:
     world.worker.stop()
     await running
     assert world.queue.done_receipts == []
+
+
+class FlakyQueue(SpyQueue):
+    """Unreachable for the first `down` takes."""
+
+    def __init__(self, down: int) -> None:
+        super().__init__()
+        self.down = down
+
+    async def take(self, consumer: str, max_n: int, timeout_s: float,
+                   done: Sequence[str] = ()) -> list[Taken]:
+        if self.down:
+            self.down -= 1
+            raise Unavailable("message queue: Redis unreachable")
+        return await super().take(consumer, max_n, timeout_s, done)
+
+
+async def test_an_outage_of_the_queue_is_logged_once_and_its_end_too(
+        caplog: pytest.LogCaptureFixture) -> None:
+    queue = FlakyQueue(down=3)
+    worker = RouterWorker(queue, MemoryRegistry(clock=lambda: 0.0), MemoryInbox(10),
+                          MemoryNodeChannel(10), consumer="w1", config=RouterConfig(),
+                          take_timeout_s=0.001)
+    with caplog.at_level(logging.WARNING, logger="router.worker"):
+        running = asyncio.create_task(worker.run())
+        for _ in range(2000):  # bounded: 2 s at most
+            if not queue.down and caplog.records[-1].getMessage().endswith("again"):
+                break
+            await asyncio.sleep(0.001)
+        worker.stop()
+        await running
+    assert [r.getMessage() for r in caplog.records] == [
+        "router worker w1 cannot take from the queue (message queue: Redis unreachable); "
+        "retrying", "router worker w1 takes from the queue again"]
+    assert worker.stats.errors == 3
 
 
 # Across regions: regions "a" and "b", each with its own registry (the replicated view: a test

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -57,6 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"zuulpush: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"zuulpush: {exc}", file=sys.stderr)
+        return 1
+
+
+class StartError(Exception):
+    """A process could not start for a reason outside it (its Redis unreachable): exit 1 with
+    one line, for its supervisor to start it again."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -238,6 +247,22 @@ def _fill_secrets(settings: dict[str, Any]) -> list[str]:
     return generated
 
 
+async def _start(app: Any) -> None:
+    """`app.start()`; a Redis outage while starting is a `StartError`, after what had started is
+    stopped again."""
+    from router.redis_common import as_outage
+
+    try:
+        await app.start()
+    except Exception as exc:
+        outage = as_outage(exc)
+        if outage is None:
+            raise
+        with contextlib.suppress(Exception):
+            await app.stop(0.0)
+        raise StartError(f"cannot start: {outage.message}") from None
+
+
 async def _run_until_signal(app: Any, banner: Callable[[Any], str],
                             lifeline_fd: int | None = None) -> None:
     stop = asyncio.Event()
@@ -250,7 +275,7 @@ async def _run_until_signal(app: Any, banner: Callable[[Any], str],
             stop.set()
 
         loop.add_reader(lifeline_fd, supervisor_gone)
-    await app.start()
+    await _start(app)
     gc.freeze()  # what start-up made lives as long as the process: no collection scans it again
     text = banner(app)
     if text:

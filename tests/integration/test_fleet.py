@@ -177,6 +177,9 @@ def test_edge_without_redis_and_status_without_a_server_explain_themselves(
     gone.stop()
     unreachable = zuulpush("status", "--redis", url)
     assert unreachable.returncode == 1 and "cannot reach the registry" in unreachable.stderr
+    edge = zuulpush("edge", "--port", "0", "--redis", url, ZUULPUSH_SECRET=SECRET)
+    assert edge.returncode == 1 and "cannot start: Redis unreachable" in edge.stderr, edge.stderr
+    assert "Traceback" not in edge.stderr and len(edge.stderr.strip().splitlines()) == 1
     bad_peer = zuulpush("edge", "--port", "0", "--redis", url, "--peer-region", "nonsense",
                         ZUULPUSH_SECRET=SECRET)
     assert bad_peer.returncode == 2 and "NAME=URL" in bad_peer.stderr
