@@ -171,10 +171,10 @@ class Fleet:
         self._ids: list[str] = []
         self._index: dict[str, int] = {}
 
-    def new_identity(self) -> tuple[str, str]:
-        """A client id no other user of this process has, and its user id."""
+    def new_identity(self) -> tuple[int, str, str]:
+        """A number, and from it a client id no other user of this process has, and its user."""
         n = next(self._seq)
-        return f"{self._prefix}-{n}", self.user_of(n)
+        return n, f"{self._prefix}-{n}", self.user_of(n)
 
     def user_of(self, n: int) -> str:
         return f"{self._prefix}-u{n // self._per_user}"
@@ -411,9 +411,8 @@ class DeviceUser(User):
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         self.kit = kit_of(environment)
-        self.client_id, self.user_id = self.kit.fleet.new_identity()
-        sse = random.random() < self.kit.config.sse_share
-        self.transport = "sse" if sse else "ws"
+        n, self.client_id, self.user_id = self.kit.fleet.new_identity()
+        self.transport = "sse" if on_sse(n, self.kit.config.sse_share) else "ws"
         self.conn: Connection | None = None
         self.last_id: str | None = None
         self.pending: list[str] = []
@@ -509,6 +508,12 @@ class DeviceUser(User):
         # a failed ack means the connection is going: the next receive reports it
         with contextlib.suppress(websocket.WebSocketException, OSError):
             self.conn.ack(ids)
+
+
+def on_sse(n: int, share: float) -> bool:
+    """Whether device `n` uses SSE: spread evenly, so that any `k` devices in a row hold
+    `k * share` SSE streams, rounded (random draws would leave a small run with none)."""
+    return int((n + 1) * share) > int(n * share)
 
 
 def _ms_since(started: float) -> float:
