@@ -6,7 +6,8 @@
   and reports each message as request type `PUSH` (`ws push`, `sse push`) with response time
   = arrival - the message's `ts` (the API's clock when it accepted the push, whole ms). Connects
   are `CONNECT` (`ws connect`, `sse connect`): the handshake time, or a failure; a connection the
-  server ends is a `DISCONNECT` failure named by its close code, and the device connects again.
+  server ends is a `DISCONNECT` named by its close code (a failure unless it is a go-away, 4000),
+  and the device connects again (after the go-away's `reconnect_after_ms`, or 0.5-2 s).
 - `BackendUser` (`--backend-users` of them, a fixed count) POSTs `/v1/push` and `/v1/push/batch`
   to `--api-url` with `--api-key`, at `--push-rate` per second each, choosing per request a target
   kind by `--push-mix` (one client, one user, a broadcast narrowed to `--device-type`, or a batch
@@ -48,6 +49,7 @@ DEFAULT_EDGE = "http://127.0.0.1:8080"
 DEFAULT_API = "http://127.0.0.1:8081"
 TARGET_KINDS = ("client", "user", "broadcast", "batch")
 PRIORITIES = ("high", "normal", "low")
+GO_AWAY = 4000
 IDLE_RECV_S = 1.0
 """How long a WebSocket read waits when no ack is due: the task returns between reads, so a
 stopping test ends the user within this."""
@@ -314,7 +316,7 @@ def _ws_closed(data: bytes) -> Closed:
     code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
     reason = data[2:].decode(errors="replace")
     hint = None
-    if code == 4000:  # go-away: reason is {"reason", "reconnect_after_ms"}
+    if code == GO_AWAY:  # go-away: reason is {"reason", "reconnect_after_ms"}
         try:
             hint = int(json.loads(reason)["reconnect_after_ms"])
         except (ValueError, KeyError, TypeError):
@@ -469,7 +471,10 @@ class DeviceUser(User):
         self.conn = None
         self.pending.clear()  # unacked: the inbox replays them on the next connection
         name = f"{self.transport} closed {closed.code or 'abruptly'}"
-        report(self.environment, "DISCONNECT", name, 0, exception=closed)
+        # a go-away (drain, lifetime, shutdown) is the server working as designed: counted, not
+        # failed; anything else (slow consumer, replaced, a dropped socket) is a failure
+        failure = None if closed.code == GO_AWAY else closed
+        report(self.environment, "DISCONNECT", name, 0, exception=failure)
         wait_ms = closed.reconnect_after_ms or random.uniform(500, 2000)
         gevent.sleep(min(wait_ms, 30_000) / 1000)
 
