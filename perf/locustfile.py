@@ -25,6 +25,7 @@ that is not there. With `--processes` or `--worker`, each process only targets i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -42,6 +43,7 @@ import requests
 import websocket
 from locust import FastHttpUser, User, constant, constant_throughput, events, task
 from locust.env import Environment
+from locust.runners import WorkerRunner
 
 from router.auth import issue_token
 
@@ -227,6 +229,9 @@ def kit_of(environment: Environment) -> Kit:
 def _start_kit(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options or _defaults()
     config = KitConfig.from_options(options, environment.host or DeviceUser.host)
+    if isinstance(environment.runner, WorkerRunner):  # workers share the master's --id-prefix
+        prefix = f"{config.id_prefix}-w{environment.runner.worker_index}"
+        config = dataclasses.replace(config, id_prefix=prefix)
     if not config.secret:
         raise SystemExit("zuulpush kit: no device-token secret: set ZUULPUSH_SECRET or --secret")
     BackendUser.fixed_count = config.backend_users
