@@ -16,10 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_serve(env: Mapping[str, str], args: Sequence[str] = (),
-                timeout_s: float = 30.0) -> tuple[subprocess.Popen[str], str, int]:
+                timeout_s: float = 30.0, banner: list[str] | None = None
+                ) -> tuple[subprocess.Popen[str], str, int]:
     """`zuulpush serve` on free ports with `env` over this environment (less its own
-    ZUULPUSH_* settings); the process and its edge's host and port, once it is ready. Its
-    later output is read and dropped, so it never blocks on a full pipe."""
+    ZUULPUSH_* settings); the process and its edge's host and port, once it is ready (its
+    `ready:` line is appended to `banner` if given: it names the API too). Its later output is
+    read and dropped, so it never blocks on a full pipe."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("ZUULPUSH_")}
     full.update(env)
     server = subprocess.Popen(
@@ -32,6 +34,8 @@ def start_serve(env: Mapping[str, str], args: Sequence[str] = (),
         line = server.stdout.readline()
         match = re.search(r"ready: edge=https?://([\d.]+):(\d+)", line)
         if match:
+            if banner is not None:
+                banner.append(line)
             threading.Thread(target=server.stdout.read, daemon=True).start()
             return server, match.group(1), int(match.group(2))
         if not line and server.poll() is not None:

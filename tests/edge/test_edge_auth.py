@@ -273,3 +273,54 @@ def test_check_key_with_no_keys_configured_forbids() -> None:
 )
 def test_bearer(header: str | None, expected: str | None) -> None:
     assert bearer(header) == expected
+
+
+# the HS256 fast path: it accepts only what PyJWT accepts, and leaves the rest to PyJWT
+
+
+def test_fast_path_takes_a_usual_token() -> None:
+    verifier = TokenVerifier(AuthConfig(secret=SECRET))
+    token = issue_token(SECRET, client_id="c", user_id="u", device_type="tv")
+    assert TokenVerifier._fast_hs256(token, verifier._hs256) is not None  # type: ignore[arg-type]
+    assert verifier.verify(token) == TokenVerifier._decode(token, SECRET, ["HS256"])
+
+
+@pytest.mark.parametrize("payload", [
+    claims(exp=int(time.time()) - 1),          # expired
+    claims(iat=int(time.time()) + 3600),       # issued in the future
+    claims(aud="someone"),                     # a claim PyJWT checks
+    claims(nbf=int(time.time()) + 3600),
+    claims(exp=float(time.time() + 3600)),     # not an int
+    claims(cid=...),                           # missing claim
+    claims(dt=""),                             # empty claim
+])
+def test_fast_path_defers_what_it_does_not_accept(payload: dict[str, Any]) -> None:
+    verifier = TokenVerifier(AuthConfig(secret=SECRET))
+    token = handmade({"alg": "HS256", "typ": "JWT"}, payload, SECRET.encode())
+    assert TokenVerifier._fast_hs256(token, verifier._hs256) is None  # type: ignore[arg-type]
+    try:
+        expected: DeviceIdentity | str = TokenVerifier._decode(token, SECRET, ["HS256"])
+    except InvalidToken as exc:
+        expected = str(exc)
+    try:
+        got: DeviceIdentity | str = verifier.verify(token)
+    except InvalidToken as exc:
+        got = str(exc)
+    assert got == expected
+
+
+@pytest.mark.parametrize("header", [
+    {"alg": "HS256", "typ": "JWT", "kid": "k"}, {"alg": "HS384", "typ": "JWT"}, {"alg": "none"}])
+def test_fast_path_defers_unusual_headers(header: dict[str, Any]) -> None:
+    verifier = TokenVerifier(AuthConfig(secret=SECRET))
+    token = handmade(header, claims(), SECRET.encode())
+    assert TokenVerifier._fast_hs256(token, verifier._hs256) is None  # type: ignore[arg-type]
+
+
+def test_fast_path_defers_a_wrong_signature_and_garbage() -> None:
+    verifier = TokenVerifier(AuthConfig(secret=SECRET))
+    for token in (issue_token(OTHER_SECRET, client_id="c", user_id="u", device_type="tv"),
+                  "a.b.c", "a.b", "a.b.c.d", "ä.b.c", "...", "e30.e30.!!"):
+        assert TokenVerifier._fast_hs256(token, verifier._hs256) is None  # type: ignore[arg-type]
+        with pytest.raises(InvalidToken):
+            verifier.verify(token)

@@ -77,7 +77,7 @@ from zuulpush.edge.protocol import SHED_SLOT, SHED_UNREAD, EdgeConnection
 from zuulpush.edge.shedding import Admission, Limits, LoopLag, Shed, derive_ceilings
 from zuulpush.edge.state import State
 from zuulpush.edge.wheel import TimerWheel
-from zuulpush.edge.wire import Outgoing
+from zuulpush.edge.wire import WEBSOCKET, Outgoing
 from zuulpush.edge.wsframes import Close
 from zuulpush.errors import HandshakeRejected
 from zuulpush.tally import DEPTH_BOUNDS, LATENCY_BOUNDS_MS, Buckets
@@ -478,12 +478,19 @@ class EdgeServer:
         out = Outgoing(delivery.message_id, delivery.payload)
         if delivery.broadcast:
             types = delivery.device_types
-            targets = [c for c in self.connections.values()
-                       if not types or c.registration.device_type in types]  # type: ignore[union-attr]
+            targets = list(self.connections.values()) if not types else \
+                [c for c in self.connections.values()
+                 if c.registration.device_type in types]  # type: ignore[union-attr]
         else:
             targets = [c for c in map(self.connections.get, delivery.clients) if c is not None]
+        # The same bytes to every open WebSocket, with no call per socket but the write; SSE and
+        # connections still replaying take the general path.
+        frame, open_, ws = out.ws_frame(), State.OPEN, WEBSOCKET
         for conn in targets:
-            conn.deliver(out)
+            if conn.state is open_ and conn.wire is ws:
+                conn.transport.write(frame)  # type: ignore[union-attr]
+            else:
+                conn.deliver(out)
         self.stats.delivered += len(targets)
         accepted_ms = id_time_ms(delivery.message_id) if targets else None
         if accepted_ms is not None:
