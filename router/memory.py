@@ -342,7 +342,7 @@ class MemoryInbox:
         for client_id in client_ids:
             box = self._boxes.get(client_id)
             if box is None:
-                box = self._boxes[client_id] = _Box[InboxEntry]()
+                box = self._boxes[client_id] = _Box()
             box.add(entry, self._cap)
 
     async def add_many(self, items: Sequence[tuple[Sequence[str], InboxEntry]]) -> None:

@@ -28,9 +28,9 @@ import h11
 from registry.base import Registration, new_version
 from router.base import InboxEntry
 from router.errors import ZuulpushError
-from zuulpush.edge import admin, inbound, sse, wsframes
+from zuulpush.edge import admin, fasthead, inbound, sse, wsframes
 from zuulpush.edge.answers import http_error
-from zuulpush.edge.request import ONE_SHOT, Accept, Route, check_head_size, decide
+from zuulpush.edge.request import ONE_SHOT, Accept, Headers, Route, check_head_size, decide
 from zuulpush.edge.shedding import Shed
 from zuulpush.edge.state import Event, State, next_state
 from zuulpush.edge.wire import SSE, WEBSOCKET, Outgoing, Wire, jittered_ms
@@ -125,8 +125,6 @@ class EdgeConnection(asyncio.Protocol):
             return
         limit = server.config.write_limit_bytes
         transport.set_write_buffer_limits(high=limit, low=limit // 4)
-        self._h11 = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=server.config.max_header_bytes)
         server.handshake_started(self)
 
     def data_received(self, data: bytes) -> None:
@@ -170,8 +168,16 @@ class EdgeConnection(asyncio.Protocol):
     # handshake
 
     def _handshake(self, data: bytes) -> None:
+        """Parse the request head: a plain `/ws` upgrade in one read without h11 (`fasthead`),
+        anything else with h11 (made at the first read that needs it)."""
+        max_bytes = self._server.config.max_header_bytes
         conn = self._h11
-        assert conn is not None
+        if conn is None:  # the request's first bytes
+            head = fasthead.parse(data, max_bytes)
+            if head is not None:
+                self._request(*head)
+                return
+            conn = self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
         try:
             conn.receive_data(data)
             event = conn.next_event()
@@ -183,19 +189,21 @@ class EdgeConnection(asyncio.Protocol):
         if not isinstance(event, h11.Request):
             self.reject(HandshakeRejected(400, "expected an HTTP request"))
             return
+        if event.http_version != b"1.1":
+            self.reject(HandshakeRejected(400, "HTTP/1.1 is required"))
+            return
+        self._request(event.method, event.target, event.headers, conn.trailing_data[0])
+
+    def _request(self, method: bytes, target: bytes, headers: Headers, trailing: bytes) -> None:
         server = self._server
         try:
-            if event.http_version != b"1.1":
-                raise HandshakeRejected(400, "HTTP/1.1 is required")
-            check_head_size(event.method, event.target, event.headers,
-                            server.config.max_header_bytes)
-            accept = decide(event.method, event.target, event.headers,
-                            verifier=server.verifier, echo_enabled=server.config.echo,
-                            admin_key=server.admin_key)
+            check_head_size(method, target, headers, server.config.max_header_bytes)
+            accept = decide(method, target, headers, verifier=server.verifier,
+                            echo_enabled=server.config.echo, admin_key=server.admin_key)
         except ZuulpushError as exc:
             self.reject(exc)
             return
-        self._accept(accept, conn.trailing_data[0])
+        self._accept(accept, trailing)
 
     def _shed(self, reason: Shed) -> None:
         assert self.transport is not None
