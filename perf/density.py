@@ -31,20 +31,19 @@ import multiprocessing as mp
 import os
 import random
 import signal
-import socket
 import ssl
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from perf.rawws import answer_pings
+from perf.rawws import PING, pong
 from perf.serving import start_edge, start_serve, stop
 
 SECRET = "density-benchmark-secret-0123456789abcdef"
@@ -385,13 +384,7 @@ async def _open(host: str, port: int, source: str, token: str, transport: str,
                 tls: ssl.SSLContext | None = None
                 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0), ssl=tls)
-    if transport == "ws":
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(f"GET /ws?token={token} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n".encode())
-    else:
-        writer.write(f"GET /sse?token={token} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    writer.write(_request(host, token, transport))
     head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 101" if transport == "ws" else b"HTTP/1.1 200"):
         writer.close()
@@ -400,20 +393,64 @@ async def _open(host: str, port: int, source: str, token: str, transport: str,
     return reader, writer
 
 
-async def _hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                transport: str) -> bool:
-    """Answer pings until the server closes; True if it did (the connection was lost)."""
-    try:
-        if transport == "sse":
-            while await reader.read(4096):
-                pass
-        else:
-            await answer_pings(reader, writer)
-        return True
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return True
-    except asyncio.CancelledError:
-        return False
+class Device(asyncio.Protocol):
+    """One idle device on a bare protocol (no stream reader, no task: a client process holds
+    16,000 of them on a core it shares): sends its request, waits for the answer's head, then
+    answers WebSocket pings (SSE: reads and drops). `lost` once the server closes it."""
+
+    __slots__ = ("buf", "lost", "ready", "request", "transport", "upgraded", "ws")
+
+    released = False  # set in a client process when its devices are closed on purpose
+
+    def __init__(self, request: bytes, ws: bool, ready: asyncio.Future[None]) -> None:
+        self.request, self.ws, self.ready = request, ws, ready
+        self.buf = b""
+        self.upgraded = self.lost = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self.request)
+        del self.request
+
+    def data_received(self, data: bytes) -> None:
+        if not self.upgraded:
+            self.buf += data
+            head, sep, rest = self.buf.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            status = head.split(b"\r\n", 1)[0].decode()
+            if not status.startswith("HTTP/1.1 101" if self.ws else "HTTP/1.1 200"):
+                self._fail(Shed(status) if " 503 " in status else ConnectionError(status))
+                return
+            self.upgraded, self.buf = True, b""
+            if not self.ready.done():
+                self.ready.set_result(None)
+            data = rest
+        if self.ws and data:
+            self._frames(data)
+
+    def _frames(self, data: bytes) -> None:
+        """Answer each whole ping in the buffer (server frames here are pings and a close;
+        payloads under 126 bytes)."""
+        buf = self.buf + data
+        while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
+            opcode, length = buf[0] & 0x0F, buf[1] & 0x7F
+            if opcode == PING and self.transport is not None:
+                self.transport.write(pong(buf[2:2 + length]))
+            buf = buf[2 + length:]
+        self.buf = buf
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.upgraded and not Device.released:
+            self.lost = True
+        self._fail(ConnectionError("closed"))
 
 
 def _client_process(index: int, count: int, host: str, port: int, source: str, secret: str,
@@ -424,48 +461,57 @@ def _client_process(index: int, count: int, host: str, port: int, source: str, s
 
     async def run() -> None:
         nonlocal sheds
+        loop = asyncio.get_running_loop()
         tokens = [_token(secret, f"d{index}-{i}") for i in range(count)]
         sem = asyncio.Semaphore(CONCURRENT_OPENS)
         tls = _client_tls(cafile)
-        holders = []
 
-        async def one(token: str) -> Any:
+        async def one(token: str) -> Device | None:
             nonlocal sheds
             for _ in range(ATTEMPTS):  # bounded retries
+                ready: asyncio.Future[None] = loop.create_future()
+                device = Device(_request(host, token, transport), transport == "ws", ready)
                 async with sem:
                     try:
-                        reader, writer = await asyncio.wait_for(
-                            _open(host, port, source, token, transport, tls), OPEN_TIMEOUT_S)
-                        break
+                        await asyncio.wait_for(loop.create_connection(
+                            lambda d=device: d, host, port, local_addr=(source, 0), ssl=tls),
+                            OPEN_TIMEOUT_S)
+                        await asyncio.wait_for(ready, OPEN_TIMEOUT_S)
+                        progress[index] += 1
+                        return device
                     except Shed:
                         sheds += 1
-                    except (OSError, asyncio.IncompleteReadError):  # timeouts too
+                    except OSError:  # refused, reset, closed, timed out
                         pass
+                    if device.transport is not None:
+                        device.transport.close()
                 await asyncio.sleep(random.uniform(0.5, 2.0))
-            else:
-                return None
-            progress[index] += 1
-            # Pings are answered from the start: opening the rest may take longer than a
-            # heartbeat interval (TLS handshakes, on a loaded machine).
-            holders.append(asyncio.create_task(_hold(reader, writer, transport)))
-            return reader, writer
-        conns = [c for c in await asyncio.gather(*(one(t) for t in tokens)) if c is not None]
-        results.put({"opened": len(conns), "failed": count - len(conns), "shed": sheds,
+            return None
+        devices = [d for d in await asyncio.gather(*(one(t) for t in tokens)) if d is not None]
+        del tokens
+        results.put({"opened": len(devices), "failed": count - len(devices), "shed": sheds,
                      "connect_done": time.monotonic(),
                      "rss": psutil.Process().memory_info().rss})
-        loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, release.wait)
-        lost = sum(1 for h in holders if h.done() and h.result())
-        for h in holders:
-            h.cancel()
-        for _, writer in conns:
-            writer.close()
+        lost = sum(1 for d in devices if d.lost)
+        Device.released = True
+        for d in devices:
+            if d.transport is not None:
+                d.transport.close()
         results.put({"lost": lost})
-    socket.setdefaulttimeout(30)
     with contextlib.suppress(ImportError):
         import uvloop
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(run())
+
+
+def _request(host: str, token: str, transport: str) -> bytes:
+    if transport == "ws":
+        key = base64.b64encode(os.urandom(16)).decode()
+        return (f"GET /ws?token={token} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    return f"GET /sse?token={token} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
 
 
 # the chart
