@@ -53,6 +53,10 @@ CONCURRENT_OPENS = 200  # handshakes in flight per client process
 OPEN_TIMEOUT_S = 60.0
 ATTEMPTS = 8  # per device: the first, and retries after a 503 or a failure
 PAGE = 4096
+PER_ADDRESS = 4000
+"""Devices per loopback source address: connect() searches the 28,232 ephemeral ports linearly
+for a free one, and past half of them used (16,000 on one address) that search kept the client
+processes in the kernel (`__inet_hash_connect`)."""
 IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h
 SOCKET_SLABS = frozenset({"TCP", "sock_inode_cache", "filp", "eventpoll_epi", "eventpoll_pwq",
                           "dentry", "skbuff_head_cache", "tcp_bind_bucket", "request_sock_TCP"})
@@ -182,7 +186,9 @@ def _run(args: argparse.Namespace, host: str, port: int, pids: list[int], secret
         started = time.monotonic()
         for i in range(n_procs):
             count = min(args.per_process, args.connections - i * args.per_process)
-            source = f"127.0.{1 + i // 200}.{2 + i % 200}"
+            k = -(-args.per_process // PER_ADDRESS)  # addresses per client process
+            source = [f"127.1.{a // 250}.{2 + a % 250}"
+                      for a in range(i * k, (i + 1) * k)]
             w = ctx.Process(target=_client_process, args=(
                 i, count, host, port, source, secret, args.transport, results, release,
                 args.cafile if args.tls else None, progress))
@@ -457,9 +463,9 @@ class Device(asyncio.Protocol):
         self._fail(ConnectionError("closed"))
 
 
-def _client_process(index: int, count: int, host: str, port: int, source: str, secret: str,
-                    transport: str, results: Any, release: Any, cafile: str | None,
-                    progress: Any) -> None:
+def _client_process(index: int, count: int, host: str, port: int, sources: list[str],
+                    secret: str, transport: str, results: Any, release: Any,
+                    cafile: str | None, progress: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the run; we follow `release`
     sheds = 0
 
@@ -470,7 +476,8 @@ def _client_process(index: int, count: int, host: str, port: int, source: str, s
         sem = asyncio.Semaphore(CONCURRENT_OPENS)
         tls = _client_tls(cafile)
 
-        async def one(token: str) -> Device | None:
+        async def one(n: int, token: str) -> Device | None:
+            source = sources[n % len(sources)]
             nonlocal sheds
             for _ in range(ATTEMPTS):  # bounded retries
                 ready: asyncio.Future[None] = loop.create_future()
@@ -496,7 +503,8 @@ def _client_process(index: int, count: int, host: str, port: int, source: str, s
                         sock.close()
                 await asyncio.sleep(random.uniform(0.5, 2.0))
             return None
-        devices = [d for d in await asyncio.gather(*(one(t) for t in tokens)) if d is not None]
+        opened = await asyncio.gather(*(one(n, t) for n, t in enumerate(tokens)))
+        devices = [d for d in opened if d is not None]
         del tokens
         results.put({"opened": len(devices), "failed": count - len(devices), "shed": sheds,
                      "connect_done": time.monotonic(),
