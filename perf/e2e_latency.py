@@ -18,6 +18,7 @@ the CPU each server process used during the phase (percent of one core).
 
     python perf/e2e_latency.py                              # rates 500 2000 5000, 5 s each
     python perf/e2e_latency.py --rates 2000 --seconds 10 --router-workers 2
+    python perf/e2e_latency.py --seconds 10 --plot docs/img/latency-cdf.png   # CDF per rate
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--edge", action="append", default=[], help="edge base URL (with --api)")
     p.add_argument("--secret", help="device-token secret (with --api)")
     p.add_argument("--api-key", help="API key (with --api)")
+    p.add_argument("--plot", metavar="PNG", help="draw the latency CDF of each rate to this file")
     args = p.parse_args()
     args.redis_pid = None
     if args.api and not (args.edge and args.secret and args.api_key):
@@ -131,10 +133,14 @@ def _measure(args: argparse.Namespace, api: str, edges: Sequence[str], secret: s
         time.sleep(1.0)  # the registrations are batched; let them land
         _phase(args, ctx, api, key, clients, receivers, procs, "warm-up", WARM_UP_RATE,
                WARM_UP_S)
+        curves: dict[int, list[float]] = {}
         for rate in args.rates:
             result = _phase(args, ctx, api, key, clients, receivers, procs, f"r{rate}", rate,
                             args.seconds)
+            curves[rate] = result.pop("latencies_ms")
             print(json.dumps(result), flush=True)
+        if args.plot:
+            _plot(curves, args.plot)
     finally:
         for proc, conn in receivers:
             conn.send(("stop", ""))
@@ -217,7 +223,31 @@ def _phase(args: argparse.Namespace, ctx: Any, api: str, key: str, clients: list
         "from_api_p99_ms": _pct(sorted(a[2] / 1e6 - a[3] for a in arrived), 0.99),
         "delivered_per_s": round(received / window_s),
         "cpu_percent": cpu,
+        "latencies_ms": values,
     }
+
+
+def _plot(curves: dict[int, list[float]], path: str) -> None:
+    """One CDF of send-to-arrival latency per offered rate, log-scaled in ms, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rate, values in curves.items():
+        if values:
+            ax.plot(values, [(i + 1) / len(values) for i in range(len(values))],
+                    label=f"{rate:,} msg/s offered")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, POST sent to message received (ms, log scale)")
+    ax.set_ylabel("fraction of messages")
+    ax.axhline(0.99, color="grey", linewidth=0.5, linestyle="--")
+    ax.set_title("perf/e2e_latency.py: latency CDF (2 edges, 1 router, Redis)")
+    ax.legend()
+    ax.grid(True, which="both", linewidth=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def _pct(values: list[float], q: float) -> float | None:
