@@ -244,6 +244,12 @@ class Inbox(Protocol):
         """Unexpired entries with id greater than `last_id` (all when None), oldest first."""
         ...
 
+    async def after_many(self, reads: Sequence[tuple[str, str | None]],
+                         limit: int) -> list[list[InboxEntry]]:
+        """`after(client_id, last_id, limit)` for each `(client_id, last_id)`, in order, in one
+        round trip where the store allows: what an edge replays to a batch of connections."""
+        ...
+
     async def ack(self, client_id: str, ids: Sequence[str]) -> int:
         """Remove these entries; returns how many were present. Idempotent."""
         ...
@@ -256,6 +262,11 @@ class Inbox(Protocol):
     async def ack_through(self, client_id: str, last_id: str) -> int:
         """Remove every entry with id up to and including `last_id` (a device that resumes after
         `last_id` has seen them). Returns how many were removed."""
+        ...
+
+    async def ack_through_many(self, items: Sequence[tuple[str, str]]) -> int:
+        """`ack_through` for each `(client_id, last_id)`, in one round trip where the store
+        allows; returns how many entries were removed in all."""
         ...
 
     async def close(self) -> None:

@@ -357,6 +357,10 @@ class MemoryInbox:
         self._forget_if_empty(client_id, box)
         return found
 
+    async def after_many(self, reads: Sequence[tuple[str, str | None]],
+                         limit: int) -> list[list[InboxEntry]]:
+        return [await self.after(client_id, last_id, limit) for client_id, last_id in reads]
+
     async def ack(self, client_id: str, ids: Sequence[str]) -> int:
         box = self._boxes.get(client_id)
         if box is None:
@@ -373,6 +377,9 @@ class MemoryInbox:
         removed = box.drop_first(bisect_right(box.ids, last_id))
         self._forget_if_empty(client_id, box)
         return removed
+
+    async def ack_through_many(self, items: Sequence[tuple[str, str]]) -> int:
+        return sum([await self.ack_through(client_id, last_id) for client_id, last_id in items])
 
     async def close(self) -> None:
         self._boxes.clear()

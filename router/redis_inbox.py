@@ -174,6 +174,20 @@ class RedisInbox:
             found = await self._run(AFTER, client_id, [start, limit, self._clock_ms()])
         return [_entry(found[i], found[i + 1]) for i in range(0, len(found), 2)]
 
+    async def after_many(self, reads: Sequence[tuple[str, str | None]],
+                         limit: int) -> list[list[InboxEntry]]:
+        if limit <= 0 or not reads:
+            return [[] for _ in reads]
+        now_ms = self._clock_ms()
+        calls: list[ScriptCall] = [
+            (AFTER, self.keys(client_id), ["-" if last_id is None else "(" + last_id, limit,
+                                           now_ms])
+            for client_id, last_id in reads]
+        with unavailable("inbox"):
+            pages = await run_pipelined(self._client, calls)
+        return [[_entry(found[i], found[i + 1]) for i in range(0, len(found), 2)]
+                for found in pages]
+
     async def ack(self, client_id: str, ids: Sequence[str]) -> int:
         removed = 0
         with unavailable("inbox"):
@@ -193,6 +207,14 @@ class RedisInbox:
     async def ack_through(self, client_id: str, last_id: str) -> int:
         with unavailable("inbox"):
             return int(await self._run(ACK_THROUGH, client_id, [last_id]))
+
+    async def ack_through_many(self, items: Sequence[tuple[str, str]]) -> int:
+        if not items:
+            return 0
+        calls: list[ScriptCall] = [(ACK_THROUGH, self.keys(client_id), [last_id])
+                                   for client_id, last_id in items]
+        with unavailable("inbox"):
+            return sum(int(n) for n in await run_pipelined(self._client, calls))
 
     async def close(self) -> None:
         if self._owns_client and not self._closed:

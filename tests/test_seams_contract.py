@@ -544,6 +544,29 @@ async def test_inbox_ack_many_acks_each_clients_own_entries(seams: Seams) -> Non
     assert await inbox.after("c2", None, 10) == [entry(1), entry(2)]
 
 
+async def test_inbox_after_many_reads_each_clients_page_in_order(seams: Seams) -> None:
+    inbox = seams.inbox()
+    for n in range(1, 6):
+        await inbox.add(["c1"], entry(n))
+    await inbox.add(["c2"], entry(9))
+    reads = [("c1", None), ("nobody", None), ("c1", entry(3).id), ("c2", "E9999"), ("c2", None)]
+    assert await inbox.after_many(reads, 2) == [
+        [entry(1), entry(2)], [], [entry(4), entry(5)], [], [entry(9)]]
+    assert await inbox.after_many(reads, 0) == [[]] * 5
+    assert await inbox.after_many([], 10) == []
+
+
+async def test_inbox_ack_through_many_acks_each_client_up_to_its_id(seams: Seams) -> None:
+    inbox = seams.inbox()
+    for n in range(1, 6):
+        await inbox.add(["c1", "c2"], entry(n))
+    assert await inbox.ack_through_many([("c1", entry(2).id), ("c2", entry(4).id),
+                                         ("nobody", entry(4).id)]) == 6
+    assert await inbox.after("c1", None, 10) == [entry(3), entry(4), entry(5)]
+    assert await inbox.after("c2", None, 10) == [entry(5)]
+    assert await inbox.ack_through_many([]) == 0
+
+
 async def test_inbox_ack_through_removes_up_to_and_including(seams: Seams) -> None:
     inbox = seams.inbox()
     for n in range(1, 6):

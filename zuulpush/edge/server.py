@@ -676,20 +676,31 @@ class EdgeServer:
             return
         regs = [conn.registration for conn in conns]
         await self.registry.register(regs, self.config.registry_ttl_s)  # type: ignore[arg-type]
-        for i, conn in enumerate(conns):
+        # Then the whole batch's inboxes: resumes' acks in one call, first pages in another,
+        # the broadcast history once from the oldest resume point (not a round trip each).
+        conns = [conn for conn in conns if conn.state is State.REPLAYING]
+        reads = [(conn.registration.client_id, conn.resume_after)  # type: ignore[union-attr]
+                 for conn in conns]
+        resumes = [(client_id, last_id) for client_id, last_id in reads if last_id is not None]
+        if resumes:
+            await self.inbox.ack_through_many(resumes)
+        page_size = self.config.replay_page_size
+        pages = await self.inbox.after_many(reads, page_size)
+        missed: list[Broadcast] = []
+        if resumes and self.history is not None:
+            missed = await self._missed_broadcasts(self.history, min(r[1] for r in resumes))
+        for i, (conn, (client_id, last_id), entries) in enumerate(zip(conns, reads, pages,
+                                                                        strict=True)):
             if i % ADMIT_SLICE == ADMIT_SLICE - 1:
                 await asyncio.sleep(0)  # a storm's batch must not hold the loop
             if conn.state is not State.REPLAYING:
-                continue
-            reg = conn.registration
-            assert reg is not None
-            last_id = conn.resume_after
-            if last_id is not None:
-                await self.inbox.ack_through(reg.client_id, last_id)
-            entries = await self._unacked(reg.client_id, last_id)
-            if last_id is not None and self.history is not None:
-                missed = await self._missed_broadcasts(self.history, last_id)
-                entries = merge_replay(entries, missed, reg.device_type)
+                continue  # closed meanwhile
+            if len(entries) == page_size:  # more than a page: the rest, a page at a time
+                entries = entries + await self._unacked(client_id, entries[-1].id)
+            if last_id is not None and missed:
+                after = [b for b in missed if b.id > last_id]
+                device_type = conn.registration.device_type  # type: ignore[union-attr]
+                entries = merge_replay(entries, after, device_type)
             conn.replayed(entries)
             self.stats.replayed += len(entries)
             self.stats.inbox_depth.add(len(entries))
