@@ -94,6 +94,10 @@ every ack of that while, rather than one per event-loop turn. An ack not yet app
 most a repeat, dropped by id, to a device that reconnects within it."""
 UNREGISTER_CONCURRENCY = 256
 ADMIT_SLICE = 64
+ADMIT_BATCH = 1024
+"""New connections registered (and replayed) per flush at most; the rest go in the next one, at
+once. In a connect storm this bounds each Redis call, so one node's batch never holds Redis
+(shared by the whole region) long enough for other nodes' calls to time out."""
 """Connections replayed between two yields to the loop (memory seams never yield by themselves)."""
 LISTENER_CHECK_S = 1.0
 DRAIN_STEP_S = 0.1
@@ -638,7 +642,9 @@ class EdgeServer:
             await self._flush_once()
 
     async def _flush_once(self) -> None:
-        admits, self._admits = self._admits, []
+        admits, self._admits = self._admits[:ADMIT_BATCH], self._admits[ADMIT_BATCH:]
+        if self._admits:
+            self._work.set()  # the rest: the next flush, right after this one
         try:
             await self._admit([conn for conn in admits if conn.state is State.REPLAYING])
         except BaseException:
