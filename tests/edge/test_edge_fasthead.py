@@ -99,3 +99,10 @@ def test_random_damage_never_makes_it_disagree_with_h11() -> None:
                 del data[at]
         parsed += agrees(bytes(data)) is not None
     assert parsed > 500  # many damaged heads are still valid, and are parsed the same
+
+
+def test_the_grammar_is_h11s() -> None:
+    from h11 import _abnf
+
+    for name in ("method", "request_target", "field_name", "field_value"):
+        assert getattr(fasthead, name.upper()) == getattr(_abnf, name), name
