@@ -169,8 +169,8 @@ class RouterWorker:
         self._take_timeout_s = take_timeout_s
         self._stopping = False
         self._unroutable_logged: set[str] = set()
-        self._failing_regions: set[str] = set()
-        self._retry_region_at: dict[str, float] = {}  # loop time until which a peer is skipped
+        # peer regions failing now -> loop time until which their forwards are skipped
+        self._failing_regions: dict[str, float] = {}
         self.stats = WorkerStats()
 
     async def run(self) -> None:
@@ -260,7 +260,7 @@ class RouterWorker:
             elif message.target.clients:
                 self._targeted(message, locations, out)
         priority_of = {m.id: m.priority for m in messages}
-        await asyncio.gather(self._publish(self._channel, out.per_node, priority_of),
+        await asyncio.gather(self._publish(out.per_node, priority_of),
                              *(self._forward(region, forwards)
                                for region, forwards in out.forwards.items()))
 
@@ -336,15 +336,14 @@ class RouterWorker:
         `PEER_RETRY_AFTER_S`, so that a peer that hangs rather than refuses holds up one batch
         per that while, not every batch."""
         loop = asyncio.get_running_loop()
-        if loop.time() < self._retry_region_at.get(region, 0.0):
+        if loop.time() < self._failing_regions.get(region, 0.0):
             self.stats.region_errors += len(messages)
             return
         try:
             accepted = len(await asyncio.wait_for(
                 self._regions.peers[region].put_many(messages), FORWARD_TIMEOUT_S))
         except Exception as exc:
-            self._retry_region_at[region] = loop.time() + PEER_RETRY_AFTER_S
-            self._region_failed(region, exc, len(messages))
+            self._region_failed(region, exc, len(messages), loop.time() + PEER_RETRY_AFTER_S)
             return
         self.stats.forwarded[region] += accepted
         if accepted < len(messages):
@@ -353,12 +352,12 @@ class RouterWorker:
         else:
             self._region_ok(region)
 
-    async def _publish(self, channel: NodeChannel, per_node: dict[str, list[Delivery]],
+    async def _publish(self, per_node: dict[str, list[Delivery]],
                        priority_of: dict[str, Priority]) -> None:
         """One batch per node, concurrently; a node that fails does not hold up the others."""
         node_ids = list(per_node)
         results = await asyncio.gather(
-            *(channel.publish(n, per_node[n]) for n in node_ids), return_exceptions=True
+            *(self._channel.publish(n, per_node[n]) for n in node_ids), return_exceptions=True
         )
         for node_id, result in zip(node_ids, results, strict=True):
             if isinstance(result, BaseException):
@@ -376,17 +375,17 @@ class RouterWorker:
                         "its clients' messages wait in this region's inbox",
                         self._regions.name, region, region)
 
-    def _region_failed(self, region: str, exc: Exception, lost: int) -> None:
+    def _region_failed(self, region: str, exc: Exception, lost: int,
+                       skip_until: float = 0.0) -> None:
         self.stats.region_errors += lost
         if region not in self._failing_regions:
-            self._failing_regions.add(region)
             log.error("peer region %s does not take forwarded messages (%r): they stay in this "
                       "region's inboxes; trying again every %.0f s", region, exc,
                       PEER_RETRY_AFTER_S)
+        self._failing_regions[region] = skip_until
 
     def _region_ok(self, region: str) -> None:
-        if region in self._failing_regions:
-            self._failing_regions.discard(region)
+        if self._failing_regions.pop(region, None) is not None:
             log.warning("peer region %s reachable again", region)
 
 
