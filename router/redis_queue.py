@@ -114,7 +114,21 @@ PUT_ITEMS = 500
 #       (stream index, entry id) pairs of entries done (XACKed and XDELed first, as DONE does)
 # Returns {entries, ids}: entries flat (stream index, entry id, meta, payload)...; when there are
 # none, ids are the group's last-delivered id per stream (what to block after).
-TAKE = Lua("queue_take", r"""
+_LAST_DELIVERED = r"""
+local function last_delivered(key, group)  -- the group's last-delivered id on stream `key`
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local name, id
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then
+        id = g[i + 1] end
+    end
+    if name == group then return id end
+  end
+  return '0-0'
+end
+"""
+
+TAKE = Lua("queue_take", _LAST_DELIVERED + r"""
 local group, consumer, max_n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local weights = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
 local min_idle = tonumber(ARGV[7])
@@ -173,17 +187,7 @@ if saved and not took then credits = saved end  -- a round begins only when it s
 redis.call('HSET', KEYS[4], '1', credits[1], '2', credits[2], '3', credits[3])
 local ids = {}
 if taken == 0 then
-  for p = 1, 3 do
-    ids[p] = '0-0'
-    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[p])) do
-      local name, last
-      for i = 1, #g, 2 do
-        if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then
-          last = g[i + 1] end
-      end
-      if name == group then ids[p] = last end
-    end
-  end
+  for p = 1, 3 do ids[p] = last_delivered(KEYS[p], group) end
 end
 return {out, ids}
 """)
@@ -210,20 +214,12 @@ return out
 
 # KEYS: high, normal, low; ARGV: group. Returns per stream the ms the oldest entry not yet
 # delivered to the group has waited since it was added, -1 when none waits.
-LAG = Lua("queue_lag", r"""
+LAG = Lua("queue_lag", _LAST_DELIVERED + r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for p = 1, 3 do
-  local last = '0-0'
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[p])) do
-    local name, id
-    for i = 1, #g, 2 do
-      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then
-        id = g[i + 1] end
-    end
-    if name == ARGV[1] then last = id end
-  end
+  local last = last_delivered(KEYS[p], ARGV[1])
   local first = redis.call('XRANGE', KEYS[p], '(' .. last, '+', 'COUNT', 1)[1]
   out[p] = -1
   if first then out[p] = math.max(0, now - tonumber(string.match(first[1], '^(%d+)'))) end
