@@ -40,7 +40,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -237,6 +237,10 @@ def _child(metric: Any, labels: tuple[str, ...]) -> Any:
     return metric.labels(*labels) if labels else metric
 
 
+def _priority_label(priority: Priority) -> str:
+    return priority.label
+
+
 class _Copier:
     """What one source last copied, per key, so that each copy adds only the change."""
 
@@ -249,6 +253,12 @@ class _Copier:
         if delta > 0:
             _child(metric, labels).inc(delta)
         self._seen[key] = value
+
+    def count_each(self, name: str, totals: Iterable[tuple[Any, float]], metric: Any,
+                   label: Callable[[Any], str] = str) -> None:
+        """`count` for each `(what, total)`, keyed `(name, what)`, labelled `label(what)`."""
+        for what, value in totals:
+            self.count((name, what), value, metric, label(what))
 
     def buckets(self, key: Any, buckets: Buckets, metric: Any, scale: float = 1.0) -> None:
         """Add what a plain histogram gained to a prometheus one whose bounds are its bounds
@@ -386,17 +396,13 @@ class Exporter:
     def _sync_edge(self, edge: EdgeServer, c: _Copier) -> None:
         m, st = self.metrics, edge.stats
         c.count("connects", st.connects, m.connects)
-        for reason, n in st.shed.items():
-            c.count(("shed", reason), n, m.shed, str(reason))
-        for status, n in st.rejects.items():
-            c.count(("rejected", status), n, m.rejected, str(status))
-        for credential, n in st.auth_failures.items():
-            c.count(("auth", credential), n, m.auth_failures, credential)
-        for reason, n in (("lifetime", st.lifetime_closes), ("drain", st.drain_closes),
-                          ("slow_consumer", st.slow_consumers),
-                          ("heartbeat_timeout", st.heartbeat_timeouts),
-                          ("violation", st.violations)):
-            c.count(("closes", reason), n, m.closes, reason)
+        c.count_each("shed", st.shed.items(), m.shed)
+        c.count_each("rejected", st.rejects.items(), m.rejected)
+        c.count_each("auth", st.auth_failures.items(), m.auth_failures)
+        c.count_each("closes", (("lifetime", st.lifetime_closes), ("drain", st.drain_closes),
+                                ("slow_consumer", st.slow_consumers),
+                                ("heartbeat_timeout", st.heartbeat_timeouts),
+                                ("violation", st.violations)), m.closes)
         c.count("delivered", st.delivered, m.edge_delivered)
         c.count("replayed", st.replayed, m.edge_replayed)
         c.count("acks", st.acks, m.acks)
@@ -406,29 +412,21 @@ class Exporter:
 
     def _sync_api(self, st: ApiStats, c: _Copier) -> None:
         m = self.metrics
-        for priority, n in st.enqueued.items():
-            c.count(("enqueued", priority), n, m.enqueued, priority.label)
-        for priority, n in st.deduped.items():
-            c.count(("deduped", priority), n, m.deduped, priority.label)
-        for status, n in st.rejected.items():
-            c.count(("rejected", status), n, m.api_rejected, str(status))
-        for credential, n in st.auth_failures.items():
-            c.count(("auth", credential), n, m.auth_failures, credential)
+        c.count_each("enqueued", st.enqueued.items(), m.enqueued, _priority_label)
+        c.count_each("deduped", st.deduped.items(), m.deduped, _priority_label)
+        c.count_each("rejected", st.rejected.items(), m.api_rejected)
+        c.count_each("auth", st.auth_failures.items(), m.auth_failures)
 
     def _sync_worker(self, st: WorkerStats, c: _Copier) -> None:
         m = self.metrics
-        for priority, n in st.delivered_by.items():
-            c.count(("delivered", priority), n, m.delivered, priority.label)
-        for priority, n in st.expired_by.items():
-            c.count(("expired", priority), n, m.expired, priority.label)
+        c.count_each("delivered", st.delivered_by.items(), m.delivered, _priority_label)
+        c.count_each("expired", st.expired_by.items(), m.expired, _priority_label)
         c.count("taken", st.taken, m.taken)
         c.count("stored", st.stored, m.stored)
         c.count("held", st.held, m.held)
-        for region, n in st.forwarded.items():
-            c.count(("forwarded", region), n, m.forwarded, region)
-        for kind, n in (("batch", st.errors), ("publish", st.publish_errors),
-                        ("region", st.region_errors)):
-            c.count(("errors", kind), n, m.router_errors, kind)
+        c.count_each("forwarded", st.forwarded.items(), m.forwarded)
+        c.count_each("errors", (("batch", st.errors), ("publish", st.publish_errors),
+                                ("region", st.region_errors)), m.router_errors)
 
 
 class TimedRegistry:
