@@ -169,10 +169,10 @@ class RedisInbox:
     async def after(self, client_id: str, last_id: str | None, limit: int) -> list[InboxEntry]:
         if limit <= 0:
             return []
-        start = "-" if last_id is None else "(" + last_id
         with unavailable("inbox"):
-            found = await self._run(AFTER, client_id, [start, limit, self._clock_ms()])
-        return [_entry(found[i], found[i + 1]) for i in range(0, len(found), 2)]
+            found = await self._run(AFTER, client_id, _after_args(last_id, limit,
+                                                                  self._clock_ms()))
+        return _page(found)
 
     async def after_many(self, reads: Sequence[tuple[str, str | None]],
                          limit: int) -> list[list[InboxEntry]]:
@@ -180,13 +180,10 @@ class RedisInbox:
             return [[] for _ in reads]
         now_ms = self._clock_ms()
         calls: list[ScriptCall] = [
-            (AFTER, self.keys(client_id), ["-" if last_id is None else "(" + last_id, limit,
-                                           now_ms])
+            (AFTER, self.keys(client_id), _after_args(last_id, limit, now_ms))
             for client_id, last_id in reads]
         with unavailable("inbox"):
-            pages = await run_pipelined(self._client, calls)
-        return [[_entry(found[i], found[i + 1]) for i in range(0, len(found), 2)]
-                for found in pages]
+            return [_page(found) for found in await run_pipelined(self._client, calls)]
 
     async def ack(self, client_id: str, ids: Sequence[str]) -> int:
         removed = 0
@@ -223,6 +220,16 @@ class RedisInbox:
 
     async def _run(self, script: Lua, client_id: str, args: Sequence[Any]) -> Any:
         return await run_script(self._client, script, self.keys(client_id), args)
+
+
+def _after_args(last_id: str | None, limit: int, now_ms: int) -> list[Any]:
+    """ARGV of the AFTER script: from just after `last_id` (or the start), `limit`, now."""
+    return ["-" if last_id is None else "(" + last_id, limit, now_ms]
+
+
+def _page(found: Sequence[bytes]) -> list[InboxEntry]:
+    """The entries an AFTER script answered: flat (id, value) pairs."""
+    return [_entry(found[i], found[i + 1]) for i in range(0, len(found), 2)]
 
 
 def _entry(entry_id: bytes, value: bytes) -> InboxEntry:
