@@ -21,6 +21,8 @@ import aiohttp
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.support.procs import wait_or_kill
+
 WAIT_S = 5.0
 """Default bound on any single wait for something the server should do promptly."""
 
@@ -238,12 +240,7 @@ class Curl:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 3.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                await asyncio.wait_for(self.proc.wait(), 3.0)
+            await wait_or_kill(self.proc, 3.0)
         # Drain the pipes so their transports close before the loop does.
         await asyncio.wait_for(self.proc.communicate(), 3.0)
 

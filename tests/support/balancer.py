@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -53,6 +52,7 @@ from typing import Any, cast
 import uvloop
 
 from tests.support.lag import LagSampler
+from tests.support.procs import wait_or_kill
 
 CONNECT_TIMEOUT_S = 2.0
 MAX_ANSWERS = 200_000
@@ -409,12 +409,7 @@ class BalancerProcess:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(proc.wait(), WAIT_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            return await asyncio.wait_for(proc.wait(), WAIT_S)
+        return await wait_or_kill(proc, WAIT_S)
 
     def stderr_text(self) -> str:
         return self.stderr_path.read_text(errors="replace")

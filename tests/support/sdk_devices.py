@@ -40,7 +40,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -54,6 +53,7 @@ import uvloop
 
 from router.auth import issue_token
 from tests.support.lag import LagSampler
+from tests.support.procs import wait_or_kill
 from zuulpush.client import ClientState, Message, PushClient
 from zuulpush.client.policy import Closed
 from zuulpush.client.transport import TRANSPORTS, ConnectFailed, Frame, Link, SslOption
@@ -277,12 +277,7 @@ class DeviceProcess:
         if proc.returncode is None and proc.stdin is not None:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 proc.stdin.close()
-        try:
-            return await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            return await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        return await wait_or_kill(proc, STOP_TIMEOUT_S)
 
     def stderr_tail(self, chars: int = 4000) -> str:
         return self.stderr_path.read_text(errors="replace")[-chars:]
