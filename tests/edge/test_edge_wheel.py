@@ -140,9 +140,20 @@ def test_members_and_len() -> None:
     assert sorted(w.members()) == ["a", "c"]
 
 
-def test_adding_twice_in_one_tick_is_one_member() -> None:
+def test_discarding_and_adding_again_in_one_tick_is_one_member() -> None:
     w = wheel()
-    w.add("a")
-    w.add("a")
+    slot = w.add("a")
+    w.discard("a", slot)
+    assert w.add("a") == slot
     assert len(w) == 1
     assert list(w.due(T0 + PERIOD)) == ["a"]
+    assert list(w.due(T0 + 2 * PERIOD)) == ["a"]
+
+
+def test_a_discarded_member_is_dropped_at_its_buckets_next_visit() -> None:
+    w = wheel()
+    slots = {m: w.add(m) for m in "abc"}
+    w.discard("b", slots["b"])
+    assert len(w) == 2 and sorted(w.members()) == ["a", "c"]
+    assert list(w.due(T0 + PERIOD)) == ["a", "c"]
+    assert w._buckets[slots["a"]] == ["a", "c"] and not w._gone[slots["a"]]

@@ -87,9 +87,11 @@ class _Replay:
 
     def __init__(self, last_id: str | None) -> None:
         self.last_id = last_id
-        self.held: list[Outgoing] = []
+        # Made when first needed: in a connect storm thousands of connections wait here for
+        # their inbox, most of which is empty.
+        self.held: list[Outgoing] | None = None
         self.queue: deque[Outgoing] | None = None  # None until the inbox has been read
-        self.sent: set[str] = set()
+        self.sent: set[str] | None = None
         self.paused = False
 
 
@@ -312,11 +314,14 @@ class EdgeConnection(asyncio.Protocol):
             assert self.transport is not None and self.wire is not None
             self.transport.write(self.wire.push(out))
         elif self.state is State.REPLAYING:
-            assert self._replay is not None
-            if len(self._replay.held) >= HELD_MAX:
+            replay = self._replay
+            assert replay is not None
+            if replay.held is None:
+                replay.held = [out]
+            elif len(replay.held) >= HELD_MAX:
                 self._slow_consumer()
             else:
-                self._replay.held.append(out)
+                replay.held.append(out)
 
     @property
     def resume_after(self) -> str | None:
@@ -336,12 +341,16 @@ class EdgeConnection(asyncio.Protocol):
         replay = self._replay
         assert self.transport is not None and self.wire is not None
         assert replay is not None and replay.queue is not None
-        queue, sent = replay.queue, replay.sent
+        queue = replay.queue
         while True:
+            if queue and replay.sent is None:
+                replay.sent = set()
             while queue:
                 if replay.paused:
                     return
                 out = queue.popleft()
+                sent = replay.sent
+                assert sent is not None
                 if out.id in sent:
                     continue
                 sent.add(out.id)
@@ -353,7 +362,7 @@ class EdgeConnection(asyncio.Protocol):
             if not replay.held:
                 break
             queue.extend(sorted(replay.held, key=lambda out: out.id))
-            replay.held = []
+            replay.held = None
         self._replay = None
         self.state = next_state(self.state, Event.REPLAYED)
 

@@ -53,7 +53,7 @@ import ssl
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,11 +94,16 @@ every ack of that while, rather than one per event-loop turn. An ack not yet app
 most a repeat, dropped by id, to a device that reconnects within it."""
 UNREGISTER_CONCURRENCY = 256
 ADMIT_SLICE = 64
+"""Connections replayed between two yields to the loop (memory seams never yield by themselves)."""
 ADMIT_BATCH = 1024
 """New connections registered (and replayed) per flush at most; the rest go in the next one, at
 once. In a connect storm this bounds each Redis call, so one node's batch never holds Redis
 (shared by the whole region) long enough for other nodes' calls to time out."""
-"""Connections replayed between two yields to the loop (memory seams never yield by themselves)."""
+HANDSHAKE_GROUP_S = 0.01
+"""Handshakes begun within this long of a group's first share its deadline entry (the last
+one's deadline: none is cut short, the first waits at most this much longer). In a connect
+storm that is a list slot per connection rather than a tuple and a float (80 bytes), alive
+for the whole handshake timeout."""
 LISTENER_CHECK_S = 1.0
 DRAIN_STEP_S = 0.1
 """A drain closes a batch of connections this often: its share of the window so far."""
@@ -228,7 +233,7 @@ class EdgeServer:
         self.metrics_page: Callable[[], tuple[bytes, str]] | None = None
         """`GET /metrics`: the exposition and its content type (set by an app that exports
         metrics; without it, 404)."""
-        self._handshakes: deque[tuple[float, EdgeConnection]] = deque()
+        self._handshakes: deque[_Deadline] = deque()
         self._wheel: TimerWheel[EdgeConnection] = TimerWheel(
             config.heartbeat_interval_s, now=clock())
         self._admits: list[EdgeConnection] = []
@@ -367,8 +372,7 @@ class EdgeServer:
                      "drain_window_s": self.config.drain_window_s}
 
     def open_count(self) -> int:
-        return len(self._wheel) + sum(
-            1 for _, conn in self._handshakes if conn.state is State.HANDSHAKE)
+        return len(self._wheel) + sum(1 for conn in self._handshaking())
 
     def health(self) -> tuple[int, dict[str, object]]:
         """`GET /healthz`: 200 while active (503 while draining) and the node's load."""
@@ -421,7 +425,19 @@ class EdgeServer:
         return self.admission.retry_after_s(self.clock())
 
     def handshake_started(self, conn: EdgeConnection) -> None:
-        self._handshakes.append((self.clock() + self.config.handshake_timeout_s, conn))
+        at = self.clock() + self.config.handshake_timeout_s
+        handshakes = self._handshakes
+        if handshakes and at - handshakes[-1].first < HANDSHAKE_GROUP_S:
+            group = handshakes[-1]
+            group.at = at
+            group.conns.append(conn)
+        else:
+            handshakes.append(_Deadline(at, conn))
+
+    def _handshaking(self) -> Iterator[EdgeConnection]:
+        """Connections whose request has not been served yet."""
+        for group in self._handshakes:
+            yield from (conn for conn in group.conns if conn.state is State.HANDSHAKE)
 
     def accepted(self, conn: EdgeConnection) -> None:
         self.stats.connects += 1
@@ -615,13 +631,13 @@ class EdgeServer:
 
     def _expire_handshakes(self, now: float) -> None:
         handshakes = self._handshakes
-        while handshakes and handshakes[0][0] <= now:
-            _, conn = handshakes.popleft()
-            if conn.state is State.HANDSHAKE:
-                conn.reject(HandshakeRejected(408, "handshake not completed in time",
-                                              code="request_timeout"), linger=False)
-            elif conn.state is State.CLOSING and conn.slot < 0:
-                conn.abort()  # rejected before its upgrade and still lingering
+        while handshakes and handshakes[0].at <= now:
+            for conn in handshakes.popleft().conns:
+                if conn.state is State.HANDSHAKE:
+                    conn.reject(HandshakeRejected(408, "handshake not completed in time",
+                                                  code="request_timeout"), linger=False)
+                elif conn.state is State.CLOSING and conn.slot < 0:
+                    conn.abort()  # rejected before its upgrade and still lingering
 
     async def _registry_loop(self) -> None:
         while True:
@@ -811,8 +827,19 @@ class EdgeServer:
 
     def _all_connections(self) -> list[EdgeConnection]:
         conns = list(self._wheel.members())
-        conns.extend(conn for _, conn in self._handshakes if conn.state is State.HANDSHAKE)
+        conns.extend(self._handshaking())
         return conns
+
+
+class _Deadline:
+    """Handshakes that end together (`HANDSHAKE_GROUP_S`): the first one's deadline, the
+    group's, and the connections."""
+
+    __slots__ = ("at", "conns", "first")
+
+    def __init__(self, at: float, conn: EdgeConnection) -> None:
+        self.first = self.at = at
+        self.conns = [conn]
 
 
 def _kind(conn: EdgeConnection) -> tuple[str, str]:
