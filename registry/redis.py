@@ -24,7 +24,10 @@ One key per client, because a reconnect storm is mostly known devices registerin
 user, same device type, a newer version, often another node): each costs one GET and one
 `SET ... KEEPTTL` in Redis, no TTL write and no second key or script. Only a new client, a client
 whose user or device type changed, or one whose device part is due (less than half the device TTL
-left) is written with a new DEVICE_UNTIL and `PX`, and only those go on to the user index.
+left) is written with a new DEVICE_UNTIL and `PX`, and only those go on to the user index. Such a
+write is *pending* (a DEVICE_UNTIL that counts as due) until the index has it and CONFIRM sets
+the real one: if the index write is lost (a timeout, a dropped connection), the next
+registration of the device writes the index again instead of skipping it as known.
 
 Slots. A client's record has the client's tag, so the register, refresh and unregister scripts
 (`registry.redis_lua`) each touch one slot per call. A user's index has the user's tag. All node
@@ -38,7 +41,9 @@ Writes.
   no longer live (expired or unregistered), or if the new `(version, node_id)` wins (last writer
   wins, exact on 20-digit version strings); a losing older write writes nothing. The items whose
   device part it (re)wrote then go, in a second round trip, to their users' indexes (INDEX_ADD),
-  and a device that moved to another user leaves the old user's index. A batch of known devices
+  and a device that moved to another user leaves the old user's index; a third (CONFIRM) marks
+  their device parts indexed. The same registration sent again (a retry) wins over itself, so
+  it is indexed even when the first attempt's answer was lost. A batch of known devices
   registering again costs one round trip.
 - `refresh`: the live registrations that still name this node get a new LIVE_UNTIL (REFRESH).
 - `unregister`: compare-and-delete on `(node, version)`: LIVE_UNTIL becomes 0 (UNREGISTER).
@@ -168,8 +173,8 @@ class RedisRegistry:
         device_until = now + self._device_ttl_ms
         px = max(self._device_ttl_ms, ttl_ms)
         renew_before = max(now + self._device_ttl_ms // 2, now + ttl_ms)
-        head = [ms_field(now), ms_field(now + ttl_ms), ms_field(device_until),
-                ms_field(renew_before), px]
+        pending = ms_field(now + (renew_before - now) // 2)
+        head = [ms_field(now), ms_field(now + ttl_ms), pending, ms_field(renew_before), px]
         groups = self._groups(regs, lambda r: keys.client(r.client_id))
         calls: list[_Call] = [
             (lua.REGISTER, [keys.client(r.client_id) for r in group],
@@ -178,6 +183,11 @@ class RedisRegistry:
         written = self._written(groups, await self._run(calls))
         if written:
             await self._index(written, now, device_until, px)
+            await self._run([
+                (lua.CONFIRM, [keys.client(r.client_id) for r in group],
+                 [pending, ms_field(device_until), *(version_field(r.version) for r in group)])
+                for group in self._groups([reg for reg, _ in written],
+                                          lambda r: keys.client(r.client_id))])
 
     @staticmethod
     def _written(

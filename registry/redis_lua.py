@@ -43,17 +43,21 @@ class Lua:
 
 
 # KEYS: client1, client2, ...
-# ARGV: now, live_until, device_until, renew_before (15-digit ms), px_ms, head1, head2, ...
+# ARGV: now, live_until, pending, renew_before (15-digit ms), px_ms, head1, head2, ...
 # Each head is a registration's VERSION 0xFF NODE 0xFF USER 0xFF DEVICE_TYPE. It is written if
 # the client has no record, if its stored registration is no longer live, or if it wins (a
-# higher version, or an equal one and a higher node id): with KEEPTTL and the stored
-# DEVICE_UNTIL while the user and device type stay and DEVICE_UNTIL is not before renew_before
-# (the caller makes that at least live_until); otherwise with the new device_until and PX px_ms.
+# higher version, or an equal one and a node id not lower: the same registration sent again
+# wins, so a retry after a lost answer indexes it): with KEEPTTL and the stored DEVICE_UNTIL
+# while the user and device type stay and DEVICE_UNTIL is not before renew_before (the caller
+# makes that at least live_until); otherwise with DEVICE_UNTIL `pending` and PX px_ms.
+# `pending` is before any later renew_before: the device part counts as due, and is written and
+# indexed again by the next registration, until CONFIRM (after the index write) sets the real
+# DEVICE_UNTIL. So a device whose index write never happened is never skipped as known.
 # Returns the items whose device part was (re)written, for the user index: i, or -i followed by
 # the previous user when the device moved from another user. Kept lean: it is the storm's path.
 REGISTER = Lua("register", _RECORDS + r"""
-local now, live, device_until, renew_before, px = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local fresh_times, written = SEP .. device_until .. SEP .. live .. SEP, {}
+local now, live, pending, renew_before, px = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local fresh_times, written = SEP .. pending .. SEP .. live .. SEP, {}
 for i = 1, #KEYS do
   local head, key = ARGV[i + 5], KEYS[i]
   local old = redis.call('GET', key)
@@ -65,7 +69,7 @@ for i = 1, #KEYS do
     local version, old_version = string.sub(head, 1, 20), string.sub(old, 1, 20)
     local h, o = string.find(head, SEP, 22, true), string.find(old, SEP, 54, true)
     if version > old_version or string.sub(old, 38, 52) <= now or (version == old_version
-        and bytes_gt(string.sub(head, 22, h - 1), string.sub(old, 54, o - 1))) then
+        and not bytes_gt(string.sub(old, 54, o - 1), string.sub(head, 22, h - 1))) then
       local old_device = string.sub(old, 22, 36)
       if old_device >= renew_before and string.sub(head, h) == string.sub(old, o) then
         redis.call('SET', key, version .. SEP .. old_device .. SEP .. live .. SEP
@@ -84,6 +88,22 @@ for i = 1, #KEYS do
   end
 end
 return written
+""")
+
+# KEYS: client1, client2, ...   ARGV: pending, device_until (15-digit ms), version1, version2, ...
+# After the user index has the devices REGISTER wrote: each record still at that version whose
+# device part is still `pending` gets the real DEVICE_UNTIL (KEEPTTL); returns how many.
+CONFIRM = Lua("confirm", r"""
+local pending, device_until, n = ARGV[1], ARGV[2], 0
+for i = 1, #KEYS do
+  local old = redis.call('GET', KEYS[i])
+  if old and string.sub(old, 1, 20) == ARGV[i + 2] and string.sub(old, 22, 36) == pending then
+    redis.call('SET', KEYS[i], string.sub(old, 1, 21) .. device_until .. string.sub(old, 37),
+               'KEEPTTL')
+    n = n + 1
+  end
+end
+return n
 """)
 
 # KEYS: client1, client2, ...   ARGV: now, live_until (15-digit ms), ttl_ms, 0xFF node_id 0xFF
@@ -180,5 +200,5 @@ end
 return 0
 """)
 
-ALL = (REGISTER, REFRESH, UNREGISTER, INDEX_ADD, INDEX_READ, INDEX_PRUNE, NODE_PUT, NODE_DELETE,
-       NODE_PRUNE)
+ALL = (REGISTER, CONFIRM, REFRESH, UNREGISTER, INDEX_ADD, INDEX_READ, INDEX_PRUNE, NODE_PUT,
+       NODE_DELETE, NODE_PRUNE)

@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from registry.base import Device, NodeInfo, NodeState, Registration
 from registry.redis import PIPELINE_ITEMS, SCRIPT_ITEMS, RedisRegistry, connect
@@ -157,6 +158,49 @@ async def test_a_known_device_registering_again_keeps_its_ttl_until_half_is_gone
     await registry.register([reg("c1", "n2", 4, dt="tv")], 30)  # the device type changed
     assert await client.pttl(key) > 599_000
     assert await registry.device("c1") == Device("c1", "tv")
+    await registry.close()
+
+
+async def test_a_registration_sent_again_after_a_lost_index_write_is_indexed(
+    single: RedisRegistry,
+) -> None:
+    """REGISTER ran but the index write after it did not (a timeout, a dropped connection): the
+    same registration retried, or the device's next one, still reaches the user's index."""
+    client, keys = single.client, single.keys
+    await client.set(keys.user("u1"), "not a sorted set")  # INDEX_ADD fails: WRONGTYPE
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await single.register([reg("c1", "n1", 1), reg("c2", "n1", 1)], TTL_S)
+    assert len(await single.lookup_many(["c1", "c2"])) == 2  # REGISTER ran
+    await client.delete(keys.user("u1"))
+    await single.register([reg("c1", "n1", 1)], TTL_S)  # the edge's retry: same registration
+    await single.register([reg("c2", "n2", 2)], TTL_S)  # or the device reconnected elsewhere
+    assert set(await single.devices_of_user("u1")) == {Device("c1", "phone"),
+                                                      Device("c2", "phone")}
+
+
+async def test_a_device_part_is_pending_until_its_index_write_is_confirmed(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """Until CONFIRM (the third round trip) the device part lasts half of half the device TTL,
+    so it counts as due: the next registration, even a newer one of the same user and type,
+    writes the index again. Confirmed, it lasts the whole device TTL."""
+    clock = [time.time() * 1000]
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix, device_ttl_s=600,
+                                      clock_ms=lambda: clock[0])
+    client, key, index = registry.client, registry.keys.client("c1"), registry.keys.user("u1")
+
+    def device_until(record: bytes) -> int:
+        return int(record[21:36])
+
+    await client.set(index, "not a sorted set")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await registry.register([reg("c1", "n1", 1)], 30)
+    assert device_until(await client.get(key)) == int(clock[0]) + 150_000
+    await client.delete(index)
+    clock[0] += 1000
+    await registry.register([reg("c1", "n2", 2)], 30)
+    assert device_until(await client.get(key)) == int(clock[0]) + 600_000
+    assert await registry.devices_of_user("u1") == [Device("c1", "phone")]
     await registry.close()
 
 
@@ -300,8 +344,9 @@ async def test_a_batch_costs_a_bounded_number_of_round_trips_and_commands(
     CountingConnection.sends = 0
     await registry.register([reg(c, user=f"u{i}") for i, c in enumerate(ids)], TTL_S)
     scripts_per_pipeline = math.ceil(PIPELINE_ITEMS / SCRIPT_ITEMS)
-    assert CountingConnection.sends == 2 * pipelines  # register, then index the new devices
-    assert await command_calls(client, "evalsha") <= pipelines * 2 * scripts_per_pipeline
+    # register, index the new devices, confirm their device part
+    assert CountingConnection.sends == 3 * pipelines
+    assert await command_calls(client, "evalsha") <= pipelines * 3 * scripts_per_pipeline
 
     await client.config_resetstat()
     CountingConnection.sends = 0  # a reconnect storm of known devices: no index round trip
