@@ -251,6 +251,7 @@ def _measure_hold(args: argparse.Namespace, procs: list[psutil.Process], baselin
         samples.append(_rss(procs))
     alive = [p.is_running() for p in procs]
     rss = _rss(procs)
+    redis_end = _redis_memory(redis)
     release.set()
     lost = sum(results.get(timeout=120)["lost"] for _ in clients)
     result: dict[str, Any] = {
@@ -285,6 +286,10 @@ def _measure_hold(args: argparse.Namespace, procs: list[psutil.Process], baselin
         result["redis"] = {k: redis1[k] - redis0[k] for k in redis1}
         result["redis"]["bytes_per_connection"] = _per(result["redis"]["used_memory"], opened)
         result["redis"]["at_n"] = redis1
+        # 2 keys a device (its record and its user's index: every device has a user of its own
+        # here) once every registration is written
+        result["redis"]["keys_per_device_at_end"] = _per(redis_end["keys"] - redis0["keys"],
+                                                         opened)
     result["machine"] = _machine()
     return result
 
