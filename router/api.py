@@ -94,6 +94,7 @@ from router.errors import (
 from router.ids import IdGenerator
 from router.redis_common import as_outage
 from router.resolve import broadcast_reach, resolve_many
+from router.static import add_static_routes
 from router.validation import parse_batch, parse_inbox_ack, parse_inbox_query, parse_push
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ def create_api_app(
         app.router.add_get("/v1/inbox", pull.pull)
         app.router.add_post("/v1/inbox/ack", pull.ack)
     app.router.add_get("/healthz", _healthz)
+    add_static_routes(app)
     if metrics is not None:
         app.router.add_get("/metrics", _metrics_handler(metrics))
     return app

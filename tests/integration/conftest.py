@@ -24,10 +24,12 @@ from pathlib import Path
 
 import pytest
 import uvloop
+from playwright.async_api import Browser
 
 from zuulpush.app import EmbeddedApp, ServeConfig
 from zuulpush.config import load_settings
 
+from .browser import chromium
 from .servers import (
     ADMIN_KEY,
     API_KEY,
@@ -80,6 +82,13 @@ def ids(request: pytest.FixtureRequest) -> Callable[[str], str]:
     """Client / user ids unique to this test: `ids("phone")` -> "test_x-3f2a-phone"."""
     prefix = f"{request.node.name[:40]}-{os.urandom(3).hex()}"
     return lambda name: f"{prefix}-{name}"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium for this test (`browser.chromium`)."""
+    async with chromium() as instance:
+        yield instance
 
 
 @pytest.fixture

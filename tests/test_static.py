@@ -1,0 +1,41 @@
+"""`GET /static/<name>`: the package's static files, and nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from router.static import STATIC_DIR, add_static_routes
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    app = web.Application()
+    add_static_routes(app)
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+async def test_a_file_is_served_with_its_type_and_revalidated_by_etag(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    response = await client.get("/static/zuulpush.js")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "text/javascript; charset=utf-8"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert await response.read() == (STATIC_DIR / "zuulpush.js").read_bytes()
+    again = await client.get("/static/zuulpush.js",
+                             headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status == 304
+
+
+@pytest.mark.parametrize("name", ["nothing.js", "..%2Fconfig.py", ".hidden.js", "zuulpush.py",
+                                  "%2E%2E%2Frouter%2Fapi.py"])
+async def test_anything_else_is_a_json_404(client: TestClient[web.Request, web.Application],
+                                           name: str) -> None:
+    response = await client.get("/static/" + name)
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "not_found"

@@ -1,0 +1,2 @@
+/* placeholder: the browser client arrives with issue 8 */
+export {};
