@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from playwright.async_api import Browser, Dialog, Page
 from websockets.asyncio.client import ClientConnection
 
+from tests.support.redis_servers import RedisServer
+
 from .browser import DOCS_IMG
 from .clients import push_api, sse_stream, ws_connect, ws_recv_json, ws_url
 from .conftest import ServeFactory
-from .servers import ADMIN_KEY, ServerProcess
+from .servers import ADMIN_KEY, API, API_KEY, EDGE, ServerProcess, start_server, stop_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -121,3 +125,53 @@ async def test_the_dashboard_shows_the_login_form_and_keeps_the_key_out_of_urls(
     assert not any(ADMIN_KEY in url for url in urls)
     # The page's script cannot read the session cookie.
     assert "zuulpush_dashboard" not in await page.evaluate("document.cookie")
+
+
+async def test_in_a_fleet_the_api_reads_the_nodes_records_and_drains_through_the_registry(
+        redis_factory: Callable[..., RedisServer], tmp_path: Path) -> None:
+    """`zuulpush edge` and `zuulpush api` on one real Redis: the API's dashboard shows the edge's
+    connections by transport and its delivered total from its node record, and its drain
+    button's request reaches the edge through the registry."""
+    redis = redis_factory()
+    edge = start_server(tmp_path, {"ZUULPUSH_REDIS_URL": redis.url, "ZUULPUSH_REGISTRY_TTL_S": "3",
+                                   "ZUULPUSH_DRAIN_WINDOW_S": "3"},
+                        ("--node-id", "dash-edge"), command=EDGE)
+    api = start_server(tmp_path, {"ZUULPUSH_REDIS_URL": redis.url}, command=API)
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    async def node(http: aiohttp.ClientSession) -> dict[str, Any] | None:
+        async with http.get(api.api + "/dashboard/snapshot", headers=auth,
+                            timeout=aiohttp.ClientTimeout(total=5)) as response:
+            snap = await response.json()
+        assert snap["mode"] == "fleet" and "expired" not in snap["counters"]
+        assert snap["counters"]["deduped"]["scope"] == "process"
+        return next((n for n in snap["nodes"] if n["node_id"] == "dash-edge"), None)
+
+    async def until(check: Callable[[dict[str, Any]], bool], http: aiohttp.ClientSession
+                    ) -> dict[str, Any]:
+        async def poll() -> dict[str, Any]:
+            while True:
+                found = await node(http)
+                if found is not None and check(found):
+                    return found
+                await asyncio.sleep(0.1)
+        return await asyncio.wait_for(poll(), 10)
+
+    try:
+        async with aiohttp.ClientSession() as http, \
+                ws_connect(ws_url(edge.edge, token=edge.token("fleet-ws", "u", "phone"))), \
+                sse_stream(http, edge.edge, edge.token("fleet-sse", "u", "web")):
+            async with push_api(api.api, API_KEY) as sender:
+                await sender.send({"hi": 1}, clients=["fleet-ws"])
+            # No router runs here: the message waits in the queue, nothing is delivered yet.
+            shown = await until(lambda n: n["connections"] == 2, http)
+            assert shown["by_transport"] == {"sse": 1, "ws": 1}
+            assert shown["by_device_type"] == {"phone": 1, "web": 1}
+            assert shown["totals"]["connects"] == 2 and shown["state"] == "active"
+            async with http.post(api.api + "/dashboard/nodes/dash-edge/drain",
+                                 headers={**auth, "X-Zuulpush-Dashboard": "1"}) as response:
+                assert response.status == 202
+                assert (await response.json())["via"] == "registry"
+            await until(lambda n: n["state"] == "draining", http)
+    finally:
+        stop_all([api, edge])
