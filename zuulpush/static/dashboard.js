@@ -26,7 +26,7 @@ function drawChart(canvas, points, color) {
   ctx.lineTo(width, height - 0.5); ctx.stroke();
   if (points.length < 2) return;
   const max = Math.max(1, ...points);
-  const step = width / (HISTORY - 1);
+  const step = width / Math.max(points.length - 1, 20); // a short history fills the width too
   const x0 = width - (points.length - 1) * step;
   const y = (v) => height - 2 - (v / max) * (height - 6);
   ctx.beginPath();
@@ -34,7 +34,7 @@ function drawChart(canvas, points, color) {
   ctx.strokeStyle = color; ctx.lineWidth = 1.5; ctx.stroke();
   ctx.lineTo(width, height); ctx.lineTo(x0, height); ctx.closePath();
   ctx.globalAlpha = 0.12; ctx.fillStyle = color; ctx.fill(); ctx.globalAlpha = 1;
-  ctx.fillStyle = "#6b7785"; ctx.font = "10px system-ui"; ctx.fillText(`max ${max}`, 4, 11);
+  ctx.fillStyle = "#6b7785"; ctx.font = "10px system-ui"; ctx.fillText(`max ${Math.round(max * 10) / 10}`, 4, 11);
 }
 
 const pairs = (obj) => Object.entries(obj).map(([k, v]) => `${k} ${v}`).join(" · ") || "none";
