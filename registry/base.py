@@ -52,7 +52,10 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """An edge node's heartbeat: where it listens, its state and how many connections it holds."""
+    """An edge node's heartbeat: where it listens, its state and how many connections it holds
+    (in all, by device type, by transport `ws`/`sse`), and its `totals`: counters since the node
+    started (`delivered`, `shed`, `connects`, `acks`, as the edge names them), for dashboards.
+    Records written before `by_transport` and `totals` existed decode with both empty."""
 
     node_id: str
     address: str
@@ -60,6 +63,8 @@ class NodeInfo:
     state: NodeState
     connections: int
     by_device_type: tuple[tuple[str, int], ...] = ()
+    by_transport: tuple[tuple[str, int], ...] = ()
+    totals: tuple[tuple[str, int], ...] = ()
 
     def count(self, device_types: frozenset[str] = frozenset()) -> int:
         """Connections held, of the given device types only when any are given."""

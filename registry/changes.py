@@ -137,7 +137,9 @@ def _to_json(change: Change, origin: str) -> dict[str, Any]:
         case NodeBeat(node, exp):
             return {"op": "node", "o": origin, "x": exp,
                     "n": [node.node_id, node.address, node.region, node.state.value,
-                          node.connections, [list(pair) for pair in node.by_device_type]]}
+                          node.connections, [list(pair) for pair in node.by_device_type],
+                          [list(pair) for pair in node.by_transport],
+                          [list(pair) for pair in node.totals]]}
         case NodeRemoved(node_id):
             return {"op": "node_rm", "o": origin, "node": node_id}
     raise TypeError(f"not a change: {change!r}")
@@ -167,13 +169,19 @@ def _from_json(obj: dict[str, Any]) -> Change:
     if op == "unreg":
         return Unregistered(_s(obj["c"]), _s(obj["node"]), _i(obj["v"]))
     if op == "node":
-        node_id, address, region, state, connections, by_type = obj["n"]
+        # Changes from nodes of an older version have six fields: no transports nor totals.
+        node_id, address, region, state, connections, by_type, *more = obj["n"]
+        by_transport, totals = [*more, [], []][:2]
         info = NodeInfo(_s(node_id), _s(address), _s(region), NodeState(state), _i(connections),
-                        tuple((_s(dt), _i(n)) for dt, n in by_type))
+                        _named(by_type), _named(by_transport), _named(totals))
         return NodeBeat(info, _i(obj["x"]))
     if op == "node_rm":
         return NodeRemoved(_s(obj["node"]))
     raise ChangeFormatError(f"unknown change op {op!r}")
+
+
+def _named(pairs: list[list[object]]) -> tuple[tuple[str, int], ...]:
+    return tuple((_s(name), _i(n)) for name, n in pairs)
 
 
 def _s(value: object) -> str:

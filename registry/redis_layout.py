@@ -169,11 +169,19 @@ def node_mark(node_id: str) -> bytes:
 
 
 def encode_node(node: NodeInfo) -> bytes:
+    """A node record: a JSON array, new fields appended at its end (`decode_node`)."""
     return orjson.dumps([node.node_id, node.address, node.region, node.state.value,
-                         node.connections, node.by_device_type])
+                         node.connections, node.by_device_type, node.by_transport,
+                         node.totals])
 
 
 def decode_node(raw: bytes) -> NodeInfo:
-    node_id, address, region, state, connections, by_type = orjson.loads(raw)
-    return NodeInfo(node_id, address, region, NodeState(state), connections,
-                    tuple((device_type, count) for device_type, count in by_type))
+    """A node record, of this version or an older one (six fields: no transports nor totals)."""
+    node_id, address, region, state, connections, by_type, *more = orjson.loads(raw)
+    by_transport, totals = [*more, [], []][:2]
+    return NodeInfo(node_id, address, region, NodeState(state), connections, _pairs(by_type),
+                    _pairs(by_transport), _pairs(totals))
+
+
+def _pairs(raw: list[list[str | int]]) -> tuple[tuple[str, int], ...]:
+    return tuple((str(name), int(count)) for name, count in raw)

@@ -13,6 +13,7 @@
     POST /v1/inbox/ack   device token; {"ids": [...]} or {"through": ID}
                      200 {"removed": N}
     GET  /healthz    200 {"status": "ok"}
+    GET  /, /dashboard/...   the operator's dashboard, behind the admin key (`router.dashboard`)
     GET  /metrics    the page `metrics` returns (only when the app is given one; no key)
 
 Decisions:
@@ -83,6 +84,7 @@ from router.base import (
 )
 from router.clock import ClockMs, wall_ms
 from router.config import ApiConfig
+from router.dashboard import DashboardSources, add_dashboard_routes
 from router.errors import (
     Forbidden,
     InvalidToken,
@@ -111,17 +113,24 @@ class ApiStats:
     enqueued: Counter[Priority] = field(default_factory=Counter)
     deduped: Counter[Priority] = field(default_factory=Counter)  # dropped as duplicates
     rejected: Counter[int] = field(default_factory=Counter)  # error answers by HTTP status
-    auth_failures: Counter[str] = field(default_factory=Counter)  # api_key, device_token
+    auth_failures: Counter[str] = field(default_factory=Counter)  # api_key, device_token, admin_key
 
     def count_error(self, status: int, error: Exception | None = None) -> None:
         self.rejected[status] += 1
         if isinstance(error, InvalidToken):
             self.auth_failures["device_token"] += 1
         elif isinstance(error, Unauthorized | Forbidden):
-            self.auth_failures["api_key"] += 1
+            # The dashboard's errors name their credential (admin_key) or none (csrf).
+            credential = getattr(error, "credential", "api_key")
+            if credential:
+                self.auth_failures[credential] += 1
 
     def count_put(self, message: Message, queued: bool) -> None:
         (self.enqueued if queued else self.deduped)[message.priority] += 1
+
+    def totals(self) -> dict[str, int]:
+        """Messages enqueued and deduplicated since start, all priorities (the dashboard's)."""
+        return {"enqueued": sum(self.enqueued.values()), "deduped": sum(self.deduped.values())}
 
 _HTTP_CODES = {
     404: "not_found",
@@ -142,11 +151,14 @@ def create_api_app(
     clock_ms: ClockMs = wall_ms,
     stats: ApiStats | None = None,
     metrics: MetricsPage | None = None,
+    dashboard: DashboardSources | None = None,
 ) -> web.Application:
     """The API as an aiohttp application; the caller runs it (AppRunner, TCPSite) and closes the
     queue, registry, inbox and history it passed in. Without `inbox` the device inbox routes are
     absent (404); without `history` a pull returns the inbox alone. What it does is counted in
-    `stats` (a new one when not given); `GET /metrics` exists only with `metrics`."""
+    `stats` (a new one when not given); `GET /metrics` exists only with `metrics`. The
+    dashboard (`router.dashboard`) reads the registry, `dashboard` (what this process holds
+    besides; by default nothing but the API's own counters) and `stats`."""
     stats = ApiStats() if stats is None else stats
     max_body = max(config.max_payload_bytes, config.max_batch_payload_bytes)
     app = web.Application(client_max_size=max_body, middlewares=[_json_errors(stats)])
@@ -159,6 +171,9 @@ def create_api_app(
         app.router.add_post("/v1/inbox/ack", pull.ack)
     app.router.add_get("/healthz", _healthz)
     add_static_routes(app)
+    add_dashboard_routes(app, admin_key=auth.admin_key, registry=registry, push=push.accept,
+                         sources=dashboard or DashboardSources(counters=stats.totals),
+                         clock_s=lambda: clock_ms() / 1000)
     if metrics is not None:
         app.router.add_get("/metrics", _metrics_handler(metrics))
     return app
@@ -196,10 +211,15 @@ class _PushHandler:
 
     async def handle(self, request: web.Request) -> web.Response:
         check_key(bearer(request.headers.get("Authorization")), self._auth.api_keys)
+        return _json(await self.accept(request), status=202)
+
+    async def accept(self, request: web.Request) -> dict[str, Any]:
+        """Read, validate, resolve and enqueue one push (the caller has authorised it); the
+        202 answer's body. Also the dashboard's push form."""
         body = await _read_body(request, self._config.max_payload_bytes)
         message = parse_push(body, config=self._config, ids=self._ids, now_ms=self._clock_ms())
         [(message, targets)] = await self._resolve([message])
-        return _json(await self._put(message, targets), status=202)
+        return await self._put(message, targets)
 
     async def handle_batch(self, request: web.Request) -> web.Response:
         check_key(bearer(request.headers.get("Authorization")), self._auth.api_keys)

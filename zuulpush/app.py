@@ -57,6 +57,7 @@ from router.api import ApiStats, MetricsPage, create_api_app
 from router.auth import AuthConfig, TokenVerifier
 from router.base import BroadcastLog, Inbox, MessageQueue, NodeChannel
 from router.config import ApiConfig, RouterConfig
+from router.dashboard import DashboardSources
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.redis_channel import RedisNodeChannel
 from router.redis_history import RedisBroadcastLog
@@ -101,7 +102,10 @@ class EmbeddedApp:
                                    history=self.history)
         self.api_stats = ApiStats()
         self.api = ApiSite(config.api, config.auth, self.queue, timed, self.inbox,
-                           self.history, stats=self.api_stats, metrics=self.exporter.page)
+                           self.history, stats=self.api_stats, metrics=self.exporter.page,
+                           dashboard=DashboardSources(
+                               mode="serve", local_nodes=lambda: [self.edge.node_info()],
+                               counters=self._counters, drain_local=self._drain_local))
         self.workers = Workers([self.worker])
         self.exporter.watch_edge(self.edge)
         self.exporter.watch_api(self.api_stats)
@@ -111,6 +115,17 @@ class EmbeddedApp:
     @property
     def api_port(self) -> int:
         return self.api.port
+
+    def _counters(self) -> dict[str, int]:
+        """The dashboard's process counters: in one process, the whole deployment's."""
+        return {**self.api_stats.totals(), "expired": self.worker.stats.expired}
+
+    def _drain_local(self, node_id: str) -> bool:
+        """The dashboard's drain of this process's node (the process exits once drained)."""
+        if node_id != self.edge.node_id:
+            return False
+        self.edge.start_drain("drain from the dashboard")
+        return True
 
     async def start(self) -> None:
         await self.edge.start()
@@ -137,7 +152,9 @@ class ApiSite:
     def __init__(self, config: ApiConfig, auth: AuthConfig, queue: MessageQueue,
                  registry: Registry, inbox: Inbox | None = None,
                  history: BroadcastLog | None = None, *, stats: ApiStats | None = None,
-                 metrics: MetricsPage | None = None) -> None:
+                 metrics: MetricsPage | None = None,
+                 dashboard: DashboardSources | None = None) -> None:
+        self._dashboard = dashboard
         self._stats = stats
         self._metrics = metrics
         self._config = config
@@ -155,7 +172,8 @@ class ApiSite:
     async def start(self) -> None:
         app = create_api_app(config=self._config, auth=self._auth, queue=self._queue,
                              registry=self._registry, inbox=self._inbox, history=self._history,
-                             stats=self._stats, metrics=self._metrics)
+                             stats=self._stats, metrics=self._metrics,
+                             dashboard=self._dashboard)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.api_host, self._config.api_port,

@@ -212,8 +212,10 @@ def _serve_parser(commands: Any) -> None:
         "serve", help="run edge and push-send API in one process, in memory (no Redis)",
         description="Run the edge (WebSocket GET /ws, SSE GET /sse) and the push-send API "
                     "(POST /v1/push) in one process with an in-memory registry, queue and "
-                    "inbox. Without a secret or API key configured, makes ones for this run "
-                    "and prints a device token and a curl line that pushes to it.")
+                    "inbox, and the operator's dashboard at the API's / (log in with the admin "
+                    "key). Without a secret, API key or admin key configured, makes ones for "
+                    "this run and prints them, with a device token and a curl line that pushes "
+                    "to it.")
     _common(p)
     _edge_listener(p)
     _api_listener(p)
@@ -309,6 +311,9 @@ def _banner(app: Any, generated: list[str]) -> str:
         f"zuulpush {__version__} serving in one process (in-memory registry, queue, inbox)",
         f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
         f"  api:  {api}/v1/push",
+        f"  dashboard: {api}/  (log in with the admin key"
+        + (f": {config.auth.admin_key})" if "admin_key" in generated else
+           ", ZUULPUSH_ADMIN_KEY)"),
         f"  ready: edge={http}://{edge} api={api} node={app.edge.node_id}",
     ]
     if generated:
@@ -498,6 +503,8 @@ def _api_banner(app: Any) -> str:
     return "\n".join([
         f"zuulpush {__version__} push-send API {app.node_id} on {app.config.registry.redis_url}",
         f"  api:  {api}/v1/push",
+        f"  dashboard: {api}/  " + ("(log in with the admin key)" if app.config.auth.admin_key
+                                    else "(off: no admin key, ZUULPUSH_ADMIN_KEY)"),
         f"  ready: api={api} node={app.node_id}",
     ])
 

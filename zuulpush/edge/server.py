@@ -816,14 +816,24 @@ class EdgeServer:
         their tokens name."""
         return {kind: n for kind, n in self._by_kind.items() if n > 0}
 
-    async def _heartbeat_node(self) -> None:
+    def node_info(self) -> NodeInfo:
+        """This node's record as its heartbeat writes it: state, connections by device type
+        and by transport, and its counters since start (`NodeInfo.totals`)."""
         by_type_counts: Counter[str] = Counter()
-        for (_, device_type), n in self._by_kind.items():
+        by_transport_counts: Counter[str] = Counter()
+        for (transport, device_type), n in self._by_kind.items():
             by_type_counts[device_type] += n
+            by_transport_counts[transport] += n
         by_type = tuple((t, n) for t, n in by_type_counts.items() if n > 0)
-        node = NodeInfo(self.node_id, f"{self.config.host}:{self.port}", self.config.region,
-                        self.state, len(self.connections), by_type)
-        await self.registry.heartbeat_node(node, self.config.registry_ttl_s)
+        by_transport = tuple((t, n) for t, n in sorted(by_transport_counts.items()) if n > 0)
+        stats = self.stats
+        totals = (("delivered", stats.delivered), ("shed", sum(stats.shed.values())),
+                  ("connects", stats.connects), ("acks", stats.acks))
+        return NodeInfo(self.node_id, f"{self.config.host}:{self.port}", self.config.region,
+                        self.state, len(self.connections), by_type, by_transport, totals)
+
+    async def _heartbeat_node(self) -> None:
+        await self.registry.heartbeat_node(self.node_info(), self.config.registry_ttl_s)
 
     def _all_connections(self) -> list[EdgeConnection]:
         conns = list(self._wheel.members())

@@ -1,0 +1,177 @@
+"""The dashboard in headless Chromium against a real `zuulpush serve`: log in with the admin
+key, watch the node's connection count rise as real clients connect (`websockets` and SSE
+over aiohttp), push from the form to a connected client, drain the node from its button. Saves
+`docs/img/dashboard.png` for the README."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Dialog, Page
+from websockets.asyncio.client import ClientConnection
+
+from tests.support.redis_servers import RedisServer
+
+from .browser import DOCS_IMG
+from .clients import push_api, sse_stream, ws_connect, ws_recv_json, ws_url
+from .conftest import ServeFactory
+from .servers import ADMIN_KEY, API, API_KEY, EDGE, ServerProcess, start_server, stop_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+WAIT_MS = 10_000
+"""Bound on each wait for the page (snapshots come once a second)."""
+
+
+async def log_in(page: Page, api: str) -> None:
+    await page.goto(api + "/", timeout=WAIT_MS)
+    await page.fill("#key", "not-the-key", timeout=WAIT_MS)
+    await page.click("button[type=submit]", timeout=WAIT_MS)
+    await page.wait_for_selector("#login-error:has-text('not accepted')", timeout=WAIT_MS)
+    await page.fill("#key", ADMIN_KEY, timeout=WAIT_MS)
+    await page.click("button[type=submit]", timeout=WAIT_MS)
+    await page.wait_for_selector("#live:has-text('live')", timeout=WAIT_MS)
+
+
+async def connections_shown(page: Page, node_id: str, n: int) -> None:
+    """Wait until the node's row and the total both show `n` connections."""
+    await page.wait_for_function(
+        """([node, n]) => {
+             const row = document.querySelector(`tr[data-node="${node}"] td.connections`);
+             return row && row.textContent === String(n)
+               && document.getElementById("connections").textContent === String(n);
+           }""", arg=[node_id, n], timeout=WAIT_MS)
+
+
+@contextlib.asynccontextmanager
+async def devices(server: ServerProcess, kinds: list[tuple[str, str]]
+                  ) -> AsyncIterator[list[ClientConnection]]:
+    """WebSocket devices `(client id, device type)`, connected for the block."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(ws_connect(ws_url(
+            server.edge, token=server.token(client, "dash-user", device_type))))
+            for client, device_type in kinds]
+
+
+async def test_dashboard_shows_connections_pushes_and_drains(
+        serve_factory: ServeFactory, browser: Browser) -> None:
+    server = serve_factory(ZUULPUSH_DRAIN_WINDOW_S="4")  # draining long enough to be seen
+    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    await log_in(page, server.api)
+    await connections_shown(page, server.node_id, 0)
+
+    async with devices(server, [("dash-phone-1", "phone"), ("dash-phone-2", "phone"),
+                                ("dash-tv-1", "tv")]) as ws_devices:
+        await connections_shown(page, server.node_id, 3)
+        async with aiohttp.ClientSession() as session, \
+                sse_stream(session, server.edge, server.token("dash-web-1", "web-user", "web")):
+            await connections_shown(page, server.node_id, 4)
+            shown = await page.text_content("#by-transport", timeout=WAIT_MS)
+            assert shown == "transport: sse 1 · ws 3"
+
+            # The form's push reaches the client it names.
+            await page.fill("#push-target", "dash-phone-1", timeout=WAIT_MS)
+            await page.fill("#push-data", '{"text": "from the dashboard"}', timeout=WAIT_MS)
+            await page.click("#push button[type=submit]", timeout=WAIT_MS)
+            await page.wait_for_selector("#push-result:has-text('1 target')", timeout=WAIT_MS)
+            message = await ws_recv_json(ws_devices[0])
+            assert (message["topic"], message["data"]) == ("dashboard",
+                                                           {"text": "from the dashboard"})
+
+            # A few broadcasts over some seconds, so that the charts have something to show.
+            async with push_api(server.api, server.api_key) as api:
+                for i in range(6):
+                    await api.send({"n": i}, broadcast=True)
+                    status, answer = await api.push({"to": {"clients": ["dash-tv-1"]},
+                                                     "data": i % 2, "dedup_key": f"d{i % 2}"})
+                    assert status == 202, answer  # from the third on, repeats of a dedup key
+                    await asyncio.sleep(0.5)
+            await page.wait_for_function(
+                "parseFloat(document.getElementById('delivered-rate').textContent) > 0",
+                timeout=WAIT_MS)
+            DOCS_IMG.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(DOCS_IMG / "dashboard.png"), full_page=True)
+
+            # The drain button turns the node draining (after the operator confirms).
+            async def accept(dialog: Dialog) -> None:
+                assert "Drain node" in dialog.message
+                await dialog.accept()
+
+            page.once("dialog", accept)
+            await page.click(f'tr[data-node="{server.node_id}"] button.drain', timeout=WAIT_MS)
+            await page.wait_for_selector(
+                f'tr[data-node="{server.node_id}"] td.state:has-text("draining")',
+                timeout=WAIT_MS)
+            await page.wait_for_selector("#drain-result:has-text('drain requested')",
+                                         timeout=WAIT_MS)
+
+
+async def test_the_dashboard_shows_the_login_form_and_keeps_the_key_out_of_urls(
+        server: ServerProcess, browser: Browser) -> None:
+    page = await browser.new_page()
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    await log_in(page, server.api)
+    cookies = await page.context.cookies()
+    [session] = [c for c in cookies if c["name"] == "zuulpush_dashboard"]
+    assert session.get("httpOnly") and session.get("sameSite") == "Strict"
+    assert ADMIN_KEY not in session["value"]
+    assert not any(ADMIN_KEY in url for url in urls)
+    # The page's script cannot read the session cookie.
+    assert "zuulpush_dashboard" not in await page.evaluate("document.cookie")
+
+
+async def test_in_a_fleet_the_api_reads_the_nodes_records_and_drains_through_the_registry(
+        redis_factory: Callable[..., RedisServer], tmp_path: Path) -> None:
+    """`zuulpush edge` and `zuulpush api` on one real Redis: the API's dashboard shows the edge's
+    connections by transport and its delivered total from its node record, and its drain
+    button's request reaches the edge through the registry."""
+    redis = redis_factory()
+    edge = start_server(tmp_path, {"ZUULPUSH_REDIS_URL": redis.url, "ZUULPUSH_REGISTRY_TTL_S": "3",
+                                   "ZUULPUSH_DRAIN_WINDOW_S": "3"},
+                        ("--node-id", "dash-edge"), command=EDGE)
+    api = start_server(tmp_path, {"ZUULPUSH_REDIS_URL": redis.url}, command=API)
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    async def node(http: aiohttp.ClientSession) -> dict[str, Any] | None:
+        async with http.get(api.api + "/dashboard/snapshot", headers=auth,
+                            timeout=aiohttp.ClientTimeout(total=5)) as response:
+            snap = await response.json()
+        assert snap["mode"] == "fleet" and "expired" not in snap["counters"]
+        assert snap["counters"]["deduped"]["scope"] == "process"
+        return next((n for n in snap["nodes"] if n["node_id"] == "dash-edge"), None)
+
+    async def until(check: Callable[[dict[str, Any]], bool], http: aiohttp.ClientSession
+                    ) -> dict[str, Any]:
+        async def poll() -> dict[str, Any]:
+            while True:
+                found = await node(http)
+                if found is not None and check(found):
+                    return found
+                await asyncio.sleep(0.1)
+        return await asyncio.wait_for(poll(), 10)
+
+    try:
+        async with aiohttp.ClientSession() as http, \
+                ws_connect(ws_url(edge.edge, token=edge.token("fleet-ws", "u", "phone"))), \
+                sse_stream(http, edge.edge, edge.token("fleet-sse", "u", "web")):
+            async with push_api(api.api, API_KEY) as sender:
+                await sender.send({"hi": 1}, clients=["fleet-ws"])
+            # No router runs here: the message waits in the queue, nothing is delivered yet.
+            shown = await until(lambda n: n["connections"] == 2, http)
+            assert shown["by_transport"] == {"sse": 1, "ws": 1}
+            assert shown["by_device_type"] == {"phone": 1, "web": 1}
+            assert shown["totals"]["connects"] == 2 and shown["state"] == "active"
+            async with http.post(api.api + "/dashboard/nodes/dash-edge/drain",
+                                 headers={**auth, "X-Zuulpush-Dashboard": "1"}) as response:
+                assert response.status == 202
+                assert (await response.json())["via"] == "registry"
+            await until(lambda n: n["state"] == "draining", http)
+    finally:
+        stop_all([api, edge])
