@@ -57,6 +57,7 @@ from router.api import ApiStats, MetricsPage, create_api_app
 from router.auth import AuthConfig, TokenVerifier
 from router.base import BroadcastLog, Inbox, MessageQueue, NodeChannel
 from router.config import ApiConfig, RouterConfig
+from router.demo import EdgeUrl, demo_available, edge_url_for
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.redis_channel import RedisNodeChannel
 from router.redis_history import RedisBroadcastLog
@@ -101,7 +102,8 @@ class EmbeddedApp:
                                    history=self.history)
         self.api_stats = ApiStats()
         self.api = ApiSite(config.api, config.auth, self.queue, timed, self.inbox,
-                           self.history, stats=self.api_stats, metrics=self.exporter.page)
+                           self.history, stats=self.api_stats, metrics=self.exporter.page,
+                           edge_url=self._edge_url)
         self.workers = Workers([self.worker])
         self.exporter.watch_edge(self.edge)
         self.exporter.watch_api(self.api_stats)
@@ -111,6 +113,17 @@ class EmbeddedApp:
     @property
     def api_port(self) -> int:
         return self.api.port
+
+    @property
+    def demo(self) -> bool:
+        """Whether the API serves the demo page (`router.demo`)."""
+        return demo_available(self.config.api, self.config.auth)
+
+    def _edge_url(self, request: web.Request) -> str:
+        """The demo page's edge when `public_edge_url` is not set: this process's edge (its
+        port is known once it has started, before the API starts)."""
+        url = edge_url_for(self.config.edge.host, self.edge.port, tls=self.edge.tls is not None)
+        return url(request)
 
     async def start(self) -> None:
         await self.edge.start()
@@ -137,7 +150,11 @@ class ApiSite:
     def __init__(self, config: ApiConfig, auth: AuthConfig, queue: MessageQueue,
                  registry: Registry, inbox: Inbox | None = None,
                  history: BroadcastLog | None = None, *, stats: ApiStats | None = None,
-                 metrics: MetricsPage | None = None) -> None:
+                 metrics: MetricsPage | None = None, edge_url: EdgeUrl | None = None) -> None:
+        if demo_available(config, auth) and not config.public_edge_url and edge_url is None:
+            raise ValueError("demo: set public_edge_url, the edge's URL the demo page connects "
+                             "to (or turn the demo off)")
+        self._edge_url = edge_url
         self._stats = stats
         self._metrics = metrics
         self._config = config
@@ -155,7 +172,7 @@ class ApiSite:
     async def start(self) -> None:
         app = create_api_app(config=self._config, auth=self._auth, queue=self._queue,
                              registry=self._registry, inbox=self._inbox, history=self._history,
-                             stats=self._stats, metrics=self._metrics)
+                             stats=self._stats, metrics=self._metrics, edge_url=self._edge_url)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.api_host, self._config.api_port,
