@@ -320,10 +320,10 @@ def _banner(app: Any, generated: list[str]) -> str:
         f"zuulpush {__version__} serving in one process (in-memory registry, queue, inbox)",
         f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
         f"  api:  {api}/v1/push",
-        f"  ready: edge={http}://{edge} api={api} node={app.edge.node_id}",
     ]
     if app.demo:
         lines.append(f"  demo: open {api}/demo in a browser and push to it")
+    lines.append(f"  ready: edge={http}://{edge} api={api} node={app.edge.node_id}")
     if generated:
         names = ", ".join("ZUULPUSH_" + name.upper() for name in generated)
         lines.append(f"  made for this run only (set {names} to keep them)")

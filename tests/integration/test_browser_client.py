@@ -212,3 +212,22 @@ async def test_a_refused_token_without_a_provider_stops_with_an_auth_error(
         return await closed;
     }""", server.edge)
     assert result == {"kind": "auth", "status": 401}
+
+
+async def test_serves_banner_names_the_demo_page(server: ServerProcess,
+                                                 http: aiohttp.ClientSession) -> None:
+    [line] = [line for line in server.lines if line.strip().startswith("demo:")]
+    url = line.split("open ", 1)[1].split()[0]
+    assert url == f"{server.api}/demo"
+    async with http.get(url) as response:
+        assert response.status == 200
+        assert "/static/zuulpush.js" in await response.text()
+
+
+async def test_no_demo_turns_the_page_off(serve_factory: Any,
+                                          http: aiohttp.ClientSession) -> None:
+    server = serve_factory(args=("--no-demo",))
+    assert not any(line.strip().startswith("demo:") for line in server.lines)
+    async with http.get(f"{server.api}/demo") as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] == "not_found"
