@@ -12,6 +12,9 @@
                      oldest first, after ID (from the oldest without it)
     POST /v1/inbox/ack   device token; {"ids": [...]} or {"through": ID}
                      200 {"removed": N}
+    GET  /demo, POST /demo/token, POST /demo/push   the demo page, only with `demo` on
+                     (`router.demo`)
+    GET  /static/<name>  the browser client and pages (`router.static`)
     GET  /healthz    200 {"status": "ok"}
     GET  /, /dashboard/...   the operator's dashboard, behind the admin key (`router.dashboard`)
     GET  /metrics    the page `metrics` returns (only when the app is given one; no key)
@@ -85,10 +88,12 @@ from router.base import (
 from router.clock import ClockMs, wall_ms
 from router.config import ApiConfig
 from router.dashboard import DashboardSources, add_dashboard_routes
+from router.demo import EdgeUrl, add_demo_routes
 from router.errors import (
     Forbidden,
     InvalidToken,
     PayloadTooLarge,
+    RateLimited,
     Unauthorized,
     Unavailable,
     ZuulpushError,
@@ -152,17 +157,21 @@ def create_api_app(
     stats: ApiStats | None = None,
     metrics: MetricsPage | None = None,
     dashboard: DashboardSources | None = None,
+    edge_url: EdgeUrl | None = None,
 ) -> web.Application:
     """The API as an aiohttp application; the caller runs it (AppRunner, TCPSite) and closes the
     queue, registry, inbox and history it passed in. Without `inbox` the device inbox routes are
     absent (404); without `history` a pull returns the inbox alone. What it does is counted in
     `stats` (a new one when not given); `GET /metrics` exists only with `metrics`. The
     dashboard (`router.dashboard`) reads the registry, `dashboard` (what this process holds
-    besides; by default nothing but the API's own counters) and `stats`."""
+    besides; by default nothing but the API's own counters) and `stats`. The demo page
+    (`router.demo`) exists only with `config.demo` and a secret; its edge URL is
+    `config.public_edge_url`, else `edge_url(request)` (ValueError with neither)."""
     stats = ApiStats() if stats is None else stats
+    ids = ids or IdGenerator()  # one per process: the demo's pushes share it
     max_body = max(config.max_payload_bytes, config.max_batch_payload_bytes)
     app = web.Application(client_max_size=max_body, middlewares=[_json_errors(stats)])
-    push = _PushHandler(config, auth, queue, registry, ids or IdGenerator(), clock_ms, stats)
+    push = _PushHandler(config, auth, queue, registry, ids, clock_ms, stats)
     app.router.add_post("/v1/push", push.handle)
     app.router.add_post("/v1/push/batch", push.handle_batch)
     if inbox is not None:
@@ -174,6 +183,8 @@ def create_api_app(
     add_dashboard_routes(app, admin_key=auth.admin_key, registry=registry, push=push.accept,
                          sources=dashboard or DashboardSources(counters=stats.totals),
                          clock_s=lambda: clock_ms() / 1000)
+    add_demo_routes(app, config=config, auth=auth, queue=queue, ids=ids, clock_ms=clock_ms,
+                    edge_url=edge_url, on_put=stats.count_put)
     if metrics is not None:
         app.router.add_get("/metrics", _metrics_handler(metrics))
     return app
@@ -387,8 +398,8 @@ def _error_response(exc: ZuulpushError) -> web.Response:
     headers = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, Unavailable):
-        headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+    if isinstance(exc, Unavailable | RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     return _json(exc.body(), status=exc.http_status, headers=headers)
 
 

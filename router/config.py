@@ -14,6 +14,11 @@ class ApiConfig:
     `max_inbox_page` bounds a device's `GET /v1/inbox?limit=` and the ids of one inbox ack.
     With `api_tls_cert_file` (and `api_tls_key_file`, or the key in the same file) the API serves
     https:// only (`zuulpush.tls`).
+
+    `demo` adds the demo page (`router.demo`): a device token for anyone who asks, so off by
+    default; `zuulpush serve` turns it on unless it is set. `public_edge_url` is the edge's URL
+    as a browser reaches it (`https://push.example.com`), for the demo page; empty: `serve`
+    derives it from the edge's address and port, `zuulpush api` has no demo without it.
     """
 
     api_host: str = "127.0.0.1"
@@ -27,6 +32,8 @@ class ApiConfig:
     max_inbox_page: int = 1000
     api_tls_cert_file: str = ""
     api_tls_key_file: str = ""
+    demo: bool = False
+    public_edge_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@
     │   └── InvalidToken              401, says why (expired, bad signature, alg, claims)
     ├── Forbidden                     403 (a valid key that may not do this)
     ├── NotFound                      404
+    ├── RateLimited                   429: retry after `retry_after_s` (the demo's limits)
     └── Unavailable                   503, transient: retry after `retry_after_s`
 
 The edge adds its own branch in `zuulpush.errors` (handshake answers and WebSocket close codes).
@@ -72,5 +73,14 @@ class Unavailable(ZuulpushError):
     transient = True
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(ZuulpushError):
+    http_status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s

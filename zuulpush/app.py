@@ -58,6 +58,7 @@ from router.auth import AuthConfig, TokenVerifier
 from router.base import BroadcastLog, Inbox, MessageQueue, NodeChannel
 from router.config import ApiConfig, RouterConfig
 from router.dashboard import DashboardSources
+from router.demo import EdgeUrl, demo_available, edge_url_for
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.redis_channel import RedisNodeChannel
 from router.redis_history import RedisBroadcastLog
@@ -105,7 +106,8 @@ class EmbeddedApp:
                            self.history, stats=self.api_stats, metrics=self.exporter.page,
                            dashboard=DashboardSources(
                                mode="serve", local_nodes=lambda: [self.edge.node_info()],
-                               counters=self._counters, drain_local=self._drain_local))
+                               counters=self._counters, drain_local=self._drain_local),
+                           edge_url=self._edge_url)
         self.workers = Workers([self.worker])
         self.exporter.watch_edge(self.edge)
         self.exporter.watch_api(self.api_stats)
@@ -126,6 +128,17 @@ class EmbeddedApp:
             return False
         self.edge.start_drain("drain from the dashboard")
         return True
+
+    @property
+    def demo(self) -> bool:
+        """Whether the API serves the demo page (`router.demo`)."""
+        return demo_available(self.config.api, self.config.auth)
+
+    def _edge_url(self, request: web.Request) -> str:
+        """The demo page's edge when `public_edge_url` is not set: this process's edge (its
+        port is known once it has started, before the API starts)."""
+        url = edge_url_for(self.config.edge.host, self.edge.port, tls=self.edge.tls is not None)
+        return url(request)
 
     async def start(self) -> None:
         await self.edge.start()
@@ -153,8 +166,13 @@ class ApiSite:
                  registry: Registry, inbox: Inbox | None = None,
                  history: BroadcastLog | None = None, *, stats: ApiStats | None = None,
                  metrics: MetricsPage | None = None,
-                 dashboard: DashboardSources | None = None) -> None:
+                 dashboard: DashboardSources | None = None,
+                 edge_url: EdgeUrl | None = None) -> None:
+        if demo_available(config, auth) and not config.public_edge_url and edge_url is None:
+            raise ValueError("demo: set public_edge_url, the edge's URL the demo page connects "
+                             "to (or turn the demo off)")
         self._dashboard = dashboard
+        self._edge_url = edge_url
         self._stats = stats
         self._metrics = metrics
         self._config = config
@@ -173,7 +191,7 @@ class ApiSite:
         app = create_api_app(config=self._config, auth=self._auth, queue=self._queue,
                              registry=self._registry, inbox=self._inbox, history=self._history,
                              stats=self._stats, metrics=self._metrics,
-                             dashboard=self._dashboard)
+                             dashboard=self._dashboard, edge_url=self._edge_url)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.api_host, self._config.api_port,

@@ -177,9 +177,18 @@ def _api_listener(p: argparse.ArgumentParser) -> None:
                         "file)")
 
 
+    p.add_argument("--demo", action=argparse.BooleanOptionalAction, default=None,
+                   help="serve the demo page GET /demo, which hands a device token to anyone "
+                        "who asks (default: on for serve, off for api)")
+    p.add_argument("--public-edge-url", metavar="URL",
+                   help="the edge's URL as a browser reaches it, for the demo page (serve: "
+                        "default the edge's address and port)")
+
+
 def _api_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, key)
-            for key in ("api_host", "api_port", "api_tls_cert_file", "api_tls_key_file")}
+            for key in ("api_host", "api_port", "api_tls_cert_file", "api_tls_key_file", "demo",
+                        "public_edge_url")}
 
 
 def _schemes(tls: object) -> tuple[str, str]:
@@ -215,7 +224,8 @@ def _serve_parser(commands: Any) -> None:
                     "inbox, and the operator's dashboard at the API's / (log in with the admin "
                     "key). Without a secret, API key or admin key configured, makes ones for "
                     "this run and prints them, with a device token and a curl line that pushes "
-                    "to it.")
+                    "to it. The API also serves a demo page (GET /demo; --no-demo turns it "
+                    "off).")
     _common(p)
     _edge_listener(p)
     _api_listener(p)
@@ -229,6 +239,7 @@ def _serve(args: argparse.Namespace) -> int:
         "host": args.host, "port": args.port, "echo": args.echo, **_api_flags(args),
         "log_format": args.log_format, **_edge_limit_flags(args)})
     _start_logging(args, settings)
+    settings.setdefault("demo", True)  # the quick start, on loopback: see it work in a browser
     generated = _fill_secrets(settings)
     return _run_app(lambda: EmbeddedApp(ServeConfig.from_settings(settings)),
                     lambda app: _banner(app, generated))
@@ -314,8 +325,10 @@ def _banner(app: Any, generated: list[str]) -> str:
         f"  dashboard: {api}/  (log in with the admin key"
         + (f": {config.auth.admin_key})" if "admin_key" in generated else
            ", ZUULPUSH_ADMIN_KEY)"),
-        f"  ready: edge={http}://{edge} api={api} node={app.edge.node_id}",
     ]
+    if app.demo:
+        lines.append(f"  demo: open {api}/demo in a browser and push to it")
+    lines.append(f"  ready: edge={http}://{edge} api={api} node={app.edge.node_id}")
     if generated:
         names = ", ".join("ZUULPUSH_" + name.upper() for name in generated)
         lines.append(f"  made for this run only (set {names} to keep them)")

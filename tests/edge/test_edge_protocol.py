@@ -1192,6 +1192,32 @@ def test_sse_with_a_bad_token_is_401(edge: Edge) -> None:
     assert device.transport.closed
 
 
+async def test_sse_stream_allows_any_origin(edge: Edge) -> None:
+    """A page on the API's port (another origin) uses EventSource on the edge: no credentials
+    travel (the token is in the URL), so `*` is enough."""
+    device = edge.sse("c1", headers=[("Origin", "http://127.0.0.1:8081")])
+    head = bytes(device.transport.written).split(b"\r\n\r\n", 1)[0].lower()
+    assert b"access-control-allow-origin: *" in head.split(b"\r\n")
+
+
+@pytest.mark.parametrize("path, status", [("/sse?token=nope", 401), ("/ws", 426)])
+def test_a_refused_handshake_is_readable_from_any_origin(edge: Edge, path: str,
+                                                         status: int) -> None:
+    """So that a browser client can tell a 401 (or a 503's Retry-After) from a network error."""
+    device = SseDevice(edge.server, path)
+    device.read()
+    assert device.response is not None and device.response.status_code == status
+    headers = {k.lower(): v for k, v in device.response.headers}
+    assert headers[b"access-control-allow-origin"] == b"*"
+    assert headers[b"access-control-expose-headers"] == b"retry-after"
+
+
+def test_a_shed_answer_is_readable_from_any_origin() -> None:
+    answer = shed_answer(Shed.RATE, 3).lower()
+    assert b"access-control-allow-origin: *\r\n" in answer
+    assert b"retry-after: 3\r\n" in answer
+
+
 # echo
 
 

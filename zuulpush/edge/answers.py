@@ -9,6 +9,14 @@ import orjson
 
 Headers = tuple[tuple[str, str], ...]
 
+CORS: Headers = (("access-control-allow-origin", "*"),
+                 ("access-control-expose-headers", "retry-after"))
+"""On the SSE stream and on every refused handshake, so that a page served from another origin
+(the API's demo page, a web app) can use EventSource and read why a connection was refused (a
+browser's `fetch`; WebSocket and EventSource hide the status). `*`: device tokens travel in the
+URL or a header, never as credentials (cookies), so no origin needs to be named. Static bytes:
+nothing per connection."""
+
 
 def http_answer(status: int, payload: bytes, content_type: str, headers: Headers = ()) -> bytes:
     """A complete response: status line, `content-type`, `content-length`, `connection: close`,

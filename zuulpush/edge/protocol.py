@@ -29,7 +29,7 @@ from registry.base import Registration, new_version
 from router.base import InboxEntry
 from router.errors import ZuulpushError
 from zuulpush.edge import admin, fasthead, inbound, sse, wsframes
-from zuulpush.edge.answers import http_error
+from zuulpush.edge.answers import CORS, http_error
 from zuulpush.edge.request import ONE_SHOT, Accept, Headers, Route, check_head_size, decide
 from zuulpush.edge.shedding import Shed
 from zuulpush.edge.state import Event, State, next_state
@@ -57,7 +57,7 @@ def shed_answer(reason: Shed, retry_after_s: int) -> bytes:
     """The canned `503` for a shed request (one per reason and delay, made once)."""
     message = f"{_SHED_WHY[reason]}; retry after {retry_after_s} s"
     return http_error(503, {"error": {"code": "overloaded", "message": message}},
-                      (("retry-after", str(retry_after_s)),))
+                      (("retry-after", str(retry_after_s)), *CORS))
 
 
 SHED_SLOT = -2
@@ -263,7 +263,7 @@ class EdgeConnection(asyncio.Protocol):
         client may still be sending its request; the handshake deadline bounds the linger)."""
         assert self.transport is not None
         self._server.stats.count_reject(error)
-        headers = getattr(error, "headers", ())
+        headers = (*getattr(error, "headers", ()), *CORS)
         self._close_transport(http_error(error.http_status, error.body(), headers), linger=linger)
 
     # WebSocket frames

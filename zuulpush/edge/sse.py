@@ -8,10 +8,13 @@ once and written to every stream as the same bytes. Event ids are message ids, w
 
 from __future__ import annotations
 
+from zuulpush.edge.answers import CORS
+
 HEADERS = [
     ("content-type", "text/event-stream; charset=utf-8"),
     ("cache-control", "no-cache"),
     ("x-accel-buffering", "no"),
+    *CORS,  # EventSource from a page of another origin (the API's /demo, a web app)
 ]
 
 
