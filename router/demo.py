@@ -40,6 +40,7 @@ from router.clock import ClockMs
 from router.config import ApiConfig
 from router.errors import Forbidden, InvalidRequest, RateLimited
 from router.ids import IdGenerator
+from router.ratelimit import TokenBucket
 from router.static import static_response
 from router.validation import parse_push
 
@@ -60,28 +61,6 @@ EdgeUrl = Callable[[web.Request], str]
 """The edge's base URL (`http(s)://host:port`) for a page requested by `request`."""
 
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
-
-
-class TokenBucket:
-    """`rate_per_s` sustained, `burst` at once; the clock is passed in (seconds)."""
-
-    __slots__ = ("_at", "_burst", "_level", "_rate")
-
-    def __init__(self, rate_per_s: float, burst: int) -> None:
-        self._rate = rate_per_s
-        self._burst = float(burst)
-        self._level = float(burst)
-        self._at: float | None = None
-
-    def take(self, now: float) -> float:
-        """0.0 if a token was taken; else the seconds until one will be there."""
-        if self._at is not None:
-            self._level = min(self._burst, self._level + (now - self._at) * self._rate)
-        self._at = now
-        if self._level >= 1.0:
-            self._level -= 1.0
-            return 0.0
-        return (1.0 - self._level) / self._rate
 
 
 def demo_available(config: ApiConfig, auth: AuthConfig) -> bool:
@@ -137,15 +116,15 @@ class _Demo:
         self._edge_url = edge_url
         self._on_put = on_put
         self._verifier = TokenVerifier(auth)
-        self._tokens = TokenBucket(TOKENS_PER_S, TOKEN_BURST)
-        self._pushes = TokenBucket(PUSHES_PER_S, PUSH_BURST)
+        self._tokens = TokenBucket(TOKENS_PER_S, TOKEN_BURST, now=self._now_s())
+        self._pushes = TokenBucket(PUSHES_PER_S, PUSH_BURST, now=self._now_s())
         self._last_push: OrderedDict[str, float] = OrderedDict()
 
     async def page(self, request: web.Request) -> web.Response:
         return static_response("demo.html", request)
 
     async def token(self, request: web.Request) -> web.Response:
-        _limit(self._tokens.take(self._now_s()), "too many demo tokens")
+        _limit(self._tokens, self._now_s(), "too many demo tokens")
         client_id = f"demo-{os.urandom(8).hex()}"
         token = issue_token(self._auth.secret, client_id=client_id, user_id=DEMO_USER,
                             device_type=DEMO_DEVICE_TYPE, ttl_s=DEMO_TOKEN_TTL_S)
@@ -159,7 +138,7 @@ class _Demo:
             raise Forbidden("only a demo token may push here")
         now = self._now_s()
         self._limit_client(identity.client_id, now)
-        _limit(self._pushes.take(now), "too many demo pushes")
+        _limit(self._pushes, now, "too many demo pushes")
         text = _text(await request.read() if request.can_read_body else b"")
         body = orjson.dumps({"to": {"clients": [identity.client_id]}, "topic": DEMO_TOPIC,
                              "data": {"text": text}, "ttl": 60})
@@ -183,9 +162,9 @@ class _Demo:
         return self._clock_ms() / 1000
 
 
-def _limit(wait_s: float, message: str) -> None:
-    if wait_s > 0:
-        raise RateLimited(message, retry_after_s=wait_s)
+def _limit(bucket: TokenBucket, now: float, message: str) -> None:
+    if not bucket.take(now):
+        raise RateLimited(message, retry_after_s=bucket.wait_s(now))
 
 
 def _text(body: bytes) -> str:

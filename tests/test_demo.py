@@ -19,7 +19,6 @@ from router.demo import (
     DEMO_TOKEN_TTL_S,
     PUSH_INTERVAL_S,
     TOKEN_BURST,
-    TokenBucket,
     edge_url_for,
 )
 from router.memory import MemoryQueue
@@ -180,11 +179,3 @@ def test_serves_edge_url_follows_the_visitor_when_the_edge_listens_everywhere(
         "GET", "/demo", headers={"Host": f"[{visitor}]:8081" if ":" in visitor
                                  else f"{visitor}:8081"})
     assert edge_url_for(host, 8080, tls=False)(request) == expected
-
-
-def test_token_bucket_refills_at_its_rate() -> None:
-    bucket = TokenBucket(2.0, 2)
-    assert bucket.take(0.0) == 0.0
-    assert bucket.take(0.0) == 0.0
-    assert bucket.take(0.0) == pytest.approx(0.5)
-    assert bucket.take(0.5) == 0.0

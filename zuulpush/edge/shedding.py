@@ -30,6 +30,8 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
+from router.ratelimit import TokenBucket
+
 MAX_RETRY_AFTER_S = 60
 LAG_SAMPLE_S = 0.05
 """How often the loop-lag sampler runs (and so how stale a lag reading can be)."""
@@ -54,31 +56,6 @@ def derive_ceilings(fd_limit: int | None, max_connections: int,
         hard = 1 << 20 if fd_limit is None else max(1, fd_limit - max(64, fd_limit // 20))
     soft = max_connections if max_connections > 0 else max(1, hard * 9 // 10)
     return soft, hard
-
-
-class TokenBucket:
-    """`burst` tokens, refilled at `rate_per_s`; `take(now)` spends one if there is one. A rate
-    of 0 means unlimited."""
-
-    __slots__ = ("_stamp", "_tokens", "burst", "rate_per_s")
-
-    def __init__(self, rate_per_s: float, burst: int, *, now: float) -> None:
-        self.rate_per_s = rate_per_s
-        self.burst = max(1, burst)
-        self._tokens = float(self.burst)
-        self._stamp = now
-
-    def take(self, now: float) -> bool:
-        if self.rate_per_s <= 0:
-            return True
-        if now > self._stamp:
-            self._tokens = min(float(self.burst),
-                               self._tokens + (now - self._stamp) * self.rate_per_s)
-            self._stamp = now
-        if self._tokens >= 1.0 - 1e-9:  # a whole token, to within float rounding
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 class LoopLag:
