@@ -15,6 +15,8 @@
     GET  /demo, POST /demo/token, POST /demo/push   the demo page, only with `demo` on
                      (`router.demo`)
     GET  /static/<name>  the browser client and pages (`router.static`)
+    GET  /openapi.json   the OpenAPI description of these routes and the edge's admin API
+                     (`router.openapi`)
     GET  /healthz    200 {"status": "ok"}
     GET  /, /dashboard/...   the operator's dashboard, behind the admin key (`router.dashboard`)
     GET  /metrics    the page `metrics` returns (only when the app is given one; no key)
