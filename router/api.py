@@ -15,6 +15,8 @@
     GET  /demo, POST /demo/token, POST /demo/push   the demo page, only with `demo` on
                      (`router.demo`)
     GET  /static/<name>  the browser client and pages (`router.static`)
+    GET  /openapi.json   the OpenAPI description of these routes and the edge's admin API
+                     (`router.openapi`)
     GET  /healthz    200 {"status": "ok"}
     GET  /, /dashboard/...   the operator's dashboard, behind the admin key (`router.dashboard`)
     GET  /metrics    the page `metrics` returns (only when the app is given one; no key)
@@ -99,6 +101,7 @@ from router.errors import (
     ZuulpushError,
 )
 from router.ids import IdGenerator
+from router.openapi import add_openapi_route
 from router.redis_common import as_outage
 from router.resolve import broadcast_reach, resolve_many
 from router.static import add_static_routes
@@ -180,6 +183,7 @@ def create_api_app(
         app.router.add_post("/v1/inbox/ack", pull.ack)
     app.router.add_get("/healthz", _healthz)
     add_static_routes(app)
+    add_openapi_route(app)
     add_dashboard_routes(app, admin_key=auth.admin_key, registry=registry, push=push.accept,
                          sources=dashboard or DashboardSources(counters=stats.totals),
                          clock_s=lambda: clock_ms() / 1000)

@@ -23,7 +23,7 @@ CONTENT_TYPES = {
     ".png": "image/png",
 }
 
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 def static_response(name: str, request: web.Request | None = None) -> web.Response:
@@ -31,7 +31,7 @@ def static_response(name: str, request: web.Request | None = None) -> web.Respon
     when the request's `If-None-Match` names its current ETag."""
     path = STATIC_DIR / name
     content_type = CONTENT_TYPES.get(path.suffix)
-    if not _NAME.fullmatch(name) or content_type is None or not path.is_file():
+    if not NAME.fullmatch(name) or content_type is None or not path.is_file():
         raise web.HTTPNotFound(text='{"error": {"code": "not_found", "message": "no such file"}}',
                                content_type="application/json")
     body = path.read_bytes()

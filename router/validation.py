@@ -249,7 +249,8 @@ def parse_inbox_ack(body: bytes, *, max_ids: int, max_bytes: int) -> InboxAck:
                 field="through",
             )
         return InboxAck(through=through)
-    ids = _ids(request["ids"], "ids")
-    if not 0 < len(ids) <= max_ids:
+    raw = request["ids"]
+    # Counted as sent, repeats included: the limit bounds the request, as the document says.
+    if isinstance(raw, list) and not 0 < len(raw) <= max_ids:
         raise InvalidRequest(f"'ids' must hold 1 to {max_ids} ids", field="ids")
-    return InboxAck(ids=ids)
+    return InboxAck(ids=_ids(raw, "ids"))

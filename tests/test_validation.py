@@ -11,7 +11,7 @@ from router.base import Priority, Target
 from router.config import ApiConfig
 from router.errors import InvalidRequest, PayloadTooLarge
 from router.ids import IdGenerator
-from router.validation import DEFAULT_TOPIC, parse_batch, parse_push
+from router.validation import DEFAULT_TOPIC, InboxAck, parse_batch, parse_inbox_ack, parse_push
 
 CONFIG = ApiConfig(max_payload_bytes=4096, default_ttl_s=300, max_ttl_s=3600, max_targets=5,
                    max_batch=10)
@@ -209,3 +209,13 @@ def test_batch_over_max_batch_names_messages() -> None:
     with pytest.raises(InvalidRequest) as caught:
         parse_many({"messages": [valid()] * (CONFIG.max_batch + 1)})
     assert caught.value.field == "messages"
+
+
+def test_inbox_ack_counts_ids_as_sent_repeats_included() -> None:
+    # Found by schemathesis: 1001 copies of one id were accepted, the limit counted after
+    # collapsing repeats, though the document (and the docstring) bound the list as sent.
+    with pytest.raises(InvalidRequest) as caught:
+        parse_inbox_ack(orjson.dumps({"ids": ["a"] * 4}), max_ids=3, max_bytes=4096)
+    assert caught.value.field == "ids"
+    assert parse_inbox_ack(orjson.dumps({"ids": ["a", "a", "b"]}), max_ids=3,
+                           max_bytes=4096) == InboxAck(ids=("a", "b"))
