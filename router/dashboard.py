@@ -25,6 +25,10 @@ Decisions:
 - Push goes through the push API's own path (`push`: read with its size limit, `parse_push`,
   resolve, enqueue, counted in `ApiStats`): same validation, same answers, errors naming the
   field.
+- Numbers: edge nodes from the registry; in a fleet, the API and router processes' counters
+  from their published records (`router.process_stats`, this region's Redis), this process's
+  own live ones in place of its record (`DashboardSources`); sums and rates are
+  `router.dashboard_stats`'s.
 - Drain: a node this process holds (`zuulpush serve`) drains at once through `drain_local`, as
   on SIGTERM: the process exits when the drain is over. Any other node is asked through the
   registry's drain request, as `zuulpush drain` asks; it takes it at its next heartbeat.
