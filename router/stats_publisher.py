@@ -4,7 +4,7 @@ Publishing never breaks the process: a failed publish (Redis unreachable, or any
 logged once per outage, retried at the next interval, and logged again when it works. `start()`
 publishes at once, in the background (a process starts even with Redis down); `stop()` ends
 the loop and removes the record, so that dashboards stop counting the process at once (a
-record that cannot be removed expires within its TTL).
+record that cannot be removed within `REMOVE_TIMEOUT_S` expires within its TTL).
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from router.process_stats import (
 )
 
 log = logging.getLogger("zuulpush")
+
+REMOVE_TIMEOUT_S = 1.0
+"""The longest a stopping process waits to remove its record (an unreachable Redis must not
+hold up a shutdown: the record expires anyway)."""
 
 
 class StatsPublisher:
@@ -52,7 +56,8 @@ class StatsPublisher:
         await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
         with contextlib.suppress(Exception):
-            await self._store.remove(self._record().process_id)
+            await asyncio.wait_for(self._store.remove(self._record().process_id),
+                                   REMOVE_TIMEOUT_S)
 
     async def publish_once(self) -> bool:
         """Publish the current record now; False (logged once per outage) if it failed."""

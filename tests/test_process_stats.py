@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from router.process_stats import (
     merge_processes,
 )
 from router.redis_process_stats import RedisProcessStats
-from router.stats_publisher import StatsPublisher
+from router.stats_publisher import REMOVE_TIMEOUT_S, StatsPublisher
 from tests.support.redis_servers import RedisCluster, RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -232,6 +233,23 @@ async def test_the_publisher_logs_an_outage_once_and_publishes_again_after_it(
         assert await store.live() == []  # a stopping process removes its record
     finally:
         await publisher.stop()
+        await store.close()
+
+
+async def test_a_stopping_publisher_does_not_wait_long_for_a_redis_that_does_not_answer(
+        redis_factory: Callable[..., RedisServer], redis_prefix: str) -> None:
+    server = redis_factory()
+    store = RedisProcessStats.from_url(server.url, prefix=redis_prefix)
+    publisher = StatsPublisher(store, lambda: record("api-2"), interval_s=60, ttl_s=60)
+    try:
+        publisher.start()
+        await until(lambda: publisher.publishes == 1)
+        server.pause()
+        started = time.monotonic()
+        await publisher.stop()
+        assert time.monotonic() - started < REMOVE_TIMEOUT_S + 0.5
+    finally:
+        server.resume()
         await store.close()
 
 
