@@ -25,6 +25,10 @@ Decisions:
 - Push goes through the push API's own path (`push`: read with its size limit, `parse_push`,
   resolve, enqueue, counted in `ApiStats`): same validation, same answers, errors naming the
   field.
+- Numbers: edge nodes from the registry; in a fleet, the API and router processes' counters
+  from their published records (`router.process_stats`, this region's Redis), this process's
+  own live ones in place of its record (`DashboardSources`); sums and rates are
+  `router.dashboard_stats`'s.
 - Drain: a node this process holds (`zuulpush serve`) drains at once through `drain_local`, as
   on SIGTERM: the process exits when the drain is over. Any other node is asked through the
   registry's drain request, as `zuulpush drain` asks; it takes it at its next heartbeat.
@@ -49,6 +53,7 @@ from registry.base import NodeInfo, Registry
 from router.auth import bearer
 from router.dashboard_stats import Rates, merge_nodes, snapshot
 from router.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from router.process_stats import ProcessStats, merge_processes
 from router.static import static_response
 
 COOKIE = "zuulpush_dashboard"
@@ -80,12 +85,17 @@ class CsrfHeaderMissing(Forbidden):
 class DashboardSources:
     """What the dashboard reads besides the registry: `mode` (`serve` or `fleet`), the current
     records of the nodes this process holds, this process's counters (`dashboard_stats`), and
-    how to drain a node this process holds (True if it is one of them)."""
+    how to drain a node this process holds (True if it is one of them). In a fleet, also the
+    live process records (`processes`: `ProcessStatsStore.live`) and this process's own
+    current ones (`local_processes`), which replace its published copy; with them, the
+    counters come from the records (scope `fleet`) and `counters` should add nothing."""
 
     mode: str = "fleet"
     local_nodes: Callable[[], list[NodeInfo]] = list
     counters: Callable[[], Mapping[str, int]] = dict
     drain_local: Callable[[str], bool] = field(default=lambda node_id: False)
+    processes: Callable[[], Awaitable[list[ProcessStats]]] | None = None
+    local_processes: Callable[[], list[ProcessStats]] = list
 
 
 def session_cookie(admin_key: str, expires_at_s: int) -> str:
@@ -205,8 +215,11 @@ class _Dashboard:
     async def _snapshot(self, rates: Rates) -> dict[str, object]:
         sources = self._sources
         nodes = merge_nodes(await self._registry.nodes(), sources.local_nodes())
+        records = None
+        if sources.processes is not None:
+            records = merge_processes(await sources.processes(), sources.local_processes())
         return snapshot(nodes, sources.counters(), mode=sources.mode, at_s=self._clock_s(),
-                        rates=rates)
+                        rates=rates, processes=records)
 
     def _configured(self) -> None:
         if not self._admin_key:

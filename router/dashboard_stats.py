@@ -1,5 +1,5 @@
-"""The dashboard's numbers, without I/O: node records and process counters in, one JSON-ready
-snapshot out (`router.dashboard` reads the sources and streams the snapshots).
+"""The dashboard's numbers, without I/O: node records, process records and counters in, one
+JSON-ready snapshot out (`router.dashboard` reads the sources and streams the snapshots).
 
 Where each number comes from, and how far it reaches:
 
@@ -9,15 +9,22 @@ Where each number comes from, and how far it reaches:
   of every region the registry shows, as of each node's last heartbeat (every few seconds). A
   process that holds an edge itself (`zuulpush serve`) passes that node's record as it is now
   (`local`), which replaces the registry's older copy.
-- Process counters (`deduped`: pushes dropped as repeats of a dedup key, `enqueued`; in
-  `serve` also the router's `expired`: messages dropped because their TTL ran out) are this
-  process's own. In `serve` this process is the whole deployment; in a fleet they are the API
-  process answering the dashboard only, and `expired` is absent (each router exports it on its
-  own `/metrics`). Every counter in a snapshot says which: `"scope": "fleet"` or `"process"`.
+- Process counters: `deduped` (pushes dropped as repeats of a dedup key) and `enqueued`,
+  counted by the API process that took the push, and the routers' `expired` (messages dropped
+  because their TTL ran out), with `taken`, `stored` and `forwarded`.
+  - In a fleet they come from the process records (`router.process_stats`) that every
+    `zuulpush api` and `zuulpush router` publishes every few seconds to its region's Redis:
+    summed over every live process of *this* region (records are not replicated: another
+    region's processes count on that region's dashboard), with the answering API's own
+    counters as they are now in place of its published copy (as for nodes). Scope `fleet`.
+  - In `serve` (and wherever no process records are passed) they are this process's own
+    counters; in `serve` this process is the whole deployment. Scope `process`.
+  Every counter in a snapshot says which: `"scope": "fleet"` or `"process"`.
 
 Rates are per second over the last `RATE_WINDOW_S`, from counter deltas per source (one node,
-or this process), so a node that leaves or restarts (its counters start again at zero) never
-makes a rate negative or a spike: only increases count.
+one process record, or this process), so a node or process that leaves or restarts (its
+counters start again at zero, a restarted process under a new id) never makes a rate negative
+or a spike: only increases count.
 """
 
 from __future__ import annotations
@@ -27,12 +34,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from registry.base import NodeInfo
+from router.process_stats import ProcessStats
 
 RATE_WINDOW_S = 5.0
 """Rates are averaged over this long: node records change only at each node's heartbeat."""
 
 FLEET_COUNTERS = ("delivered", "shed")
 """Edge counters summed over the nodes' records (`NodeInfo.totals`)."""
+
+PROCESS_COUNTERS = ("enqueued", "deduped", "expired")
+"""Counters summed over the process records (always shown when records are read, 0 if none)."""
 
 PROCESS = "process"
 """The source name of the answering process's own counters."""
@@ -82,29 +93,40 @@ def merge_nodes(registry: Iterable[NodeInfo], local: Iterable[NodeInfo]) -> list
     return sorted(nodes.values(), key=lambda node: (node.region, node.node_id))
 
 
-def sample(nodes: Sequence[NodeInfo], counters: Mapping[str, int], at_s: float) -> Sample:
-    """The counters of one snapshot, by source: each node's edge counters, this process's."""
+def sample(nodes: Sequence[NodeInfo], counters: Mapping[str, int], at_s: float,
+           processes: Sequence[ProcessStats] = ()) -> Sample:
+    """The counters of one snapshot, by source: each node's edge counters, each process
+    record's counters (by process id), this process's."""
     totals: dict[tuple[str, str], int] = {}
     for node in nodes:
         named = dict(node.totals)
         for name in FLEET_COUNTERS:
             totals[(node.node_id, name)] = named.get(name, 0)
+    for record in processes:
+        for name, value in record.totals:
+            totals[(record.process_id, name)] = value
     for name, value in counters.items():
         totals[(PROCESS, name)] = value
     return Sample(at_s, totals)
 
 
 def snapshot(nodes: Sequence[NodeInfo], counters: Mapping[str, int], *, mode: str,
-             at_s: float, rates: Rates) -> dict[str, object]:
+             at_s: float, rates: Rates,
+             processes: Sequence[ProcessStats] | None = None) -> dict[str, object]:
     """One dashboard snapshot (JSON-ready). `nodes` as `merge_nodes` gives them, `counters`
-    this process's own, `mode` `serve` or `fleet`; `rates` is updated with it."""
-    current = sample(nodes, counters, at_s)
+    this process's own (scope `process`), `processes` the live process records with this
+    process's current one (`process_stats.merge_processes`; scope `fleet`), or None where
+    there are none (`serve`); `mode` `serve` or `fleet`; `rates` is updated with it."""
+    current = sample(nodes, counters, at_s, processes or ())
     per_second = rates.update(current)
-    sums: dict[str, int] = dict.fromkeys(FLEET_COUNTERS, 0)
+    fleet = set(FLEET_COUNTERS)
+    if processes is not None:
+        fleet.update(PROCESS_COUNTERS, (name for r in processes for name, _ in r.totals))
+    sums: dict[str, int] = dict.fromkeys(sorted(fleet), 0)
     for (_, name), value in current.totals.items():
         sums[name] = sums.get(name, 0) + value
     totals = {name: {"total": total, "per_s": per_second.get(name, 0.0),
-                     "scope": "fleet" if name in FLEET_COUNTERS else PROCESS}
+                     "scope": "fleet" if name in fleet else PROCESS}
               for name, total in sums.items()}
     return {
         "ts": round(at_s, 3),

@@ -113,6 +113,11 @@ class WorkerStats:
     delivered_by: Counter[Priority] = field(default_factory=Counter)
     forwarded: Counter[str] = field(default_factory=Counter)  # messages handed on, by peer region
 
+    def totals(self) -> dict[str, int]:
+        """The counters a router publishes for dashboards (`router.process_stats`)."""
+        return {"taken": self.taken, "expired": self.expired, "stored": self.stored,
+                "forwarded": sum(self.forwarded.values())}
+
 
 @dataclass(slots=True)
 class Outgoing:

@@ -32,6 +32,12 @@ wait in this region's inbox; counted and logged). `router.worker` and `router.re
 details. Without peer regions a router behaves as in a one-region fleet: every node on this
 Redis.
 
+Process stats: each `zuulpush api` and `zuulpush router` publishes its counter totals (the API's
+enqueued and deduped, the sum of the router's workers' expired, taken, stored and forwarded) to
+its region's Redis every few seconds, with a TTL (`router.process_stats`,
+`router.stats_publisher`); every API's dashboard sums them, so these numbers are the region's,
+not one process's. A process that cannot publish logs it once and serves on.
+
 Metrics: each process has one `zuulpush.metrics.Exporter`, watching what the process runs (the
 edge's, API's and workers' plain stats, the queue's depth and lag in `serve` and `router`) and
 timing its registry calls (`TimedRegistry`). The page is `GET /metrics` on the edge port and on
@@ -45,6 +51,7 @@ import contextlib
 import dataclasses
 import logging
 import ssl
+from collections import Counter
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -60,10 +67,13 @@ from router.config import ApiConfig, RouterConfig
 from router.dashboard import DashboardSources
 from router.demo import EdgeUrl, demo_available, edge_url_for
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
+from router.process_stats import ProcessStats
 from router.redis_channel import RedisNodeChannel
 from router.redis_history import RedisBroadcastLog
 from router.redis_inbox import RedisInbox
+from router.redis_process_stats import RedisProcessStats
 from router.redis_queue import RedisQueue
+from router.stats_publisher import StatsPublisher
 from router.worker import RouterWorker
 from zuulpush.config import Components, FleetConfig, OpsConfig
 from zuulpush.edge.config import EdgeConfig
@@ -286,6 +296,10 @@ def redis_channel(url: str, fleet: FleetConfig) -> RedisNodeChannel:
     return RedisNodeChannel.from_url(url, prefix=fleet.router_prefix)
 
 
+def redis_process_stats(url: str, fleet: FleetConfig) -> RedisProcessStats:
+    return RedisProcessStats.from_url(url, prefix=fleet.router_prefix)
+
+
 def _local_registry(config: RegistryConfig) -> RegistryHandle:
     """This region's registry alone: the API and routers read, they do not replicate."""
     if not config.redis_url:
@@ -321,25 +335,37 @@ class ApiApp:
             self.history = redis_history(config.registry.redis_url, config.router, config.fleet)
         self.exporter = Exporter()
         self.api_stats = ApiStats()
+        self.process_stats = redis_process_stats(config.registry.redis_url, config.fleet)
+        self.publisher = StatsPublisher(self.process_stats, self.process_record)
         self.api = ApiSite(config.api, config.auth, self.queue,
                            TimedRegistry(self.handle.registry, self.exporter.metrics), self.inbox,
-                           self.history, stats=self.api_stats, metrics=self.exporter.page)
+                           self.history, stats=self.api_stats, metrics=self.exporter.page,
+                           dashboard=DashboardSources(
+                               processes=self.process_stats.live,
+                               local_processes=lambda: [self.process_record()]))
         self.exporter.watch_api(self.api_stats)
 
     @property
     def api_port(self) -> int:
         return self.api.port
 
+    def process_record(self) -> ProcessStats:
+        """This API's counters as it publishes them (`router.process_stats`)."""
+        return ProcessStats.of(self.node_id, "api", self.config.registry.region,
+                               self.api_stats.totals())
+
     async def start(self) -> None:
         await self.handle.start()
         await self.api.start()
+        self.publisher.start()
         await self.exporter.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.api.stop()
+        await self.publisher.stop()
         await self.exporter.stop()
         await self.queue.close()
-        for seam in (self.inbox, self.history):
+        for seam in (self.inbox, self.history, self.process_stats):
             if seam is not None:
                 await seam.close()
         await self.handle.close()
@@ -380,18 +406,30 @@ class RouterApp:
         self.exporter.watch_workers(self.workers.workers)
         self.exporter.watch_queue(self.queue)
         self.metrics_site = MetricsSite(config.ops, self.exporter.page)
+        self.process_stats = redis_process_stats(url, config.fleet)
+        self.publisher = StatsPublisher(self.process_stats, self.process_record)
+
+    def process_record(self) -> ProcessStats:
+        """The sum of this process's workers' counters, as it publishes them
+        (`router.process_stats`)."""
+        totals: Counter[str] = Counter()
+        for worker in self.workers.workers:
+            totals.update(worker.stats.totals())
+        return ProcessStats.of(self.node_id, "router", self.config.registry.region, totals)
 
     async def start(self) -> None:
         await self.handle.start()
         self.workers.start()
+        self.publisher.start()
         await self.exporter.start()
         await self.metrics_site.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.metrics_site.stop()
         await self.workers.stop(grace_s)
+        await self.publisher.stop()  # removes the record: dashboards stop counting it
         await self.exporter.stop()
-        for seam in (self.queue, self.channel, self.inbox, self.history):
+        for seam in (self.queue, self.channel, self.inbox, self.history, self.process_stats):
             await seam.close()
         for peer in self.peers.values():
             await peer.close()

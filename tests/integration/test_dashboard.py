@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,16 @@ from tests.support.redis_servers import RedisServer
 from .browser import DOCS_IMG
 from .clients import push_api, sse_stream, ws_connect, ws_recv_json, ws_url
 from .conftest import ServeFactory
-from .servers import ADMIN_KEY, API, API_KEY, EDGE, ServerProcess, start_server, stop_all
+from .servers import (
+    ADMIN_KEY,
+    API,
+    API_KEY,
+    EDGE,
+    ROUTER,
+    ServerProcess,
+    start_server,
+    stop_all,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -129,33 +138,44 @@ async def test_the_dashboard_shows_the_login_form_and_keeps_the_key_out_of_urls(
 
 async def test_in_a_fleet_the_api_reads_the_nodes_records_and_drains_through_the_registry(
         redis_factory: Callable[..., RedisServer], tmp_path: Path) -> None:
-    """`zuulpush edge` and `zuulpush api` on one real Redis: the API's dashboard shows the edge's
-    connections by transport and its delivered total from its node record, and its drain
-    button's request reaches the edge through the registry."""
+    """`zuulpush edge`, two `zuulpush api` and a `zuulpush router` on one real Redis: the first
+    API's dashboard shows the edge's connections by transport and its delivered total from its
+    node record, the messages that expired in the router and the pushes the other API dropped
+    as repeats (from their process records: scope fleet), and its drain button's request
+    reaches the edge through the registry."""
     redis = redis_factory()
-    edge = start_server(tmp_path, {"ZUULPUSH_REDIS_URL": redis.url, "ZUULPUSH_REGISTRY_TTL_S": "3",
+    env = {"ZUULPUSH_REDIS_URL": redis.url}
+    edge = start_server(tmp_path, {**env, "ZUULPUSH_REGISTRY_TTL_S": "3",
                                    "ZUULPUSH_DRAIN_WINDOW_S": "3"},
                         ("--node-id", "dash-edge"), command=EDGE)
-    api = start_server(tmp_path, {"ZUULPUSH_REDIS_URL": redis.url}, command=API)
+    api = start_server(tmp_path, env, command=API)
+    other_api = start_server(tmp_path, env, command=API)
+    servers = [api, other_api, edge]
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
-    async def node(http: aiohttp.ClientSession) -> dict[str, Any] | None:
+    async def snapshot(http: aiohttp.ClientSession) -> dict[str, Any]:
         async with http.get(api.api + "/dashboard/snapshot", headers=auth,
                             timeout=aiohttp.ClientTimeout(total=5)) as response:
-            snap = await response.json()
-        assert snap["mode"] == "fleet" and "expired" not in snap["counters"]
-        assert snap["counters"]["deduped"]["scope"] == "process"
+            snap: dict[str, Any] = await response.json()
+        assert snap["mode"] == "fleet"
+        assert {snap["counters"][name]["scope"] for name in ("expired", "deduped", "enqueued",
+                                                             "delivered")} == {"fleet"}
+        return snap
+
+    async def node(http: aiohttp.ClientSession) -> dict[str, Any] | None:
+        snap = await snapshot(http)
         return next((n for n in snap["nodes"] if n["node_id"] == "dash-edge"), None)
 
-    async def until(check: Callable[[dict[str, Any]], bool], http: aiohttp.ClientSession
-                    ) -> dict[str, Any]:
+    async def until(check: Callable[[dict[str, Any]], bool], http: aiohttp.ClientSession,
+                    read: Callable[[aiohttp.ClientSession], Awaitable[dict[str, Any] | None]]
+                    = node, timeout_s: float = 10.0) -> dict[str, Any]:
         async def poll() -> dict[str, Any]:
             while True:
-                found = await node(http)
+                found = await read(http)
                 if found is not None and check(found):
                     return found
                 await asyncio.sleep(0.1)
-        return await asyncio.wait_for(poll(), 10)
+        return await asyncio.wait_for(poll(), timeout_s)
 
     try:
         async with aiohttp.ClientSession() as http, \
@@ -163,15 +183,36 @@ async def test_in_a_fleet_the_api_reads_the_nodes_records_and_drains_through_the
                 sse_stream(http, edge.edge, edge.token("fleet-sse", "u", "web")):
             async with push_api(api.api, API_KEY) as sender:
                 await sender.send({"hi": 1}, clients=["fleet-ws"])
-            # No router runs here: the message waits in the queue, nothing is delivered yet.
+                # No router runs yet: this one waits in the queue past its TTL.
+                status, answer = await sender.push({"to": {"clients": ["fleet-ws"]},
+                                                    "data": "late", "ttl": 1})
+                assert status == 202, answer
+            async with push_api(other_api.api, API_KEY) as sender:
+                for _ in range(3):  # the second and third are repeats of the dedup key
+                    status, answer = await sender.push({"to": {"clients": ["fleet-sse"]},
+                                                        "data": "once", "dedup_key": "k1"})
+                    assert status == 202, answer
             shown = await until(lambda n: n["connections"] == 2, http)
             assert shown["by_transport"] == {"sse": 1, "ws": 1}
             assert shown["by_device_type"] == {"phone": 1, "web": 1}
             assert shown["totals"]["connects"] == 2 and shown["state"] == "active"
+
+            await asyncio.sleep(1.5)  # past the TTL of the "late" message
+            servers.append(start_server(tmp_path, env, command=ROUTER))
+            # Each process publishes its counters every 5 s: within two publishes, this API's
+            # dashboard shows the router's expired message and the other API's repeats.
+            counters = (await until(
+                lambda snap: snap["counters"]["expired"]["total"] >= 1
+                and snap["counters"]["deduped"]["total"] >= 2, http, snapshot,
+                timeout_s=15))["counters"]
+            assert counters["expired"]["total"] == 1 and counters["deduped"]["total"] == 2
+            assert counters["enqueued"]["total"] == 3  # 2 here, 1 there
+            assert counters["taken"]["total"] >= 2 and counters["taken"]["scope"] == "fleet"
+
             async with http.post(api.api + "/dashboard/nodes/dash-edge/drain",
                                  headers={**auth, "X-Zuulpush-Dashboard": "1"}) as response:
                 assert response.status == 202
                 assert (await response.json())["via"] == "registry"
             await until(lambda n: n["state"] == "draining", http)
     finally:
-        stop_all([api, edge])
+        stop_all(servers)

@@ -95,7 +95,8 @@ function render(snap) {
   renderNodes(snap.nodes);
   $("scope-note").textContent = snap.mode === "serve" ? "" :
     "Nodes, connections, delivered and shed: fleet-wide, from each edge node's heartbeat " +
-    "(every few seconds). Deduped: this API process only. Expired: counted by the routers.";
+    "(every few seconds). Expired and deduped: summed over this region's routers and API " +
+    "processes, from the counters each publishes every few seconds.";
 }
 
 async function post(url, body) {
