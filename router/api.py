@@ -53,6 +53,14 @@ Decisions:
 - The body is parsed as JSON whatever the Content-Type says: senders (and curl) often omit it.
 - The API key is checked before the body is read; the size limit (413, naming it) before parsing,
   from Content-Length when given and while reading otherwise.
+- Each API key has its own rate (`api_key_rate_per_s`, `api_key_burst`; `router.ratelimit`
+  `KeyRates`): a push costs one token, a batch one per message. A key whose bucket is empty is
+  refused 429 before its body is read; a batch is charged once it is valid (invalid input costs
+  nothing), and refused 429 when its key has fewer tokens than it has messages. The answer's
+  `Retry-After` says when the request could pass. A key is known by its position in `api_keys`
+  (`ApiStats.rate_limited`, the metric's `key` label); the key itself is never logged or
+  labelled. The dashboard's push form (admin key, one message) is not limited; the demo has
+  its own limits (`router.demo`).
 - `ApiStats` counts what the API did as plain numbers (messages enqueued and deduplicated by
   priority, errors answered by status, key and token failures): the metrics exporter of
   `zuulpush.metrics` reads them; this package knows nothing of Prometheus.
@@ -96,12 +104,14 @@ from router.errors import (
     InvalidToken,
     PayloadTooLarge,
     RateLimited,
+    TooManyMessages,
     Unauthorized,
     Unavailable,
     ZuulpushError,
 )
 from router.ids import IdGenerator
 from router.openapi import add_openapi_route
+from router.ratelimit import KeyRates
 from router.redis_common import as_outage
 from router.resolve import broadcast_reach, resolve_many
 from router.static import add_static_routes
@@ -122,10 +132,14 @@ class ApiStats:
     deduped: Counter[Priority] = field(default_factory=Counter)  # dropped as duplicates
     rejected: Counter[int] = field(default_factory=Counter)  # error answers by HTTP status
     auth_failures: Counter[str] = field(default_factory=Counter)  # api_key, device_token, admin_key
+    rate_limited: Counter[int] = field(default_factory=Counter)  # 429s by API key position
+    batch_too_large: int = 0  # batches refused for more than max_batch messages
 
     def count_error(self, status: int, error: Exception | None = None) -> None:
         self.rejected[status] += 1
-        if isinstance(error, InvalidToken):
+        if isinstance(error, TooManyMessages):
+            self.batch_too_large += 1
+        elif isinstance(error, InvalidToken):
             self.auth_failures["device_token"] += 1
         elif isinstance(error, Unauthorized | Forbidden):
             # The dashboard's errors name their credential (admin_key) or none (csrf).
@@ -204,7 +218,8 @@ def _metrics_handler(metrics: MetricsPage) -> Handler:
 class _PushHandler:
     """POST /v1/push: authenticate, read, validate, resolve, enqueue."""
 
-    __slots__ = ("_auth", "_clock_ms", "_config", "_ids", "_queue", "_registry", "_stats")
+    __slots__ = ("_auth", "_clock_ms", "_config", "_ids", "_queue", "_rates", "_registry",
+                 "_stats")
 
     def __init__(
         self,
@@ -223,10 +238,23 @@ class _PushHandler:
         self._registry = registry
         self._ids = ids
         self._clock_ms = clock_ms
+        self._rates = KeyRates(config.api_key_rate_per_s, config.api_key_burst)
 
     async def handle(self, request: web.Request) -> web.Response:
-        check_key(bearer(request.headers.get("Authorization")), self._auth.api_keys)
+        key = check_key(bearer(request.headers.get("Authorization")), self._auth.api_keys)
+        self._charge(key, 1)
         return _json(await self.accept(request), status=202)
+
+    def _charge(self, key: int, cost: int, *, spend: bool = True) -> None:
+        """Spend `cost` of the key's tokens (or, not `spend`, check that there is one); else
+        RateLimited (429), counted by the key's position."""
+        now = self._clock_ms() / 1000
+        rates = self._rates
+        wait_s = rates.charge(key, cost, now) if spend else rates.wait_s(key, cost, now)
+        if wait_s > 0:
+            self._stats.rate_limited[key] += 1
+            raise RateLimited(f"this API key is over its rate of {rates.rate_per_s:g} messages "
+                              "per second", retry_after_s=wait_s)
 
     async def accept(self, request: web.Request) -> dict[str, Any]:
         """Read, validate, resolve and enqueue one push (the caller has authorised it); the
@@ -237,9 +265,11 @@ class _PushHandler:
         return await self._put(message, targets)
 
     async def handle_batch(self, request: web.Request) -> web.Response:
-        check_key(bearer(request.headers.get("Authorization")), self._auth.api_keys)
+        key = check_key(bearer(request.headers.get("Authorization")), self._auth.api_keys)
+        self._charge(key, 1, spend=False)  # an empty bucket: refused before the body is read
         body = await _read_body(request, self._config.max_batch_payload_bytes)
         messages = parse_batch(body, config=self._config, ids=self._ids, now_ms=self._clock_ms())
+        self._charge(key, len(messages))
         resolved = await self._resolve(messages)
         put = await self._queue.put_many([message for message, _ in resolved])
         for (message, _), queued in zip(resolved, put, strict=False):

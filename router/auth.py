@@ -206,8 +206,10 @@ def issue_token(
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def check_key(presented: str | None, accepted: Iterable[str], *, what: str = "API key") -> None:
-    """Raise Unauthorized (absent) or Forbidden (wrong) unless `presented` is one of `accepted`.
+def check_key(presented: str | None, accepted: Iterable[str], *, what: str = "API key") -> int:
+    """Raise Unauthorized (absent) or Forbidden (wrong) unless `presented` is one of `accepted`;
+    its position in `accepted` (the first, if listed twice): an id for the key that names it
+    in logs and metrics without showing it.
 
     Every accepted key is compared in constant time, so timing reveals neither which key nor how
     much of one matched.
@@ -215,11 +217,13 @@ def check_key(presented: str | None, accepted: Iterable[str], *, what: str = "AP
     if not presented:
         raise Unauthorized(f"missing {what}: send 'Authorization: Bearer <key>'")
     candidate = presented.encode()
-    matched = False
-    for key in accepted:
-        matched |= hmac.compare_digest(candidate, key.encode())
-    if not matched:
+    found = -1
+    for index, key in enumerate(accepted):
+        if hmac.compare_digest(candidate, key.encode()) and found < 0:
+            found = index
+    if found < 0:
         raise Forbidden(f"{what} not accepted")
+    return found
 
 
 def bearer(authorization: str | None) -> str | None:

@@ -19,6 +19,12 @@ class ApiConfig:
     default; `zuulpush serve` turns it on unless it is set. `public_edge_url` is the edge's URL
     as a browser reaches it (`https://push.example.com`), for the demo page; empty: `serve`
     derives it from the edge's address and port, `zuulpush api` has no demo without it.
+
+    `api_key_rate_per_s` and `api_key_burst` hold each API key to a token bucket on
+    `POST /v1/push` (a push costs 1) and `POST /v1/push/batch` (a batch costs its number of
+    messages, so batching does not multiply the rate): past it, 429 with `Retry-After`. Per API
+    process. A rate of 0 (the default): no limit. With a rate, `api_key_burst` must be at least
+    `max_batch`, or a full batch could never pass.
     """
 
     api_host: str = "127.0.0.1"
@@ -34,6 +40,15 @@ class ApiConfig:
     api_tls_key_file: str = ""
     demo: bool = False
     public_edge_url: str = ""
+    api_key_rate_per_s: float = 0.0
+    api_key_burst: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.api_key_rate_per_s < 0:
+            raise ValueError("api_key_rate_per_s must not be negative")
+        if self.api_key_rate_per_s and self.api_key_burst < self.max_batch:
+            raise ValueError("api_key_burst must be at least max_batch when "
+                             "api_key_rate_per_s is set")
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,12 +2,13 @@
 
     ZuulpushError                     http_status 500 (a bug; never shown to clients in detail)
     ├── InvalidRequest                400, names the offending `field`
-    │   └── PayloadTooLarge           413
+    │   ├── PayloadTooLarge           413
+    │   └── TooManyMessages           400: a batch of more than `max_batch` messages
     ├── Unauthorized                  401 (missing or bad API key or device token)
     │   └── InvalidToken              401, says why (expired, bad signature, alg, claims)
     ├── Forbidden                     403 (a valid key that may not do this)
     ├── NotFound                      404
-    ├── RateLimited                   429: retry after `retry_after_s` (the demo's limits)
+    ├── RateLimited                   429: retry after `retry_after_s` (API key and demo limits)
     └── Unavailable                   503, transient: retry after `retry_after_s`
 
 The edge adds its own branch in `zuulpush.errors` (handshake answers and WebSocket close codes).
@@ -46,6 +47,10 @@ class InvalidRequest(ZuulpushError):
 class PayloadTooLarge(InvalidRequest):
     http_status = 413
     code = "payload_too_large"
+
+
+class TooManyMessages(InvalidRequest):
+    """More messages in one batch than `max_batch` (counted apart from other bad input)."""
 
 
 class Unauthorized(ZuulpushError):

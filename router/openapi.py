@@ -179,7 +179,7 @@ _CSRF = {"name": CSRF_HEADER, "in": "header", "required": True,
          "schema": {"type": "string", "enum": ["1"]},
          "description": "Required on the dashboard's state-changing POSTs (403 `csrf` without)."}
 _ADMIN: list[Schema] = [{"adminKey": []}, {"dashboardSession": []}]
-_PUSH_ERRORS = (400, 401, 403, 413, 503)
+_PUSH_ERRORS = (400, 401, 403, 413, 429, 503)
 
 
 def _push_paths(c: ApiConfig) -> dict[str, Schema]:

@@ -40,7 +40,7 @@ import orjson
 
 from router.base import Message, Priority, Target
 from router.config import ApiConfig
-from router.errors import InvalidRequest, PayloadTooLarge
+from router.errors import InvalidRequest, PayloadTooLarge, TooManyMessages
 from router.ids import IdGenerator
 
 MAX_ID_CHARS = 256
@@ -69,7 +69,8 @@ def parse_batch(
     if not isinstance(items, list) or not items:
         raise InvalidRequest("'messages' must be a non-empty list", field="messages")
     if len(items) > config.max_batch:
-        raise InvalidRequest(f"at most {config.max_batch} messages in a batch", field="messages")
+        raise TooManyMessages(f"at most {config.max_batch} messages in a batch",
+                              field="messages")
     return [_batch_item(raw, f"messages[{i}]", config, ids, now_ms) for i, raw in enumerate(items)]
 
 

@@ -84,8 +84,8 @@ def test_limits_are_the_configs_defaults() -> None:
 
 
 @pytest.mark.parametrize(("path", "method", "statuses"), [
-    ("/v1/push", "post", {"202", "400", "401", "403", "413", "503"}),
-    ("/v1/push/batch", "post", {"202", "400", "401", "403", "413", "503"}),
+    ("/v1/push", "post", {"202", "400", "401", "403", "413", "429", "503"}),
+    ("/v1/push/batch", "post", {"202", "400", "401", "403", "413", "429", "503"}),
     ("/v1/inbox", "get", {"200", "400", "401"}),
     ("/v1/inbox/ack", "post", {"200", "400", "401", "413"}),
     ("/dashboard/push", "post", {"202", "400", "401", "403", "413"}),

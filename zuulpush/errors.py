@@ -4,9 +4,12 @@
     │                                      InvalidToken, 403, 404, 413, 503 Unavailable)
     └── EdgeError
         ├── HandshakeRejected              an HTTP answer before any upgrade: `http_status`
-        │                                  (400, 404, 405, 408, 426, 431) and extra `headers`
+        │   │                              (400, 404, 405, 408, 426, 431) and extra `headers`
+        │   └── OriginRefused              403 `origin_not_allowed`: a browser page's Origin
+        │                                  is not in `allowed_origins`
         └── FrameViolation                 a WebSocket close: `close_code` (1002, 1003, 1007,
-                                           1008, 1009)
+            │                              1008, 1009)
+            └── InboundRateExceeded        1008: a device sent faster than its inbound rate
 
 A bad device token raises `router.errors.InvalidToken` (401) before any upgrade.
 """
@@ -47,3 +50,17 @@ class FrameViolation(EdgeError):
     def __init__(self, close_code: int, message: str) -> None:
         super().__init__(message)
         self.close_code = close_code
+
+
+class OriginRefused(HandshakeRejected):
+    """A browser's `Origin` is not on the node's allow list: 403 before any upgrade."""
+
+    def __init__(self, origin: str) -> None:
+        super().__init__(403, f"origin not allowed: {origin[:100]}", code="origin_not_allowed")
+
+
+class InboundRateExceeded(FrameViolation):
+    """A device sent more messages than its inbound rate allows: 1008 (policy violation)."""
+
+    def __init__(self) -> None:
+        super().__init__(1008, "too many messages; slow down")

@@ -105,6 +105,9 @@ class Metrics:
                                 "Requests answered with an HTTP error, by status.", "status")
         self.closes = counter("zuulpush_edge_closes", "Connections the edge closed, by reason.",
                               "reason")
+        self.origin_refused = counter(
+            "zuulpush_edge_origin_refused",
+            "Browser requests refused (403) for an Origin not on the allow list.")
         self.edge_delivered = counter("zuulpush_edge_messages_delivered",
                                       "Messages written live to device connections.")
         self.edge_replayed = counter("zuulpush_edge_messages_replayed",
@@ -129,6 +132,11 @@ class Metrics:
                                "Messages the API dropped as repeats of a dedup key.", "priority")
         self.api_rejected = counter("zuulpush_api_rejected",
                                     "API requests answered with an error, by status.", "status")
+        self.api_rate_limited = counter(
+            "zuulpush_api_rate_limited", "Push requests refused (429) for an API key over its "
+            "rate, by the key's position in api_keys (never the key).", "key")
+        self.batch_too_large = counter(
+            "zuulpush_api_batch_too_large", "Batches refused for more than max_batch messages.")
         # router
         self.delivered = counter(
             "zuulpush_messages_delivered",
@@ -402,7 +410,10 @@ class Exporter:
         c.count_each("closes", (("lifetime", st.lifetime_closes), ("drain", st.drain_closes),
                                 ("slow_consumer", st.slow_consumers),
                                 ("heartbeat_timeout", st.heartbeat_timeouts),
-                                ("violation", st.violations)), m.closes)
+                                ("violation", st.violations),
+                                ("rate_limited", st.rate_limited), ("replaced", st.replaced)),
+                     m.closes)
+        c.count("origin_refused", st.origin_refused, m.origin_refused)
         c.count("delivered", st.delivered, m.edge_delivered)
         c.count("replayed", st.replayed, m.edge_replayed)
         c.count("acks", st.acks, m.acks)
@@ -416,6 +427,8 @@ class Exporter:
         c.count_each("deduped", st.deduped.items(), m.deduped, _priority_label)
         c.count_each("rejected", st.rejected.items(), m.api_rejected)
         c.count_each("auth", st.auth_failures.items(), m.auth_failures)
+        c.count_each("rate_limited", st.rate_limited.items(), m.api_rate_limited)
+        c.count("batch_too_large", st.batch_too_large, m.batch_too_large)
 
     def _sync_worker(self, st: WorkerStats, c: _Copier) -> None:
         m = self.metrics

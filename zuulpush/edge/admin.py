@@ -59,6 +59,8 @@ def status(server: EdgeServer, accept: Accept | None = None) -> JsonAnswer:
         rejected={str(code): n for code, n in sorted(stats.rejects.items())},
         auth_failures=dict(stats.auth_failures), slow_consumers=stats.slow_consumers,
         heartbeat_timeouts=stats.heartbeat_timeouts, violations=stats.violations,
+        rate_limited=stats.rate_limited, replaced=stats.replaced,
+        origin_refused=stats.origin_refused,
         registry_errors=stats.registry_errors)
     return 200, body
 

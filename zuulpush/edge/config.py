@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from zuulpush.tls import DEFAULT_CIPHERS
+
+ANY_ORIGIN = "*"
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+|null")
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +21,11 @@ class EdgeConfig:
 
     TLS (`zuulpush.tls`): with `tls_cert_file` the node serves wss:// and https:// only (the key in
     `tls_key_file`, or in the certificate file when that is empty). `reuse_port` binds with
-    SO_REUSEPORT, so that several processes (`zuulpush edge --workers N`) listen on one port."""
+    SO_REUSEPORT, so that several processes (`zuulpush edge --workers N`) listen on one port.
+
+    Browsers (`zuulpush.edge.request`): `allowed_origins` lists the `Origin`s whose pages may
+    open `/ws` and `/sse`, each `scheme://host[:port]` as browsers send it (or `null`); empty,
+    or with `*` in it: any. Requests without an `Origin` (native apps) always pass."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -48,8 +56,13 @@ class EdgeConfig:
     tls_key_file: str = ""
     tls_ciphers: str = DEFAULT_CIPHERS
     reuse_port: bool = False
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for origin in self.allowed_origins:
+            if origin != ANY_ORIGIN and not _ORIGIN.fullmatch(_normal(origin)):
+                raise ValueError(f"allowed_origins: {origin!r} is not scheme://host[:port], "
+                                 "null or *")
         for name in ("max_connections", "hard_max_connections", "accept_rate_per_s",
                      "shed_loop_lag_ms", "lifetime_min_s", "lifetime_max_s",
                      "drain_window_s"):
@@ -59,3 +72,13 @@ class EdgeConfig:
             raise ValueError("accept_burst and shed_retry_after_s must be at least 1")
         if self.lifetime_max_s and self.lifetime_min_s > self.lifetime_max_s:
             raise ValueError("lifetime_min_s must not be more than lifetime_max_s")
+
+    def origin_allow_list(self) -> frozenset[str] | None:
+        """The allowed origins, lower case and without a trailing `/`; None: any origin."""
+        if not self.allowed_origins or ANY_ORIGIN in self.allowed_origins:
+            return None
+        return frozenset(_normal(origin) for origin in self.allowed_origins)
+
+
+def _normal(origin: str) -> str:
+    return origin.strip().lower().removesuffix("/")

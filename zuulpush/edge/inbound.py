@@ -15,7 +15,7 @@ from __future__ import annotations
 import orjson
 
 from zuulpush.edge.wsframes import Close
-from zuulpush.errors import FrameViolation
+from zuulpush.errors import FrameViolation, InboundRateExceeded
 
 MAX_ACK_IDS = 1000
 MAX_ID_LENGTH = 64
@@ -47,11 +47,12 @@ _COUNT_MASK = (1 << _COUNT_BITS) - 1
 
 def rate_step(state: int, now: float, *, rate_per_s: float, burst: int) -> int:
     """Count one inbound message. `state` packs (window index, count) in one int, so an idle
-    connection stores a single small number; returns the new state or raises 1008."""
+    connection stores a single small number; returns the new state or raises
+    `InboundRateExceeded` (1008)."""
     window = int(now * rate_per_s / burst)
     if state >> _COUNT_BITS != window:
         return (window << _COUNT_BITS) | 1
     count = (state & _COUNT_MASK) + 1
     if count > burst:
-        raise FrameViolation(Close.POLICY_VIOLATION, "too many messages; slow down")
+        raise InboundRateExceeded()
     return (window << _COUNT_BITS) | count

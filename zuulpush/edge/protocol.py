@@ -35,7 +35,7 @@ from zuulpush.edge.shedding import Shed
 from zuulpush.edge.state import Event, State, next_state
 from zuulpush.edge.wire import SSE, WEBSOCKET, Outgoing, Wire, jittered_ms
 from zuulpush.edge.wsframes import Close, FrameReader
-from zuulpush.errors import FrameViolation, HandshakeRejected
+from zuulpush.errors import FrameViolation, HandshakeRejected, InboundRateExceeded
 
 if TYPE_CHECKING:
     from zuulpush.edge.server import EdgeServer
@@ -201,7 +201,8 @@ class EdgeConnection(asyncio.Protocol):
         try:
             check_head_size(method, target, headers, server.config.max_header_bytes)
             accept = decide(method, target, headers, verifier=server.verifier,
-                            echo_enabled=server.config.echo, admin_key=server.admin_key)
+                            echo_enabled=server.config.echo, admin_key=server.admin_key,
+                            origins=server.origins)
         except ZuulpushError as exc:
             self.reject(exc)
             return
@@ -236,7 +237,8 @@ class EdgeConnection(asyncio.Protocol):
         if accept.route is Route.SSE:
             conn = self._h11
             assert conn is not None
-            self.transport.write(conn.send(h11.Response(status_code=200, headers=sse.HEADERS))
+            headers = sse.HEADERS if accept.origin is None else sse.headers_for(accept.origin)
+            self.transport.write(conn.send(h11.Response(status_code=200, headers=headers))
                                  + sse.retry(self._server.config.sse_retry_ms))
             self.wire = SSE
         else:
@@ -282,7 +284,10 @@ class EdgeConnection(asyncio.Protocol):
                 if self.state is State.CLOSING:
                     return
         except FrameViolation as exc:
-            server.stats.violations += 1
+            if isinstance(exc, InboundRateExceeded):
+                server.stats.rate_limited += 1
+            else:
+                server.stats.violations += 1
             self.close(exc.close_code, str(exc))
             return
         self._reader = None if reader.idle else reader

@@ -21,6 +21,12 @@ Routes:
 The admin key is checked before the client id is looked at, so a caller without it learns
 nothing about who is connected; the client id is the path segment, percent-decoded.
 
+A browser's `Origin` is checked at `/ws`, `/sse` and `/echo`, before the WebSocket headers and the
+token: with an allow list (`origins`), an `Origin` not on it is refused 403 `origin_not_allowed`
+(`OriginRefused`), an allowed one is kept in `Accept.origin` (the SSE answer names it in
+`Access-Control-Allow-Origin`); a request without `Origin` (native apps) passes. Without a list
+every origin passes. Exact match of `scheme://host[:port]`, case-insensitive.
+
 The device token comes from `?token=`, `Authorization: Bearer`, or the `zuulpush_token` cookie, in
 that order. A resume point comes from `?last_id=` or the `Last-Event-ID` header.
 
@@ -41,7 +47,7 @@ from wsproto.utilities import generate_accept_token
 
 from router.auth import DeviceIdentity, TokenVerifier, bearer, check_key
 from router.errors import InvalidToken
-from zuulpush.errors import HandshakeRejected
+from zuulpush.errors import HandshakeRejected, OriginRefused
 
 COOKIE_NAME = "zuulpush_token"
 MAX_ID_LENGTH = 64
@@ -74,7 +80,8 @@ normal close without one."""
 class Accept:
     """An accepted request: the route, the device (None for echo), where to resume, and for a
     WebSocket the `Sec-WebSocket-Accept` value to answer with. The admin client routes name
-    the client (`client_id`), a close its `close_code`."""
+    the client (`client_id`), a close its `close_code`. `origin` is the request's `Origin` when
+    an allow list let it through (None without a list or without the header)."""
 
     route: Route
     identity: DeviceIdentity | None
@@ -82,6 +89,7 @@ class Accept:
     ws_accept: bytes | None
     client_id: str | None = None
     close_code: int = CLOSE_CODES[0]
+    origin: str | None = None
 
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -99,8 +107,11 @@ def decide(
     verifier: TokenVerifier,
     echo_enabled: bool,
     admin_key: str = "",
+    origins: frozenset[str] | None = None,
 ) -> Accept:
-    """Validate a request; see the module docstring. Header names must be lower case (h11's)."""
+    """Validate a request; see the module docstring. Header names must be lower case (h11's).
+    `origins`: the allowed browser origins, normalised (`EdgeConfig.origin_allow_list()`);
+    None: any."""
     path, _, query = target.decode("latin-1").partition("?")
     route, client_id = _route(path)
     if route is None or (route is Route.ECHO and not echo_enabled):
@@ -116,11 +127,23 @@ def decide(
         presented = bearer(_text(_header(headers, b"authorization")))
         check_key(presented, (admin_key,) if admin_key else (), what="admin key")
         return Accept(route, None, None, None, client_id, _close_code(params))
+    origin = None if origins is None else _check_origin(headers, origins)
     ws_accept = None if route is Route.SSE else _websocket_accept(headers)
     if route is Route.ECHO:
-        return Accept(route, None, None, ws_accept)
+        return Accept(route, None, None, ws_accept, origin=origin)
     identity = verifier.verify(_token(params, headers))
-    return Accept(route, identity, _last_id(params, headers), ws_accept)
+    return Accept(route, identity, _last_id(params, headers), ws_accept, origin=origin)
+
+
+def _check_origin(headers: Headers, origins: frozenset[str]) -> str | None:
+    """The request's `Origin` if `origins` has it, None without one; else `OriginRefused`."""
+    value = _header(headers, b"origin")
+    if value is None:
+        return None
+    origin = value.decode("latin-1").strip()
+    if origin.lower().removesuffix("/") not in origins:
+        raise OriginRefused(origin)
+    return origin
 
 
 def _route(path: str) -> tuple[Route | None, str | None]:

@@ -79,7 +79,7 @@ from zuulpush.edge.state import State
 from zuulpush.edge.wheel import TimerWheel
 from zuulpush.edge.wire import WEBSOCKET, Outgoing
 from zuulpush.edge.wsframes import Close
-from zuulpush.errors import HandshakeRejected
+from zuulpush.errors import HandshakeRejected, OriginRefused
 from zuulpush.tally import DEPTH_BOUNDS, LATENCY_BOUNDS_MS, Buckets
 from zuulpush.tls import optional_context
 
@@ -122,7 +122,10 @@ class EdgeStats:
 
     connects: int = 0
     rejects: Counter[int] = field(default_factory=Counter)
-    violations: int = 0
+    violations: int = 0  # protocol violations closed (1002, 1003, 1007, 1008, 1009)
+    rate_limited: int = 0  # closed for sending past the inbound rate (1008)
+    replaced: int = 0  # closed for a newer connection of the same client id (4003)
+    origin_refused: int = 0  # refused for a browser origin not on the allow list (403)
     heartbeat_timeouts: int = 0
     slow_consumers: int = 0
     delivered: int = 0
@@ -144,6 +147,8 @@ class EdgeStats:
 
     def count_reject(self, error: ZuulpushError) -> None:
         self.rejects[error.http_status] += 1
+        if isinstance(error, OriginRefused):
+            self.origin_refused += 1
         if isinstance(error, InvalidToken):
             self.auth_failures["device_token"] += 1
         elif isinstance(error, Unauthorized | Forbidden):  # only admin routes check a key
@@ -220,6 +225,7 @@ class EdgeServer:
         self.channel = channel
         self.history = history
         self.admin_key = admin_key
+        self.origins = config.origin_allow_list()
         self.clock = clock
         self.wall_clock_ms = wall_clock_ms
         self.node_id = config.node_id or default_node_id()
@@ -449,6 +455,7 @@ class EdgeServer:
         previous = self.connections.get(reg.client_id)
         if previous is not None:
             previous.close(Close.REPLACED, "replaced by a newer connection")
+            self.stats.replaced += 1
             self._by_kind[_kind(previous)] -= 1
         self.connections[reg.client_id] = conn
         self._by_kind[_kind(conn)] += 1

@@ -18,6 +18,13 @@ HEADERS = [
 ]
 
 
+def headers_for(origin: str) -> list[tuple[str, str]]:
+    """`HEADERS` for a node with an origin allow list: the allowed request's own origin in
+    `Access-Control-Allow-Origin` instead of `*`, and `Vary: Origin` for caches."""
+    return [*HEADERS[:3], ("access-control-allow-origin", origin), *CORS[1:],
+            ("vary", "origin")]
+
+
 def chunk(body: bytes) -> bytes:
     """`body` as one HTTP/1.1 chunk."""
     return b"%x\r\n%b\r\n" % (len(body), body)
