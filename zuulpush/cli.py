@@ -218,7 +218,8 @@ def _run_app(make: Callable[[], Any], banner: Callable[[Any], str],
 
 def _serve_parser(commands: Any) -> None:
     p = commands.add_parser(
-        "serve", help="run edge and push-send API in one process, in memory (no Redis)",
+        "serve", help="run edge, router and push-send API (with its dashboard and demo page) in "
+        "one process, in memory (no Redis)",
         description="Run the edge (WebSocket GET /ws, SSE GET /sse) and the push-send API "
                     "(POST /v1/push) in one process with an in-memory registry, queue and "
                     "inbox, and the operator's dashboard at the API's / (log in with the admin "
