@@ -43,7 +43,7 @@ VERIFIER = TokenVerifier(AuthConfig(secret=SECRET))
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(cut, len(data)) for cut in cuts})
     bounds = [0, *points, len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a] or [data]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a] or ([data] if data else [])
 
 
 def _feed(chunks: list[bytes]) -> tuple[list[Event], FrameViolation | None]:
