@@ -40,7 +40,7 @@ from tests.edge.test_edge_protocol import (
 from zuulpush.edge.state import State
 from zuulpush.edge.wsframes import Close
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 VIOLATIONS = frozenset({Close.PROTOCOL_ERROR, Close.UNSUPPORTED_DATA, Close.INVALID_PAYLOAD,
                         Close.POLICY_VIOLATION, Close.TOO_BIG})
