@@ -64,6 +64,7 @@ CID = "client-1"  # the client of `claims()`
 
 HS256 = AuthConfig(secret=SECRET, api_keys=(API_KEY,))
 RS256 = AuthConfig(public_key=RSA_PEM, api_keys=(API_KEY,))
+ES256 = AuthConfig(public_key=public_pem(EC_KEY), api_keys=(API_KEY,))
 
 
 def _b64(data: bytes) -> str:
@@ -96,6 +97,9 @@ BAD_TOKENS: dict[str, tuple[AuthConfig, Callable[[], str]]] = {
                              lambda: jwt.encode(claims(), OTHER_RSA_KEY, algorithm="RS256")),
     "RS256 expired": (RS256, lambda: jwt.encode(claims(exp=int(time.time()) - 60), RSA_KEY,
                                                 algorithm="RS256")),
+    "HS256 to an ES256 node": (ES256, lambda: _hs256()),
+    "RS256 to an ES256 node": (ES256, lambda: jwt.encode(claims(), RSA_KEY, algorithm="RS256")),
+    "ES256 to an HS256 node": (HS256, lambda: jwt.encode(claims(), EC_KEY, algorithm="ES256")),
     "garbage": (HS256, lambda: "not.a.token"),
 }
 
@@ -103,6 +107,8 @@ BAD_TOKENS: dict[str, tuple[AuthConfig, Callable[[], str]]] = {
 def _good(auth: AuthConfig) -> str:
     if auth.secret:
         return _hs256()
+    if auth is ES256:
+        return jwt.encode(claims(), EC_KEY, algorithm="ES256")
     return jwt.encode(claims(), RSA_KEY, algorithm="RS256")
 
 
@@ -145,7 +151,7 @@ def test_a_bad_token_is_401_at_the_edge_before_any_upgrade(kind: str, way: str,
 
 @pytest.mark.parametrize("split", [False, True], ids=["one read", "split"])
 @pytest.mark.parametrize("way", list(WAYS_IN))
-@pytest.mark.parametrize("auth", [HS256, RS256], ids=["HS256", "RS256"])
+@pytest.mark.parametrize("auth", [HS256, RS256, ES256], ids=["HS256", "RS256", "ES256"])
 def test_the_good_token_is_accepted_the_same_ways(auth: AuthConfig, way: str,
                                                   split: bool) -> None:
     """The control: what the test above refuses is only the token."""
