@@ -230,10 +230,14 @@ def parse_inbox_query(query: Mapping[str, str], *, max_page: int) -> tuple[str |
     raw = query.get("limit")
     if raw is None:
         return after, min(DEFAULT_INBOX_PAGE, max_page)
-    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= max_page:
+    # Leading zeros cut and the length bounded before int(), which raises ValueError on a
+    # string of over 4300 digits.
+    digits = raw.lstrip("0") or "0"
+    if not raw.isascii() or not raw.isdigit() or len(digits) > len(str(max_page)) \
+            or not 0 < int(digits) <= max_page:
         raise InvalidRequest(f"'limit' must be a whole number from 1 to {max_page}",
                              field="limit")
-    return after, int(raw)
+    return after, int(digits)
 
 
 def parse_inbox_ack(body: bytes, *, max_ids: int, max_bytes: int) -> InboxAck:

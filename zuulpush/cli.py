@@ -336,8 +336,11 @@ def _banner(app: Any, generated: list[str]) -> str:
     if app.edge.tls is not None or app.api.tls is not None:
         lines.append("  TLS: clients must trust the certificate's issuer (a self-signed "
                      "certificate: curl --cacert FILE, zuulpush listen --cacert FILE)")
+    # A configured key is a production secret, and stdout ends up in logs: only a key made for
+    # this run is printed (as for the admin key above).
+    api_key = config.auth.api_keys[0] if "api_keys" in generated else "<api key>"
     push = (f"  curl -X POST {api}/v1/push -H 'Authorization: Bearer "
-            f"{config.auth.api_keys[0]}' -H 'Content-Type: application/json' "
+            f"{api_key}' -H 'Content-Type: application/json' "
             f"-d {shlex.quote(body)}")
     if not config.auth.secret:
         lines += ["", "Device tokens are verified with the configured public key: sign them "

@@ -7,7 +7,8 @@ Protocol v1, device to server, one JSON object per text frame:
 
 Anything else closes the connection: binary frames with 1003, text that is not such an object with
 1008 (invalid UTF-8 is caught earlier, by the frame parser, with 1007). Devices are also held to a
-message rate: `burst` messages per window of `burst / rate_per_s` seconds; past it, 1008.
+frame rate: `burst` frames (data, ping or pong) per window of `burst / rate_per_s` seconds; past
+it, 1008.
 """
 
 from __future__ import annotations

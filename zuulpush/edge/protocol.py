@@ -294,6 +294,12 @@ class EdgeConnection(asyncio.Protocol):
 
     def _on_frame(self, event: wsframes.Event) -> None:
         assert self.transport is not None
+        if self.registration is not None and not isinstance(event, wsframes.CloseReceived):
+            # Pings and pongs count too: each ping costs a pong, so a flood is closed as well.
+            config = self._server.config
+            self._rate = inbound.rate_step(self._rate, self._server.clock(),
+                                           rate_per_s=config.ws_inbound_rate_per_s,
+                                           burst=config.ws_inbound_burst)
         if isinstance(event, wsframes.Ping):
             self.transport.write(wsframes.pong_frame(event.payload))
         elif isinstance(event, wsframes.CloseReceived):
@@ -304,10 +310,6 @@ class EdgeConnection(asyncio.Protocol):
                 frame = wsframes.text_frame if event.text else wsframes.binary_frame
                 self.transport.write(frame(event.data))
                 return
-            config = self._server.config
-            self._rate = inbound.rate_step(self._rate, self._server.clock(),
-                                           rate_per_s=config.ws_inbound_rate_per_s,
-                                           burst=config.ws_inbound_burst)
             ids = inbound.parse_acks(event.data, text=event.text)
             self._server.ack(self.registration.client_id, ids)
 
