@@ -10,7 +10,7 @@ any chunking. Whatever it sends:
   nothing is written after the close (the fake transport fails the test);
 - once the transport is lost, the server forgets it: `connections`, the wheel, the handshake
   deadlines and the socket count are back to what the other, well-behaved device holds, the
-  registration is withdrawn, and `violations` counts the protocol closes;
+  registration is withdrawn, and `violations` (or `rate_limited`) counts the protocol closes;
 - the well-behaved device on the same server still gets its pushes.
 
 The same for arbitrary bytes in place of the request head: an HTTP error with a JSON body, a
@@ -109,8 +109,8 @@ async def _scenario(pieces: list[bytes], cuts: list[int], flushed: bool) -> None
         assert len(closes) == 1 and frames[-1][0] is Opcode.CLOSE, frames
         code, _ = closes[0]  # type: ignore[misc]
         event(f"closed {code}")
-        if code in VIOLATIONS:
-            assert server.stats.violations == 1
+        if code in VIOLATIONS:  # a protocol violation, or (1008) the inbound rate limit
+            assert server.stats.violations + server.stats.rate_limited == 1
         else:  # the device's own close, answered with its code (1005: without one)
             assert server.stats.violations == 0
             assert code == 1005 or 1000 <= code < 5000
@@ -226,7 +226,7 @@ async def test_a_ping_flood_from_a_reading_peer_is_closed_by_the_inbound_rate_li
     assert [opcode for opcode, _ in device.frames()] == [Opcode.PONG] * 20
     device.send(_masked(0x8A, b""))  # a pong counts too
     assert device.close_frame()[0] == Close.POLICY_VIOLATION
-    assert edge.server.stats.violations == 1
+    assert (edge.server.stats.rate_limited, edge.server.stats.violations) == (1, 0)
 
 
 async def test_a_ping_flood_to_a_peer_that_does_not_read_is_a_slow_consumer() -> None:
