@@ -43,7 +43,10 @@ their own registry, which is current for their own connections. With peer region
 - the forwards of a batch go in one `put_many` per peer region, concurrently with this region's
   publishes. A peer whose queue fails (down, or full) never fails the batch: the forwards are
   counted (`region_errors`) and logged once per outage, and the message stays in this region's
-  inbox (a device that comes back here is replayed it, or pulls it with `GET /v1/inbox`).
+  inbox (a device that comes back here is replayed it, or pulls it with `GET /v1/inbox`). The
+  worker also holds those forwards (`UNSENT_MAX`) and sends them, oldest first, once the peer is
+  due a try again: with its next batch, or between takes when the queue is quiet. So a device
+  that stayed connected in the cut-off region gets them live after the heal.
 - acks are regional: a device acks in the region it is connected to; copies in other regions'
   inboxes stay until they expire or fall off the cap, so a device that moves may see a message
   again (at least once; devices drop repeats by id).
@@ -62,7 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -91,6 +94,12 @@ FORWARD_TIMEOUT_S = 1.0
 """The longest a batch waits for a peer region's queue to take its forwards."""
 PEER_RETRY_AFTER_S = 5.0
 """After a peer region failed (or timed out) a forward, its forwards are skipped this long."""
+UNSENT_MAX = 10_000
+"""Forwards a peer region did not take, kept (per region, newest) to send again once it takes
+them: the worker tries at most every `PEER_RETRY_AFTER_S`, between batches too. Past it the
+oldest are dropped (counted); expired ones are dropped when their turn comes. Kept in memory:
+a router that stops loses them, and they stay what they always are, this region's inbox copies
+(a device that resumes here or pulls here gets them)."""
 
 
 @dataclass(slots=True)
@@ -107,7 +116,8 @@ class WorkerStats:
     unroutable_region: int = 0  # target clients on nodes of regions with no peer configured
     unroutable_nodes: int = 0  # broadcast deliveries skipped: nodes of unconfigured regions
     publish_errors: int = 0  # node batches the channel failed to take (messages are in inboxes)
-    region_errors: int = 0  # forwards a peer region's queue did not take
+    region_errors: int = 0  # forwards a peer region's queue did not take (at a try)
+    unsent_dropped: int = 0  # forwards given up on: `UNSENT_MAX` held for a region already
     errors: int = 0  # batches that failed as a whole
     expired_by: Counter[Priority] = field(default_factory=Counter)
     delivered_by: Counter[Priority] = field(default_factory=Counter)
@@ -176,6 +186,8 @@ class RouterWorker:
         self._unroutable_logged: set[str] = set()
         # peer regions failing now -> loop time until which their forwards are skipped
         self._failing_regions: dict[str, float] = {}
+        # peer region -> forwards it did not take yet (`UNSENT_MAX`)
+        self._unsent: dict[str, deque[Message]] = {}
         self.stats = WorkerStats()
 
     async def run(self) -> None:
@@ -209,6 +221,8 @@ class RouterWorker:
                 queue_down = False
                 log.warning("router worker %s takes from the queue again", self._consumer)
             handled = await self._handle_logged(batch) if batch else []
+            if not batch and self._unsent:
+                await self._retry_unsent()  # a quiet queue: the held forwards still go
         if handled:
             try:
                 await self._queue.done(self._consumer, handled)
@@ -335,27 +349,49 @@ class RouterWorker:
         self.stats.held += held
 
     async def _forward(self, region: str, messages: list[Message]) -> None:
-        """Hand `messages` to a peer region's queue, in one call of at most `FORWARD_TIMEOUT_S`;
-        a failure is counted and logged once per outage, never raised (the messages are in this
-        region's inboxes). A peer that failed is skipped (counted the same) for
+        """Hand `messages` (after what the peer did not take before) to a peer region's queue,
+        in one call of at most `FORWARD_TIMEOUT_S`; a failure is counted, logged once per outage,
+        never raised (the messages are in this region's inboxes), and what was not taken is held
+        to send again (`UNSENT_MAX`). A peer that failed is skipped (counted the same) for
         `PEER_RETRY_AFTER_S`, so that a peer that hangs rather than refuses holds up one batch
         per that while, not every batch."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._failing_regions.get(region, 0.0):
             self.stats.region_errors += len(messages)
+            self._hold_unsent(region, messages)
+            return
+        unsent = self._unsent.pop(region, None)
+        if unsent:  # the peer is due a try: what it did not take before goes first
+            messages = [*self._drop_expired(list(unsent)), *messages]
+        if not messages:
             return
         try:
             accepted = len(await asyncio.wait_for(
                 self._regions.peers[region].put_many(messages), FORWARD_TIMEOUT_S))
         except Exception as exc:
             self._region_failed(region, exc, len(messages), loop.time() + PEER_RETRY_AFTER_S)
+            self._hold_unsent(region, messages)
             return
         self.stats.forwarded[region] += accepted
         if accepted < len(messages):
             self._region_failed(region, Unavailable(f"queue took {accepted} of {len(messages)}"),
-                                len(messages) - accepted)
+                                len(messages) - accepted, loop.time() + PEER_RETRY_AFTER_S)
+            self._hold_unsent(region, messages[accepted:])
         else:
             self._region_ok(region)
+
+    def _hold_unsent(self, region: str, messages: list[Message]) -> None:
+        unsent = self._unsent.setdefault(region, deque(maxlen=UNSENT_MAX))
+        overflow = max(0, len(unsent) + len(messages) - UNSENT_MAX)
+        self.stats.unsent_dropped += overflow
+        unsent.extend(messages)
+
+    async def _retry_unsent(self) -> None:
+        """Send again what peer regions did not take, to those due a try."""
+        now = asyncio.get_running_loop().time()
+        due = [region for region in self._unsent
+               if now >= self._failing_regions.get(region, 0.0)]
+        await asyncio.gather(*(self._forward(region, []) for region in due))
 
     async def _publish(self, per_node: dict[str, list[Delivery]],
                        priority_of: dict[str, Priority]) -> None:

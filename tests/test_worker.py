@@ -598,6 +598,72 @@ async def test_a_peer_that_hangs_holds_up_one_batch_per_retry_interval(
     assert fleet.a.stats.region_errors == 3 and fleet.a.stats.errors == 0
 
 
+class SwitchQueue(SpyQueue):
+    """A peer region's queue that refuses everything while `down`."""
+
+    down = True
+
+    async def put_many(self, messages: Sequence[Message]) -> list[bool]:
+        if self.down:
+            raise ConnectionError("region b unreachable")
+        return await super().put_many(messages)
+
+
+async def test_what_a_peer_region_did_not_take_is_sent_once_it_takes_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cut-off peer region's forwards are held (they are in this region's inboxes anyway) and
+    sent, oldest first, with the first batch after it is due a try; expired ones are dropped."""
+    monkeypatch.setattr(worker_module, "PEER_RETRY_AFTER_S", 0.0)
+    fleet = await make_fleet(b=region("b", queue=SwitchQueue()))
+    await fleet.connect("cb", "b1")
+    held = [message("cb"), message("cb"), message("cb", ts_ms=NOW_MS - 120_000)]  # last: expired
+    for sent in held:
+        await fleet.a.handle(sent)
+    assert fleet.a.stats.region_errors == 3 and not fleet.a.stats.forwarded
+    fleet.b.queue.down = False  # type: ignore[attr-defined]
+    later = message("cb")
+    await fleet.a.handle(later)
+    assert [m.id for m in await fleet.b.route_queued()] == [held[0].id, held[1].id, later.id]
+    assert fleet.a.stats.forwarded == {"b": 3} and fleet.a.stats.expired == 1
+    await fleet.connect("ca", "a1")
+    await fleet.a.handle(message("ca"))
+    assert fleet.a.stats.forwarded == {"b": 3}  # sent once
+
+
+async def test_held_forwards_go_between_batches_when_the_queue_is_quiet(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "PEER_RETRY_AFTER_S", 0.0)
+    fleet = await make_fleet(b=region("b", queue=SwitchQueue()))
+    await fleet.connect("cb", "b1")
+    sent = message("cb")
+    await fleet.a.handle(sent)
+    fleet.b.queue.down = False  # type: ignore[attr-defined]
+    worker = RouterWorker(fleet.a.queue, fleet.a.registry, fleet.a.inbox, fleet.a.channel,
+                          consumer="w2", config=RouterConfig(), clock_ms=lambda: NOW_MS,
+                          region="a", peers={"b": fleet.b.queue}, take_timeout_s=0.01)
+    worker._unsent = fleet.a.worker._unsent  # the same held forwards, and no batch to come
+    running = asyncio.create_task(worker.run())
+    for _ in range(500):  # bounded: 5 s
+        if worker.stats.forwarded:
+            break
+        await asyncio.sleep(0.01)
+    worker.stop()
+    await asyncio.wait_for(running, 5)
+    assert worker.stats.forwarded == {"b": 1}
+    assert [m.id for m in await fleet.b.route_queued()] == [sent.id]
+
+
+async def test_held_forwards_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "UNSENT_MAX", 2)
+    fleet = await make_fleet(b=region("b", queue=SwitchQueue()))
+    await fleet.connect("cb", "b1")
+    held = [message("cb") for _ in range(3)]
+    for sent in held:
+        await fleet.a.handle(sent)
+    assert fleet.a.stats.unsent_dropped == 1
+    assert [m.id for m in fleet.a.worker._unsent["b"]] == [held[1].id, held[2].id]
+
+
 async def test_a_peer_queue_that_fills_up_part_way_counts_what_it_did_not_take() -> None:
     fleet = await make_fleet(b=region("b", queue=SpyQueue(max_depth=1)))
     first, second = message("offline"), message("offline")

@@ -439,7 +439,8 @@ class Exporter:
         c.count("held", st.held, m.held)
         c.count_each("forwarded", st.forwarded.items(), m.forwarded)
         c.count_each("errors", (("batch", st.errors), ("publish", st.publish_errors),
-                                ("region", st.region_errors)), m.router_errors)
+                                ("region", st.region_errors),
+                                ("region_dropped", st.unsent_dropped)), m.router_errors)
 
 
 class TimedRegistry:
