@@ -22,36 +22,15 @@ from typing import Any, TypeVar, cast
 
 from registry.redis_client import Client, connect
 from registry.redis_layout import check_prefix
-from registry.redis_lua import Lua
+from registry.redis_lua import NODE_DELETE, NODE_PRUNE, NODE_PUT
 from router.process_stats import ProcessStats, decode, encode
 from router.redis_common import run_script, unavailable
 
 T = TypeVar("T")
 
-# KEYS: set, record   ARGV: process_id, record, ttl_ms
-PROCESS_PUT = Lua("process_put", r"""
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('SADD', KEYS[1], ARGV[1])
-return 0
-""")
-
-# KEYS: set, record   ARGV: process_id
-PROCESS_DELETE = Lua("process_delete", r"""
-redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[1], ARGV[1])
-return 0
-""")
-
-# KEYS: set, record1, record2, ...   ARGV: process_id1, process_id2, ...
-# Removes from the set the processes whose record is (still) gone.
-PROCESS_PRUNE = Lua("process_prune", r"""
-for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('SREM', KEYS[1], ARGV[i - 1])
-  end
-end
-return 0
-""")
+# A set of ids and one record key per id, under one hash tag: the scripts of the registry's
+# node records (`registry.redis_lua`) do exactly this, so they serve process records too.
+PROCESS_PUT, PROCESS_DELETE, PROCESS_PRUNE = NODE_PUT, NODE_DELETE, NODE_PRUNE
 
 
 class RedisProcessStats:

@@ -194,6 +194,21 @@ Job = tuple[tuple[str, ...], Mapping[str, str], tuple[str, ...]]
 """What `start_many` starts: a command, extra environment and arguments."""
 
 
+def two_region_jobs(a_url: str, b_url: str, env: Mapping[str, str] | None = None) -> list[Job]:
+    """Region a (edge-a, the API, a router) on `a_url` and region b (edge-b, a router) on
+    `b_url`, each the other's peer region; `env` is added to every process's. In this order:
+    edge-a, edge-b, the API, a's router, b's router."""
+    in_a = {"ZUULPUSH_REDIS_URL": a_url, **(env or {})}
+    in_b = {"ZUULPUSH_REDIS_URL": b_url, **(env or {})}
+    return [
+        (EDGE, in_a, ("--node-id", "edge-a", "--region", "a", "--peer-region", f"b={b_url}")),
+        (EDGE, in_b, ("--node-id", "edge-b", "--region", "b", "--peer-region", f"a={a_url}")),
+        (API, in_a, ()),
+        (ROUTER, in_a, ("--region", "a", "--peer-region", f"b={b_url}")),
+        (ROUTER, in_b, ("--region", "b", "--peer-region", f"a={a_url}")),
+    ]
+
+
 def start_many(tmp_dir: Path, jobs: Sequence[Job]) -> list[ServerProcess]:
     """Start the jobs concurrently; their servers in job order. If one fails to start, those
     that did start are stopped (by PID) before the failure is raised: none is left behind."""

@@ -41,7 +41,16 @@ from tests.support.redis_servers import RedisServer
 from tests.support.sdk_devices import DeviceProcess, start_devices, stop_devices
 
 from .clients import host_port
-from .servers import API, EDGE, ROUTER, SECRET, Job, ServerProcess, start_many
+from .servers import (
+    API,
+    EDGE,
+    ROUTER,
+    SECRET,
+    Job,
+    ServerProcess,
+    start_many,
+    two_region_jobs,
+)
 
 DEVICES = 40
 HEARTBEAT_S = 1.0
@@ -331,15 +340,8 @@ async def test_a_fault_under_load_loses_nothing(fault: str, fault_fleet: FleetFa
 def two_regions(tmp_path: Path, redis_factory: Callable[..., RedisServer]
                 ) -> Iterator[tuple[RedisServer, RedisServer, list[ServerProcess]]]:
     a, b = redis_factory(*DURABLE), redis_factory(*DURABLE)
-    common = {"ZUULPUSH_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S)}
-    in_a, in_b = {"ZUULPUSH_REDIS_URL": a.url, **common}, {"ZUULPUSH_REDIS_URL": b.url, **common}
-    started = start_many(tmp_path, [
-        (EDGE, in_a, ("--node-id", "edge-a", "--region", "a", "--peer-region", f"b={b.url}")),
-        (EDGE, in_b, ("--node-id", "edge-b", "--region", "b", "--peer-region", f"a={a.url}")),
-        (API, in_a, ()),
-        (ROUTER, in_a, ("--region", "a", "--peer-region", f"b={b.url}")),
-        (ROUTER, in_b, ("--region", "b", "--peer-region", f"a={a.url}")),
-    ])
+    started = start_many(tmp_path, two_region_jobs(
+        a.url, b.url, {"ZUULPUSH_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S)}))
     try:
         yield a, b, started
     finally:

@@ -25,7 +25,16 @@ from router.redis_inbox import RedisInbox
 from tests.support.redis_servers import RedisServer
 
 from .clients import PushApi, push_api, ws_connect, ws_url
-from .servers import API, EDGE, ROUTER, ServerProcess, mint_token, start_many, stop_all
+from .servers import (
+    API,
+    EDGE,
+    ROUTER,
+    ServerProcess,
+    mint_token,
+    start_many,
+    stop_all,
+    two_region_jobs,
+)
 from .test_e2e import Device, eventually, push, to_clients
 
 
@@ -53,14 +62,7 @@ class TwoRegions:
 def regions(tmp_path: Path, redis_factory: Callable[..., RedisServer]
             ) -> Iterator[TwoRegions]:
     a, b = redis_factory(), redis_factory()
-    in_a, in_b = {"ZUULPUSH_REDIS_URL": a.url}, {"ZUULPUSH_REDIS_URL": b.url}
-    started = start_many(tmp_path, [
-        (EDGE, in_a, ("--node-id", "edge-a", "--region", "a", "--peer-region", f"b={b.url}")),
-        (EDGE, in_b, ("--node-id", "edge-b", "--region", "b", "--peer-region", f"a={a.url}")),
-        (API, in_a, ()),
-        (ROUTER, in_a, ("--region", "a", "--peer-region", f"b={b.url}")),
-        (ROUTER, in_b, ("--region", "b", "--peer-region", f"a={a.url}")),
-    ])
+    started = start_many(tmp_path, two_region_jobs(a.url, b.url))
     try:
         assert "region a, peer regions: b" in started[3].stdout_text()
         yield TwoRegions(a, b, *started)
