@@ -181,7 +181,7 @@ async def _one(host: str, port: int, rng: random.Random, token: str) -> str:
             if not chunk:
                 break
             received += chunk
-    except (ConnectionError, TimeoutError) as exc:
+    except OSError as exc:  # reset, timed out, or closed by the server before our half-close
         if not received:
             return f"no answer: {type(exc).__name__}"
     finally:
