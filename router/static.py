@@ -2,7 +2,8 @@
 `zuulpush/static/` directory of the installed package. No build step: the files are served as
 they are. Only names in that directory (no subdirectories, no dot files) are served, each with
 its content type, `Cache-Control: no-cache` (revalidated with `ETag`, so an upgrade is seen at
-once) and `X-Content-Type-Options: nosniff`."""
+once) and `X-Content-Type-Options: nosniff`; pages also forbid framing (`X-Frame-Options`,
+CSP `frame-ancestors`)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def static_response(name: str, request: web.Request | None = None) -> web.Respon
     body = path.read_bytes()
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     headers = {"Cache-Control": "no-cache", "ETag": etag, "X-Content-Type-Options": "nosniff"}
+    if path.suffix == ".html":  # no page of ours in another site's frame (the drain button)
+        headers.update({"X-Frame-Options": "DENY",
+                        "Content-Security-Policy": "frame-ancestors 'none'"})
     if request is not None and request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, headers={**headers, "Content-Type": content_type})

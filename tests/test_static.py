@@ -39,3 +39,11 @@ async def test_anything_else_is_a_json_404(client: TestClient[web.Request, web.A
     response = await client.get("/static/" + name)
     assert response.status == 404
     assert (await response.json())["error"]["code"] == "not_found"
+
+
+async def test_pages_may_not_be_framed(client: TestClient[web.Request, web.Application]) -> None:
+    page = await client.get("/static/dashboard.html")
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+    script = await client.get("/static/zuulpush.js")
+    assert "X-Frame-Options" not in script.headers
