@@ -6,6 +6,8 @@ import random
 
 import h11
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from zuulpush.edge import fasthead
 
@@ -106,3 +108,27 @@ def test_the_grammar_is_h11s() -> None:
 
     for name in ("method", "request_target", "field_name", "field_value"):
         assert getattr(fasthead, name.upper()) == getattr(_abnf, name), name
+
+
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
+_damage = st.lists(st.tuples(st.integers(0, len(GOOD) + 8), st.integers(0, 4),
+                             st.binary(max_size=4)), max_size=4)
+_ALPHABET = b"\r\n :\t\x00\x7f\xff/?=GETHOSTws1."
+
+
+@FUZZ
+@given(damage=_damage, tail=st.binary(max_size=8))
+def test_fasthead_parses_only_what_h11_parses_the_same(
+        damage: list[tuple[int, int, bytes]], tail: bytes) -> None:
+    data = bytearray(GOOD)
+    for at, cut, insert in damage:
+        data[at:at + cut] = insert
+    data += tail
+    agrees(bytes(data))
+
+
+@FUZZ
+@given(raw=st.lists(st.sampled_from(list(_ALPHABET)), max_size=80).map(bytes))
+def test_fasthead_on_heads_made_of_its_delimiters(raw: bytes) -> None:
+    agrees(b"GET /ws HTTP/1.1\r\nHost: h\r\n" + raw + b"\r\n\r\n")
