@@ -148,8 +148,11 @@ class Registry(Protocol):
         """The known device record of one client, or None if it was never seen (or forgotten)."""
         ...
 
-    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> None:
-        """Write the node's record for `ttl_s` seconds; a node that stops heartbeating is dead."""
+    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> bool:
+        """Write the node's record for `ttl_s` seconds; a node that stops heartbeating is dead.
+        Returns whether its record was there: a heartbeat after the first that finds none means
+        the registry lost it (its Redis restarted empty, or the node was cut off past its TTL),
+        and likely the node's registrations with it."""
         ...
 
     async def remove_node(self, node_id: str) -> None:

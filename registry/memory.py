@@ -121,8 +121,11 @@ class MemoryRegistry:
         client = self._device(client_id, self._clock())
         return None if client is None else Device(client_id, client.device_type)
 
-    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> None:
-        self._nodes[node.node_id] = (node, self._clock() + ttl_s)
+    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> bool:
+        now = self._clock()
+        old = self._nodes.get(node.node_id)
+        self._nodes[node.node_id] = (node, now + ttl_s)
+        return old is not None and old[1] > now
 
     async def remove_node(self, node_id: str) -> None:
         self._nodes.pop(node_id, None)

@@ -297,9 +297,10 @@ class RedisRegistry:
 
     # --- nodes ----------------------------------------------------------------------------------
 
-    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> None:
+    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> bool:
         keys = [self._keys.node_set, self._keys.node(node.node_id)]
-        await self._eval(lua.NODE_PUT, keys, [node.node_id, encode_node(node), _ms(ttl_s)])
+        return bool(await self._eval(lua.NODE_PUT, keys,
+                                     [node.node_id, encode_node(node), _ms(ttl_s)]))
 
     async def remove_node(self, node_id: str) -> None:
         await self._eval(lua.NODE_DELETE, [self._keys.node_set, self._keys.node(node_id)],

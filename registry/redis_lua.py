@@ -177,9 +177,10 @@ return n
 
 # KEYS: node set, node record   ARGV: node_id, record, ttl_ms
 NODE_PUT = Lua("node_put", r"""
+local had = redis.call('EXISTS', KEYS[2])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[1])
-return 0
+return had
 """)
 
 # KEYS: node set, node record   ARGV: node_id

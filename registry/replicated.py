@@ -149,11 +149,12 @@ class ReplicatedRegistry:
             await self._announce(Unregistered(client_id, node_id, version))
             return deleted
 
-    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> None:
+    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> bool:
         async with self._ordered((_node_key(node.node_id),)):
             expires_at_ms = self._expiry(ttl_s)
-            await self.local.heartbeat_node(node, ttl_s)
+            had = await self.local.heartbeat_node(node, ttl_s)
             await self._announce(NodeBeat(node, expires_at_ms))
+            return had
 
     async def remove_node(self, node_id: str) -> None:
         async with self._ordered((_node_key(node_id),)):

@@ -334,7 +334,7 @@ class _InboxHandler:
     async def pull(self, request: web.Request) -> web.Response:
         claims = self._claims(request)
         after, limit = parse_inbox_query(request.query, max_page=self._config.max_inbox_page)
-        entries = await self._inbox.after(claims.client_id, after, limit + 1)
+        entries = await self._inbox.pull(claims.client_id, after, limit + 1)
         if after is not None and self._history is not None:
             missed, last_read = await _broadcasts_after(self._history, after, claims.device_type,
                                                         limit + 1)
@@ -353,7 +353,7 @@ class _InboxHandler:
         ack = parse_inbox_ack(body, max_ids=self._config.max_inbox_page,
                               max_bytes=self._config.max_payload_bytes)
         if ack.through is not None:
-            removed = await self._inbox.ack_through(client_id, ack.through)
+            removed = await self._inbox.through(client_id, ack.through)
         else:
             removed = await self._inbox.ack(client_id, ack.ids)
         return _json({"removed": removed})

@@ -127,11 +127,14 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
-    """A message waiting in a client's inbox until acked or `expires_at_ms` (wall clock)."""
+    """A message waiting in a client's inbox until acked or `expires_at_ms` (wall clock).
+    `forwarded`: stored for a message another region's router handed on (a copy may wait in
+    that region's inbox too; `Inbox.resume_many`)."""
 
     id: str
     payload: bytes
     expires_at_ms: int
+    forwarded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,11 +231,22 @@ class NodeChannel(Protocol):
 
 
 class Inbox(Protocol):
-    """Per-client store of messages not yet acknowledged, capped and TTL-bound."""
+    """Per-client store of messages not yet acknowledged, capped and TTL-bound.
+
+    What a device has been given. An edge that writes an entry to a device's connection records
+    it, once the device's TCP stack has acknowledged the bytes, as *given* with a *mark*: the
+    highest id written on that connection up to and including the entry, counting from the
+    connection's resume point (`zuulpush.edge.given`). A device that resumes after `L` (the id
+    of the last message it processed) has every entry given with a mark below `L`: each was
+    written, on the connection that gave it, before anything of id `L` or more (the argument is
+    in docs/delivery.md). Entries never given, or given with a mark of `L` or more, are kept
+    whatever their id, so a message that reached the inbox out of id order (priorities, a router
+    killed with a batch taken, clocks) is never removed unreceived; a device may see it twice.
+    """
 
     async def add(self, client_ids: Iterable[str], entry: InboxEntry) -> None:
         """Store `entry` for each client. Past the per-client cap the oldest entries are dropped.
-        Adding an id already present is a no-op."""
+        Adding an id already present is a no-op (its mark stays)."""
         ...
 
     async def add_many(self, items: Sequence[tuple[Sequence[str], InboxEntry]]) -> None:
@@ -241,13 +255,38 @@ class Inbox(Protocol):
         ...
 
     async def after(self, client_id: str, last_id: str | None, limit: int) -> list[InboxEntry]:
-        """Unexpired entries with id greater than `last_id` (all when None), oldest first."""
+        """Up to `limit` unexpired entries with id greater than `last_id` (all when None),
+        oldest first: a page cursor, read only."""
         ...
 
-    async def after_many(self, reads: Sequence[tuple[str, str | None]],
-                         limit: int) -> list[list[InboxEntry]]:
-        """`after(client_id, last_id, limit)` for each `(client_id, last_id)`, in order, in one
-        round trip where the store allows: what an edge replays to a batch of connections."""
+    async def pull(self, client_id: str, last_id: str | None, limit: int) -> list[InboxEntry]:
+        """`after`, for a device pulling its inbox over HTTP: each entry returned is also
+        marked given with its own id (a page is in id order), so that a later `through` removes
+        what the device read."""
+        ...
+
+    async def resume_many(self, resumes: Sequence[tuple[str, str | None]],
+                          limit: int) -> list[list[InboxEntry]]:
+        """For each `(client_id, resume_id)`, in one round trip where the store allows: remove
+        `resume_id`'s entry and every entry given with a mark below `resume_id` (nothing when it
+        is None), then answer the first `limit` unexpired entries left, oldest first, whatever
+        their ids: what a connecting device is replayed (page on with `after`).
+
+        The inbox of one region in a fleet of several (made `peered`), where each region keeps
+        its own copies and marks, removes entries other than `resume_id`'s own only when that
+        entry is here, marked given, and not `forwarded`: only then did the device have it from
+        a connection of this region, which is what the marks here speak of (a device back from
+        another region resumes from what it got there)."""
+        ...
+
+    async def through(self, client_id: str, last_id: str) -> int:
+        """Remove what `resume_many` removes for `last_id`; returns how many entries."""
+        ...
+
+    async def given_many(self, items: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> None:
+        """Record, per `(client_id, [(entry_id, mark), ...])`, that these entries were given
+        with these marks. A mark only rises (the highest recorded stands); entries not present
+        (acked, expired, never stored: a broadcast) are skipped. Idempotent."""
         ...
 
     async def ack(self, client_id: str, ids: Sequence[str]) -> int:
@@ -257,16 +296,6 @@ class Inbox(Protocol):
     async def ack_many(self, acks: Sequence[tuple[str, Sequence[str]]]) -> int:
         """`ack` for many clients at once, `(client_id, ids)` each (one round trip where the
         store allows); returns how many entries were present in all."""
-        ...
-
-    async def ack_through(self, client_id: str, last_id: str) -> int:
-        """Remove every entry with id up to and including `last_id` (a device that resumes after
-        `last_id` has seen them). Returns how many were removed."""
-        ...
-
-    async def ack_through_many(self, items: Sequence[tuple[str, str]]) -> int:
-        """`ack_through` for each `(client_id, last_id)`, in one round trip where the store
-        allows; returns how many entries were removed in all."""
         ...
 
     async def close(self) -> None:

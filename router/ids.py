@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -48,6 +49,20 @@ class IdGenerator:
         # The random part as 16 base32 digits, in C; the time prefix is made once per ms.
         random = base64.b32encode(self._last_random.to_bytes(10, "big"))
         return self._prefix + random.translate(_FROM_RFC4648).decode()
+
+
+ID_FORMAT = "26 characters of Crockford base32 in upper case (0-9, A-Z but I, L, O, U)"
+"""How a message id is written, for error messages."""
+
+_WELL_FORMED = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+
+
+def is_message_id(text: str) -> bool:
+    """Whether `text` is written as the ids this module makes are (`ID_FORMAT`; the first digit
+    at most 7, as 48 bits of milliseconds allow). A resume point or an ack "through" that is not
+    must be refused, never compared: "zzz" sorts after every id, so it would mean "everything
+    received"."""
+    return _WELL_FORMED.fullmatch(text) is not None
 
 
 def id_time_ms(message_id: str) -> int | None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from bisect import bisect_left, bisect_right, insort
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Callable, Mapping, Sequence
 
-from router.base import Broadcast, Delivery, InboxEntry, Message, Priority, Taken
+from router.base import Broadcast, Delivery, Message, Priority, Taken
 from router.clock import ClockMs, wall_ms
 from router.errors import Unavailable
+from router.memory_box import SortedBox
+from router.memory_inbox import (
+    MemoryInbox as MemoryInbox,  # re-exported: one module of memory seams
+)
 
 DEFAULT_WEIGHTS: Mapping[Priority, int] = {Priority.HIGH: 8, Priority.NORMAL: 3, Priority.LOW: 1}
 """Messages served per priority in one round while all priorities have messages waiting."""
@@ -254,157 +256,6 @@ class MemoryNodeChannel:
         return box
 
 
-E = TypeVar("E", InboxEntry, Broadcast)
-
-
-class _Box(Generic[E]):
-    """One client's entries (or the broadcast history): `ids` sorted (time-ordered ids),
-    `entries` by id."""
-
-    __slots__ = ("entries", "ids")
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.entries: dict[str, E] = {}
-
-    def add(self, entry: E, cap: int) -> None:
-        if entry.id in self.entries:
-            return
-        self.entries[entry.id] = entry
-        # Ids from different processes may arrive slightly out of order: insert in place.
-        insort(self.ids, entry.id)
-        excess = len(self.ids) - cap
-        if excess > 0:
-            self.drop_first(excess)
-
-    def drop_first(self, n: int) -> int:
-        for entry_id in self.ids[:n]:
-            del self.entries[entry_id]
-        removed = min(n, len(self.ids))
-        del self.ids[:n]
-        return removed
-
-    def remove(self, entry_id: str) -> bool:
-        if self.entries.pop(entry_id, None) is None:
-            return False
-        del self.ids[bisect_left(self.ids, entry_id)]
-        return True
-
-    def expired(self, now_ms: int) -> list[str]:
-        return [i for i, e in self.entries.items() if now_ms >= e.expires_at_ms]
-
-    def after(self, last_id: str | None, limit: int, now_ms: int) -> list[E]:
-        """Up to `limit` unexpired entries after `last_id`; the expired ones passed are removed."""
-        start = 0 if last_id is None else bisect_right(self.ids, last_id)
-        found: list[E] = []
-        expired: list[str] = []
-        for index in range(start, len(self.ids)):
-            entry = self.entries[self.ids[index]]
-            if now_ms >= entry.expires_at_ms:
-                expired.append(entry.id)
-                continue
-            found.append(entry)
-            if len(found) >= limit:
-                break
-        for entry_id in expired:
-            self.remove(entry_id)
-        return found
-
-
-class MemoryInbox:
-    """`Inbox` in memory: per client, entries sorted by id, at most `max_per_client`.
-
-    An entry expires at its `expires_at_ms` on the `clock_ms` wall clock: reads skip and prune
-    it, and a sweep over every client at most once per `sweep_interval_ms` (run by `add`) prunes
-    entries nobody reads. A client whose inbox empties is forgotten.
-    """
-
-    def __init__(
-        self,
-        max_per_client: int,
-        *,
-        clock_ms: ClockMs = wall_ms,
-        sweep_interval_ms: int = 60_000,
-    ) -> None:
-        if max_per_client < 1:
-            raise ValueError("max_per_client must be at least 1")
-        self._cap = max_per_client
-        self._clock_ms = clock_ms
-        self._sweep_interval_ms = sweep_interval_ms
-        self._next_sweep_ms = 0
-        self._boxes: dict[str, _Box[InboxEntry]] = {}
-
-    async def add(self, client_ids: Iterable[str], entry: InboxEntry) -> None:
-        now = self._clock_ms()
-        self._maybe_sweep(now)
-        if now >= entry.expires_at_ms:
-            return
-        for client_id in client_ids:
-            box = self._boxes.get(client_id)
-            if box is None:
-                box = self._boxes[client_id] = _Box()
-            box.add(entry, self._cap)
-
-    async def add_many(self, items: Sequence[tuple[Sequence[str], InboxEntry]]) -> None:
-        for client_ids, entry in items:
-            await self.add(client_ids, entry)
-
-    async def after(self, client_id: str, last_id: str | None, limit: int) -> list[InboxEntry]:
-        box = self._boxes.get(client_id)
-        if box is None or limit <= 0:
-            return []
-        found = box.after(last_id, limit, self._clock_ms())
-        self._forget_if_empty(client_id, box)
-        return found
-
-    async def after_many(self, reads: Sequence[tuple[str, str | None]],
-                         limit: int) -> list[list[InboxEntry]]:
-        return [await self.after(client_id, last_id, limit) for client_id, last_id in reads]
-
-    async def ack(self, client_id: str, ids: Sequence[str]) -> int:
-        box = self._boxes.get(client_id)
-        if box is None:
-            return 0
-        return self._remove(client_id, box, ids)
-
-    async def ack_many(self, acks: Sequence[tuple[str, Sequence[str]]]) -> int:
-        return sum([await self.ack(client_id, ids) for client_id, ids in acks])
-
-    async def ack_through(self, client_id: str, last_id: str) -> int:
-        box = self._boxes.get(client_id)
-        if box is None:
-            return 0
-        removed = box.drop_first(bisect_right(box.ids, last_id))
-        self._forget_if_empty(client_id, box)
-        return removed
-
-    async def ack_through_many(self, items: Sequence[tuple[str, str]]) -> int:
-        return sum([await self.ack_through(client_id, last_id) for client_id, last_id in items])
-
-    async def close(self) -> None:
-        self._boxes.clear()
-
-    def clients(self) -> int:
-        """Clients with at least one stored entry (expired ones included until pruned)."""
-        return len(self._boxes)
-
-    def _remove(self, client_id: str, box: _Box[InboxEntry], ids: Iterable[str]) -> int:
-        removed = sum(box.remove(entry_id) for entry_id in ids)
-        self._forget_if_empty(client_id, box)
-        return removed
-
-    def _forget_if_empty(self, client_id: str, box: _Box[InboxEntry]) -> None:
-        if not box.ids:
-            self._boxes.pop(client_id, None)
-
-    def _maybe_sweep(self, now_ms: int) -> None:
-        if now_ms < self._next_sweep_ms:
-            return
-        self._next_sweep_ms = now_ms + self._sweep_interval_ms
-        for client_id, box in list(self._boxes.items()):
-            self._remove(client_id, box, box.expired(now_ms))
-
-
 class MemoryBroadcastLog:
     """`BroadcastLog` in memory: broadcasts sorted by id, at most `max_entries`, each dropped
     once its `expires_at_ms` has passed on the `clock_ms` wall clock (reads prune what they pass;
@@ -415,7 +266,7 @@ class MemoryBroadcastLog:
             raise ValueError("max_entries must be at least 1")
         self._cap = max_entries
         self._clock_ms = clock_ms
-        self._box = _Box[Broadcast]()
+        self._box = SortedBox[Broadcast]()
 
     async def add(self, broadcast: Broadcast) -> None:
         if self._clock_ms() < broadcast.expires_at_ms:
@@ -427,7 +278,7 @@ class MemoryBroadcastLog:
         return self._box.after(last_id, limit, self._clock_ms())
 
     async def close(self) -> None:
-        self._box = _Box[Broadcast]()
+        self._box = SortedBox[Broadcast]()
 
     def __len__(self) -> int:
         return len(self._box.ids)

@@ -41,7 +41,7 @@ import orjson
 from router.base import Message, Priority, Target
 from router.config import ApiConfig
 from router.errors import InvalidRequest, PayloadTooLarge, TooManyMessages
-from router.ids import IdGenerator
+from router.ids import ID_FORMAT, IdGenerator, is_message_id
 
 MAX_ID_CHARS = 256
 DEFAULT_TOPIC = "default"
@@ -223,10 +223,8 @@ class InboxAck:
 def parse_inbox_query(query: Mapping[str, str], *, max_page: int) -> tuple[str | None, int]:
     """`(after, limit)` of `GET /v1/inbox`; raises `InvalidRequest` naming the parameter."""
     after = query.get("after")
-    if after is not None and not _is_short_string(after):
-        raise InvalidRequest(
-            f"'after' must be a message id of 1 to {MAX_ID_CHARS} characters", field="after"
-        )
+    if after is not None and not is_message_id(after):
+        raise InvalidRequest(f"'after' must be a message id: {ID_FORMAT}", field="after")
     raw = query.get("limit")
     if raw is None:
         return after, min(DEFAULT_INBOX_PAGE, max_page)
@@ -248,11 +246,9 @@ def parse_inbox_ack(body: bytes, *, max_ids: int, max_bytes: int) -> InboxAck:
         raise InvalidRequest("send exactly one of 'ids' and 'through'", field="ids")
     if "through" in request:
         through = request["through"]
-        if not _is_short_string(through):
-            raise InvalidRequest(
-                f"'through' must be a message id of 1 to {MAX_ID_CHARS} characters",
-                field="through",
-            )
+        if not isinstance(through, str) or not is_message_id(through):
+            raise InvalidRequest(f"'through' must be a message id: {ID_FORMAT}",
+                                 field="through")
         return InboxAck(through=through)
     raw = request["ids"]
     # Counted as sent, repeats included: the limit bounds the request, as the document says.

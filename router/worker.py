@@ -431,4 +431,5 @@ class RouterWorker:
 
 
 def _entry(message: Message) -> InboxEntry:
-    return InboxEntry(message.id, message.payload, message.expires_at_ms)
+    return InboxEntry(message.id, message.payload, message.expires_at_ms,
+                      message.forwarded_from is not None)

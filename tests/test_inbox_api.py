@@ -28,8 +28,13 @@ def token(client_id: str, *, ttl_s: int = 3600, secret: str = SECRET) -> str:
     return issue_token(secret, client_id=client_id, user_id="u1", device_type="tv", ttl_s=ttl_s)
 
 
+def mid(n: int) -> str:
+    """A well-formed message id (`router.ids`), in order of `n`."""
+    return f"{'0' * 21}M{n:04d}"
+
+
 def message(n: int) -> Message:
-    return Message.create(id=f"M{n:04d}", topic="news", data={"n": n}, ts_ms=NOW_MS,
+    return Message.create(id=mid(n), topic="news", data={"n": n}, ts_ms=NOW_MS,
                           priority=Priority.NORMAL, ttl_s=60, target=Target(clients=("tv-1",)))
 
 
@@ -90,15 +95,15 @@ async def test_pull_returns_the_device_facing_messages_oldest_first(api: Api) ->
     assert status == 200
     assert body == {"messages": [orjson.loads(message(n).payload) for n in (1, 2, 3)],
                     "more": False}
-    assert await api.ids() == ["M0001", "M0002", "M0003"]  # a pull removes nothing
+    assert await api.ids() == [mid(1), mid(2), mid(3)]  # a pull removes nothing
 
 
 async def test_pull_pages_with_after_and_limit(api: Api) -> None:
     await api.store("tv-1", 1, 2, 3, 4)
     _, first = await api.pull("?limit=2")
-    assert ([m["id"] for m in first["messages"]], first["more"]) == (["M0001", "M0002"], True)
-    _, rest = await api.pull("?limit=2&after=M0002")
-    assert ([m["id"] for m in rest["messages"]], rest["more"]) == (["M0003", "M0004"], False)
+    assert ([m["id"] for m in first["messages"]], first["more"]) == ([mid(1), mid(2)], True)
+    _, rest = await api.pull(f"?limit=2&after={mid(2)}")
+    assert ([m["id"] for m in rest["messages"]], rest["more"]) == ([mid(3), mid(4)], False)
 
 
 async def test_pull_default_limit_is_capped_by_the_page_maximum(api: Api) -> None:
@@ -115,9 +120,9 @@ async def test_pull_after_an_id_merges_the_missed_broadcasts_for_its_device_type
     await api.broadcast(3, "tv")
     await api.broadcast(5, "phone")  # not for this device (its token says "tv")
     await api.broadcast(6)
-    _, body = await api.pull("?after=M0001")
+    _, body = await api.pull(f"?after={mid(1)}")
     assert ([m["id"] for m in body["messages"]], body["more"]) == (
-        ["M0002", "M0003", "M0004", "M0006"], False)
+        [mid(2), mid(3), mid(4), mid(6)], False)
     assert body["messages"][1] == orjson.loads(message(3).payload)  # as devices get it live
 
 
@@ -125,7 +130,7 @@ async def test_pull_without_after_is_the_inbox_alone(api: Api) -> None:
     await api.store("tv-1", 2)
     await api.broadcast(1)
     _, body = await api.pull()
-    assert [m["id"] for m in body["messages"]] == ["M0002"]
+    assert [m["id"] for m in body["messages"]] == [mid(2)]
 
 
 async def test_pull_of_broadcasts_pages_without_skipping_any(api: Api) -> None:
@@ -135,7 +140,7 @@ async def test_pull_of_broadcasts_pages_without_skipping_any(api: Api) -> None:
     for n in range(1, 30):
         await api.broadcast(n, "tv" if n % 7 == 0 else "phone")
     seen: list[str] = []
-    after, more = "M0000", True
+    after, more = mid(0), True
     for _ in range(20):  # bounded
         if not more:
             break
@@ -145,14 +150,14 @@ async def test_pull_of_broadcasts_pages_without_skipping_any(api: Api) -> None:
         more = body["more"]
         after = ids[-1] if ids else after
     assert not more
-    assert seen == ["M0007", "M0014", "M0021", "M0028", "M0040"]
+    assert seen == [mid(7), mid(14), mid(21), mid(28), mid(40)]
 
 
 async def test_pull_reads_only_the_tokens_own_inbox(api: Api) -> None:
     await api.store("tv-1", 1)
     await api.store("tv-2", 2)
     _, body = await api.pull("?client_id=tv-1&cid=tv-1", client_id="tv-2")
-    assert [m["id"] for m in body["messages"]] == ["M0002"]
+    assert [m["id"] for m in body["messages"]] == [mid(2)]
 
 
 async def test_token_may_come_in_the_query(api: Api) -> None:
@@ -175,14 +180,15 @@ async def test_bad_or_missing_token_is_401_invalid_token(api: Api, headers: dict
                                                          ) -> None:
     await api.store("tv-1", 1)
     for status, body in (await api.pull(headers=headers),
-                         await api.ack({"through": "M9999"}, headers=headers)):
+                         await api.ack({"through": mid(9999)}, headers=headers)):
         assert (status, body["error"]["code"]) == (401, "invalid_token")
-    assert await api.ids() == ["M0001"]
+    assert await api.ids() == [mid(1)]
 
 
 @pytest.mark.parametrize(("query", "field"), [
     ("?limit=0", "limit"), ("?limit=6", "limit"), ("?limit=x", "limit"), ("?limit=-1", "limit"),
-    ("?after=", "after"), ("?after=" + "x" * 257, "after"),
+    ("?after=", "after"), ("?after=" + "x" * 257, "after"), ("?after=zzz", "after"),
+    ("?after=" + mid(1).lower(), "after"), ("?after=M0001", "after"),
 ])
 async def test_bad_query_is_400_naming_it(api: Api, query: str, field: str) -> None:
     status, body = await api.pull(query)
@@ -195,34 +201,48 @@ async def test_bad_query_is_400_naming_it(api: Api, query: str, field: str) -> N
 
 async def test_ack_ids_removes_them_and_counts(api: Api) -> None:
     await api.store("tv-1", 1, 2, 3)
-    status, body = await api.ack({"ids": ["M0001", "M0003", "M0009"]})
+    status, body = await api.ack({"ids": [mid(1), mid(3), mid(9)]})
     assert (status, body) == (200, {"removed": 2})
-    assert await api.ids() == ["M0002"]
-    assert await api.ack({"ids": ["M0001"]}) == (200, {"removed": 0})  # idempotent
+    assert await api.ids() == [mid(2)]
+    assert await api.ack({"ids": [mid(1)]}) == (200, {"removed": 0})  # idempotent
 
 
-async def test_ack_through_is_cumulative(api: Api) -> None:
+async def test_ack_through_removes_what_pulls_returned_up_to_it(api: Api) -> None:
     await api.store("tv-1", 1, 2, 3)
-    assert await api.ack({"through": "M0002"}) == (200, {"removed": 2})
-    assert await api.ids() == ["M0003"]
+    await api.pull("?limit=2")
+    assert await api.ack({"through": mid(2)}) == (200, {"removed": 2})
+    assert await api.ids() == [mid(3)]
+
+
+async def test_ack_through_keeps_what_no_pull_returned(api: Api) -> None:
+    """A message stored after the pull passed its place (out of id order: a priority, a router
+    that was killed with it taken) waits for the next pull: "through" does not remove it."""
+    await api.store("tv-1", 1, 3)
+    _, body = await api.pull()
+    await api.store("tv-1", 2)
+    assert await api.ack({"through": body["messages"][-1]["id"]}) == (200, {"removed": 2})
+    _, again = await api.pull()
+    assert [m["id"] for m in again["messages"]] == [mid(2)]
 
 
 async def test_ack_touches_only_the_tokens_own_inbox(api: Api) -> None:
     await api.store("tv-1", 1)
     await api.store("tv-2", 1)
-    assert await api.ack({"through": "M0001"}, client_id="tv-2") == (200, {"removed": 1})
-    assert await api.ids("tv-1") == ["M0001"]
+    assert await api.ack({"through": mid(1)}, client_id="tv-2") == (200, {"removed": 1})
+    assert await api.ids("tv-1") == [mid(1)]
 
 
 @pytest.mark.parametrize(("body", "field"), [
     ({}, "ids"),
     ({"ids": ["a"], "through": "b"}, "ids"),
     ({"ids": []}, "ids"),
-    ({"ids": "M0001"}, "ids"),
+    ({"ids": mid(1)}, "ids"),
     ({"ids": ["a", 7]}, "ids[1]"),
     ({"ids": [f"M{n}" for n in range(6)]}, "ids"),
     ({"through": ""}, "through"),
     ({"through": None}, "through"),
+    ({"through": "zzz"}, "through"),
+    ({"through": mid(1).lower()}, "through"),
     ({"ids": ["a"], "extra": 1}, "extra"),
     ([], "body"),
 ])
@@ -233,7 +253,7 @@ async def test_bad_ack_is_400_naming_the_field_and_removes_nothing(
     status, answer = await api.ack(body)
     assert status == 400
     assert (answer["error"]["code"], answer["error"]["field"]) == ("invalid_request", field)
-    assert await api.ids() == ["M0001"]
+    assert await api.ids() == [mid(1)]
 
 
 async def test_without_an_inbox_the_routes_are_absent() -> None:

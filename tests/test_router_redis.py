@@ -266,18 +266,20 @@ async def test_inbox_and_channel_keep_payload_bytes_exactly(
 
 async def test_inbox_cap_and_ttl_are_visible_in_redis(client: Client, redis_prefix: str) -> None:
     inbox = RedisInbox(client, prefix=redis_prefix, max_per_client=3)
-    ids_key, entries_key = inbox.keys("c1")
+    ids_key, entries_key, marks_key = inbox.keys("c1")
     now = int(time.time() * 1000)
     for n in range(1, 6):
         await inbox.add(["c1"], InboxEntry(f"E{n}", b"x", now + 60_000))
+        await inbox.given_many([("c1", [(f"E{n}", f"E{n}")])])
     assert await client.zrange(ids_key, 0, -1) == [b"E3", b"E4", b"E5"]
     assert sorted(await client.hkeys(entries_key)) == [b"E3", b"E4", b"E5"]
-    for key in (ids_key, entries_key):
+    assert sorted(await client.hkeys(marks_key)) == [b"E3", b"E4", b"E5"]
+    for key in (ids_key, entries_key, marks_key):
         assert 55_000 < await client.pttl(key) <= 60_000
     await inbox.add(["c1"], InboxEntry("E6", b"x", now + 5_000))  # shorter: TTL kept
     assert await client.pttl(ids_key) > 55_000
     await inbox.add(["c1"], InboxEntry("E7", b"x", now + 120_000))  # longer: TTL extended
-    for key in (ids_key, entries_key):
+    for key in (ids_key, entries_key, marks_key):
         assert 115_000 < await client.pttl(key) <= 120_000
 
 
@@ -288,7 +290,8 @@ async def test_an_idle_inbox_disappears_once_its_last_entry_expired(
     now = int(time.time() * 1000)
     await inbox.add(["c1", "c2"], InboxEntry("E1", b"x", now + 200))
     await inbox.add(["c1"], InboxEntry("E2", b"x", now + 300))
-    assert await client.exists(*inbox.keys("c1"), *inbox.keys("c2")) == 4
+    await inbox.given_many([("c1", [("E1", "E1")])])
+    assert await client.exists(*inbox.keys("c1"), *inbox.keys("c2")) == 5
     await asyncio.sleep(0.35)
     assert await client.exists(*inbox.keys("c1"), *inbox.keys("c2")) == 0
 
@@ -303,6 +306,7 @@ async def test_inbox_reads_delete_expired_entries_and_acks_empty_the_keys(
     await asyncio.sleep(0.15)
     assert await inbox.after("c1", None, 10) == [InboxEntry("E2", b"y", FAR_MS)]
     assert await client.zcard(inbox.keys("c1")[0]) == 1
+    await inbox.given_many([("c1", [("E2", "E2")])])
     assert await inbox.ack("c1", ["E2"]) == 1
     assert await client.exists(*inbox.keys("c1")) == 0
 
@@ -316,7 +320,8 @@ async def test_inbox_add_to_many_clients_and_long_pages(client: Client, redis_pr
         await inbox.add(["c0"], InboxEntry(f"F{n:05d}", b"x", FAR_MS))
     page = await inbox.after("c0", "E1", 1100)
     assert [e.id for e in page] == [f"F{n:05d}" for n in range(1100)]
-    assert await inbox.ack_through("c0", "F01199") == 1201
+    assert len(await inbox.pull("c0", None, 2000)) == 1201
+    assert await inbox.through("c0", "F01199") == 1201
 
 
 async def test_cluster_keeps_one_clients_inbox_keys_in_its_tags_slot(
@@ -325,11 +330,14 @@ async def test_cluster_keeps_one_clients_inbox_keys_in_its_tags_slot(
     inbox = RedisInbox(cluster_client, prefix=redis_prefix, max_per_client=10)
     await inbox.add(ODD_IDS, InboxEntry("E1", b"x", FAR_MS))
     for client_id in ODD_IDS:
-        ids_key, entries_key = inbox.keys(client_id)
+        ids_key, entries_key, marks_key = inbox.keys(client_id)
         assert key_slot(ids_key.encode()) == key_slot(entries_key.encode()) == \
-            key_slot(tag(client_id).encode())
-        assert await inbox.after(client_id, None, 10) == [InboxEntry("E1", b"x", FAR_MS)]
-        assert await inbox.ack_through(client_id, "E1") == 1
+            key_slot(marks_key.encode()) == key_slot(tag(client_id).encode())
+        assert await inbox.pull(client_id, None, 10) == [InboxEntry("E1", b"x", FAR_MS)]
+        await inbox.given_many([(client_id, [("E1", "E1")])])
+        assert await inbox.resume_many([(client_id, None)], 10) == [
+            [InboxEntry("E1", b"x", FAR_MS)]]
+        assert await inbox.through(client_id, "E1") == 1
     queue = RedisQueue(cluster_client, prefix=redis_prefix, dedup_window_s=WINDOW_S)
     slots = {key_slot(k.encode()) for k in (*queue.streams, queue.credits_key,
                                             queue.dedup_key("a{b}"))}

@@ -93,7 +93,7 @@ class Seams:
     def history(self, max_entries: int = 100) -> BroadcastLog:
         raise NotImplementedError
 
-    def inbox(self, max_per_client: int = 100) -> Inbox:
+    def inbox(self, max_per_client: int = 100, *, peered: bool = False) -> Inbox:
         raise NotImplementedError
 
     def now_ms(self) -> int:
@@ -124,8 +124,9 @@ class MemorySeams(Seams):
     def channel(self, max_pending: int = 1000) -> NodeChannel:
         return self._track(MemoryNodeChannel(max_pending))
 
-    def inbox(self, max_per_client: int = 100) -> Inbox:
-        return self._track(MemoryInbox(max_per_client, clock_ms=self.clock.wall_ms))
+    def inbox(self, max_per_client: int = 100, *, peered: bool = False) -> Inbox:
+        return self._track(MemoryInbox(max_per_client, clock_ms=self.clock.wall_ms,
+                                       peered=peered))
 
     def history(self, max_entries: int = 100) -> BroadcastLog:
         return self._track(MemoryBroadcastLog(max_entries, clock_ms=self.clock.wall_ms))
@@ -161,9 +162,9 @@ class RedisSeams(Seams):
     def channel(self, max_pending: int = 1000) -> NodeChannel:
         return self._track(RedisNodeChannel(self.client, prefix=self.prefix, maxlen=max_pending))
 
-    def inbox(self, max_per_client: int = 100) -> Inbox:
+    def inbox(self, max_per_client: int = 100, *, peered: bool = False) -> Inbox:
         return self._track(RedisInbox(self.client, prefix=self.prefix,
-                                      max_per_client=max_per_client))
+                                      max_per_client=max_per_client, peered=peered))
 
     def history(self, max_entries: int = 100) -> BroadcastLog:
         return self._track(RedisBroadcastLog(self.client, prefix=self.prefix,
@@ -215,8 +216,8 @@ def message(
     )
 
 
-def entry(n: int, *, expires_at_ms: int = FAR_MS) -> InboxEntry:
-    return InboxEntry(f"E{n:04d}", b'{"n":%d}' % n, expires_at_ms)
+def entry(n: int, *, expires_at_ms: int = FAR_MS, forwarded: bool = False) -> InboxEntry:
+    return InboxEntry(f"E{n:04d}", b'{"n":%d}' % n, expires_at_ms, forwarded)
 
 
 def broadcast(n: int, *types: str, expires_at_ms: int = FAR_MS) -> Broadcast:
@@ -471,7 +472,11 @@ async def test_inbox_unknown_client_is_empty(seams: Seams) -> None:
     inbox = seams.inbox()
     assert await inbox.after("nobody", None, 10) == []
     assert await inbox.ack("nobody", ["E0001"]) == 0
-    assert await inbox.ack_through("nobody", "E9999") == 0
+    assert await inbox.through("nobody", "E9999") == 0
+    assert await inbox.pull("nobody", None, 10) == []
+    assert await inbox.resume_many([("nobody", "E9999")], 10) == [[]]
+    await inbox.given_many([("nobody", [("E0001", "E0001")])])
+    assert await inbox.after("nobody", None, 10) == []
 
 
 async def test_inbox_add_stores_for_each_client_separately(seams: Seams) -> None:
@@ -544,38 +549,129 @@ async def test_inbox_ack_many_acks_each_clients_own_entries(seams: Seams) -> Non
     assert await inbox.after("c2", None, 10) == [entry(1), entry(2)]
 
 
-async def test_inbox_after_many_reads_each_clients_page_in_order(seams: Seams) -> None:
+async def given(inbox: Inbox, client_id: str, *marks: tuple[int, int]) -> None:
+    """Record entries given: (entry n, mark n) each."""
+    await inbox.given_many([(client_id, [(entry(n).id, entry(m).id) for n, m in marks])])
+
+
+async def test_inbox_resume_many_without_a_resume_id_answers_each_first_page(
+        seams: Seams) -> None:
     inbox = seams.inbox()
     for n in range(1, 6):
         await inbox.add(["c1"], entry(n))
     await inbox.add(["c2"], entry(9))
-    reads = [("c1", None), ("nobody", None), ("c1", entry(3).id), ("c2", "E9999"), ("c2", None)]
-    assert await inbox.after_many(reads, 2) == [
-        [entry(1), entry(2)], [], [entry(4), entry(5)], [], [entry(9)]]
-    assert await inbox.after_many(reads, 0) == [[]] * 5
-    assert await inbox.after_many([], 10) == []
+    reads = [("c1", None), ("nobody", None), ("c2", None)]
+    assert await inbox.resume_many(reads, 2) == [[entry(1), entry(2)], [], [entry(9)]]
+    assert await inbox.resume_many(reads, 0) == [[]] * 3
+    assert await inbox.resume_many([], 10) == []
+    assert await inbox.after("c1", None, 10) == [entry(n) for n in range(1, 6)]
 
 
-async def test_inbox_ack_through_many_acks_each_client_up_to_its_id(seams: Seams) -> None:
+async def test_inbox_resume_removes_the_resume_id_and_what_was_given_below_it(
+        seams: Seams) -> None:
+    inbox = seams.inbox()
+    for n in range(1, 8):
+        await inbox.add(["c1"], entry(n))
+    # 1, 2 given in order; 4 given late, after 6 (its mark is 6); 5 given with its own id;
+    # 3 never given (its router was killed with the batch taken): older than the resume id.
+    await given(inbox, "c1", (1, 1), (2, 2), (5, 5), (4, 6), (6, 6))
+    assert await inbox.resume_many([("c1", entry(5).id)], 10) == [
+        [entry(3), entry(4), entry(6), entry(7)]]
+
+
+async def test_inbox_resume_never_removes_what_was_not_given(seams: Seams) -> None:
+    """A resume id that is newer than everything does not mean "everything received"."""
+    inbox = seams.inbox()
+    for n in range(1, 4):
+        await inbox.add(["c1", "c2"], entry(n))
+    assert await inbox.resume_many([("c1", "E9999"), ("c2", entry(3).id)], 10) == [
+        [entry(1), entry(2), entry(3)], [entry(1), entry(2)]]
+
+
+async def test_inbox_resume_many_resumes_each_client_on_its_own(seams: Seams) -> None:
     inbox = seams.inbox()
     for n in range(1, 6):
         await inbox.add(["c1", "c2"], entry(n))
-    assert await inbox.ack_through_many([("c1", entry(2).id), ("c2", entry(4).id),
-                                         ("nobody", entry(4).id)]) == 6
-    assert await inbox.after("c1", None, 10) == [entry(3), entry(4), entry(5)]
-    assert await inbox.after("c2", None, 10) == [entry(5)]
-    assert await inbox.ack_through_many([]) == 0
+        await given(inbox, "c1", (n, n))
+        await given(inbox, "c2", (n, n))
+    pages = await inbox.resume_many([("c1", entry(2).id), ("c2", entry(4).id),
+                                     ("nobody", entry(4).id)], 10)
+    assert pages == [[entry(3), entry(4), entry(5)], [entry(5)], []]
 
 
-async def test_inbox_ack_through_removes_up_to_and_including(seams: Seams) -> None:
+async def test_inbox_a_mark_only_rises(seams: Seams) -> None:
     inbox = seams.inbox()
-    for n in range(1, 6):
+    for n in range(1, 5):
         await inbox.add(["c1"], entry(n))
-    assert await inbox.ack_through("c1", entry(3).id) == 3
-    assert await inbox.ack_through("c1", entry(3).id) == 0
-    assert await inbox.after("c1", None, 10) == [entry(4), entry(5)]
-    assert await inbox.ack_through("c1", "E9999") == 2
-    assert await inbox.after("c1", None, 10) == []
+    await given(inbox, "c1", (1, 3))  # given late on one connection
+    await given(inbox, "c1", (1, 1))  # and in order on another, recorded later
+    assert await inbox.through("c1", entry(2).id) == 1  # 2 itself; 1 is kept (mark 3)
+    assert await inbox.through("c1", entry(4).id) == 2  # 4 itself, and 1 (3 < 4)
+    assert await inbox.after("c1", None, 10) == [entry(3)]
+
+
+async def test_inbox_given_skips_entries_not_there(seams: Seams) -> None:
+    inbox = seams.inbox()
+    await inbox.add(["c1"], entry(2))
+    await given(inbox, "c1", (1, 1), (2, 2))  # 1: acked already, or a broadcast
+    await inbox.given_many([])
+    await inbox.add(["c1"], entry(1))  # stored late: not given
+    assert await inbox.through("c1", entry(3).id) == 1
+    assert await inbox.after("c1", None, 10) == [entry(1)]
+
+
+async def test_inbox_ack_and_the_cap_remove_marks_with_their_entries(seams: Seams) -> None:
+    inbox = seams.inbox(max_per_client=2)
+    await inbox.add(["c1"], entry(1))
+    await inbox.add(["c1"], entry(2))
+    await given(inbox, "c1", (1, 1), (2, 2))
+    assert await inbox.ack("c1", [entry(2).id]) == 1
+    await inbox.add(["c1"], entry(2))  # the same id stored again (a router's retry): not given
+    await inbox.add(["c1"], entry(3))  # pushes 1 out, with its mark
+    await inbox.add(["c1"], entry(1))  # stored again: the cap drops it at once (the oldest)
+    await inbox.add(["c1"], entry(4))
+    assert await inbox.through("c1", entry(9).id) == 0
+    assert await inbox.after("c1", None, 10) == [entry(3), entry(4)]
+
+
+async def test_inbox_pull_marks_what_it_answers(seams: Seams) -> None:
+    inbox = seams.inbox()
+    for n in (1, 2, 4, 5):
+        await inbox.add(["c1"], entry(n))
+    assert await inbox.pull("c1", None, 2) == [entry(1), entry(2)]
+    assert await inbox.pull("c1", entry(2).id, 1) == [entry(4)]
+    await inbox.add(["c1"], entry(3))  # stored after the pull passed its place
+    assert await inbox.through("c1", entry(4).id) == 3
+    assert await inbox.after("c1", None, 10) == [entry(3), entry(5)]
+    assert await inbox.pull("c1", None, 10) == [entry(3), entry(5)]
+    assert await inbox.through("c1", entry(5).id) == 2
+    assert await inbox.pull("c1", None, 10) == []
+
+
+async def test_inbox_keeps_whether_an_entry_was_forwarded(seams: Seams) -> None:
+    inbox = seams.inbox()
+    await inbox.add(["c1"], entry(1, forwarded=True))
+    await inbox.add(["c1"], entry(2))
+    assert await inbox.after("c1", None, 10) == [entry(1, forwarded=True), entry(2)]
+    assert await inbox.resume_many([("c1", None)], 10) == [[entry(1, forwarded=True), entry(2)]]
+
+
+async def test_peered_inbox_trusts_marks_only_from_a_resume_id_given_here(seams: Seams) -> None:
+    """One region's inbox of several: a resume id that was not given here, or that came from
+    another region, may be from what the device got there: only that id goes."""
+    inbox = seams.inbox(peered=True)
+    for n in range(1, 4):
+        await inbox.add(["c1", "c2", "c3"], entry(n))
+    await inbox.add(["c2"], entry(5, forwarded=True))
+    await inbox.add(["c3"], entry(5))
+    for client_id in ("c1", "c2", "c3"):
+        await given(inbox, client_id, (1, 1), (2, 2), (5, 5))
+    assert await inbox.resume_many([("c1", entry(4).id), ("c2", entry(5).id),
+                                    ("c3", entry(5).id)], 10) == [
+        [entry(1), entry(2), entry(3)], [entry(1), entry(2), entry(3)], [entry(3)]]
+    assert await inbox.through("c1", entry(3).id) == 1  # 3: here, but not marked
+    await given(inbox, "c1", (2, 2))
+    assert await inbox.after("c1", None, 10) == [entry(1), entry(2)]
 
 
 async def test_inbox_close_is_idempotent(seams: Seams) -> None:
@@ -674,7 +770,7 @@ async def test_memory_inbox_forgets_emptied_clients() -> None:
     inbox = MemoryInbox(10, clock_ms=clock.wall_ms)
     await inbox.add(["a", "b", "c"], entry(1, expires_at_ms=clock.now_ms + 1_000))
     await inbox.ack("a", [entry(1).id])
-    await inbox.ack_through("b", entry(1).id)
+    await inbox.through("b", entry(1).id)
     assert inbox.clients() == 1
     clock.advance(2)
     assert await inbox.after("c", None, 10) == []

@@ -282,9 +282,11 @@ def redis_queue(url: str, router: RouterConfig, fleet: FleetConfig) -> RedisQueu
                                claim_idle_s=fleet.claim_idle_s, max_depth=fleet.queue_max_depth)
 
 
-def redis_inbox(url: str, router: RouterConfig, fleet: FleetConfig) -> RedisInbox:
+def redis_inbox(url: str, router: RouterConfig, fleet: FleetConfig, *,
+                peered: bool = False) -> RedisInbox:
+    """`peered`: the inbox of one region of several (`router.base.Inbox.resume_many`)."""
     return RedisInbox.from_url(url, prefix=fleet.router_prefix,
-                               max_per_client=router.inbox_max_per_client)
+                               max_per_client=router.inbox_max_per_client, peered=peered)
 
 
 def redis_history(url: str, router: RouterConfig, fleet: FleetConfig) -> RedisBroadcastLog:
@@ -331,7 +333,10 @@ class ApiApp:
         self.inbox: RedisInbox | None = None
         self.history: RedisBroadcastLog | None = None
         if config.auth.secret or config.auth.public_key:
-            self.inbox = redis_inbox(config.registry.redis_url, config.router, config.fleet)
+            # Peered whatever the configuration says: an API may be started without the
+            # region flags, and a pull's ack "through" is then safe in any fleet.
+            self.inbox = redis_inbox(config.registry.redis_url, config.router, config.fleet,
+                                     peered=True)
             self.history = redis_history(config.registry.redis_url, config.router, config.fleet)
         self.exporter = Exporter()
         self.api_stats = ApiStats()
@@ -458,7 +463,8 @@ class EdgeApp:
         self.channel: NodeChannel
         self.history: BroadcastLog
         if url:
-            self.inbox = redis_inbox(url, config.router, config.fleet)
+            self.inbox = redis_inbox(url, config.router, config.fleet,
+                                     peered=bool(config.registry.peer_regions))
             self.channel = redis_channel(url, config.fleet)
             self.history = redis_history(url, config.router, config.fleet)
         else:

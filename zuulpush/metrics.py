@@ -502,9 +502,9 @@ class TimedRegistry:
         with self._timed("device"):
             return await self.inner.device(client_id)
 
-    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> None:
+    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> bool:
         with self._timed("heartbeat_node"):
-            await self.inner.heartbeat_node(node, ttl_s)
+            return await self.inner.heartbeat_node(node, ttl_s)
 
     async def remove_node(self, node_id: str) -> None:
         with self._timed("remove_node"):

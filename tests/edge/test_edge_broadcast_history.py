@@ -7,7 +7,7 @@ import pytest
 
 from router.base import Broadcast, InboxEntry, merge_replay
 from router.memory import MemoryBroadcastLog
-from tests.edge.test_edge_protocol import NOW_MS, Edge, payload
+from tests.edge.test_edge_protocol import M1, M2, M3, M4, M5, M6, NOW_MS, Edge, payload
 from zuulpush.edge.state import State
 
 
@@ -27,24 +27,24 @@ def edge() -> HistoryEdge:
 
 
 async def test_resume_gets_missed_broadcasts_of_its_type_only(edge: HistoryEdge) -> None:
-    await edge.broadcast("m1")  # seen before the disconnect
-    await edge.broadcast("m3", "tv")
-    await edge.broadcast("m4")
-    await edge.broadcast("m5", "ios")
-    device = edge.ws("c1", device_type="tv", query="&last_id=m2")
+    await edge.broadcast(M1)  # seen before the disconnect
+    await edge.broadcast(M3, "tv")
+    await edge.broadcast(M4)
+    await edge.broadcast(M5, "ios")
+    device = edge.ws("c1", device_type="tv", query=f"&last_id={M2}")
     await edge.flush()
-    assert [p["id"] for p in device.pushes()] == ["m3", "m4"]
+    assert [p["id"] for p in device.pushes()] == [M3, M4]
     assert device.conn.state is State.OPEN
 
 
 async def test_resume_merges_broadcasts_and_inbox_in_id_order(edge: HistoryEdge) -> None:
-    await edge.store("c1", "m1", "m3", "m6")
-    await edge.broadcast("m2")
-    await edge.broadcast("m4")
-    await edge.broadcast("m5", "tv")
-    device = edge.ws("c1", device_type="android", query="&last_id=m1")
+    await edge.store("c1", M1, M3, M6)
+    await edge.broadcast(M2)
+    await edge.broadcast(M4)
+    await edge.broadcast(M5, "tv")
+    device = edge.ws("c1", device_type="android", query=f"&last_id={M1}")
     await edge.flush()
-    assert [p["id"] for p in device.pushes()] == ["m2", "m3", "m4", "m6"]
+    assert [p["id"] for p in device.pushes()] == [M2, M3, M4, M6]
 
 
 async def test_connecting_without_a_last_id_gets_no_old_broadcasts(edge: HistoryEdge) -> None:
@@ -57,22 +57,22 @@ async def test_connecting_without_a_last_id_gets_no_old_broadcasts(edge: History
 
 
 async def test_sse_last_event_id_resumes_broadcasts(edge: HistoryEdge) -> None:
-    await edge.broadcast("m1")
-    await edge.broadcast("m2")
-    device = edge.sse("c1", headers=[("last-event-id", "m1")])
+    await edge.broadcast(M1)
+    await edge.broadcast(M2)
+    device = edge.sse("c1", headers=[("last-event-id", M1)])
     device.read()
     await edge.flush()
-    assert [e["id"] for e in device.events()] == ["m2"]
+    assert [e["id"] for e in device.events()] == [M2]
 
 
 async def test_a_broadcast_delivered_live_during_the_replay_is_sent_once(
     edge: HistoryEdge,
 ) -> None:
-    await edge.broadcast("m2")
-    device = edge.ws("c1", query="&last_id=m1")
-    edge.deliver("m2", broadcast=True)  # the router keeps it, then publishes it
+    await edge.broadcast(M2)
+    device = edge.ws("c1", query=f"&last_id={M1}")
+    edge.deliver(M2, broadcast=True)  # the router keeps it, then publishes it
     await edge.flush()
-    assert [p["id"] for p in device.pushes()] == ["m2"]
+    assert [p["id"] for p in device.pushes()] == [M2]
 
 
 def test_merge_replay_prefers_the_inbox_entry_and_orders_by_id() -> None:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, cast
 import h11
 
 from registry.base import Registration, new_version
-from router.base import InboxEntry
 from router.errors import ZuulpushError
 from zuulpush.edge import admin, fasthead, inbound, sse, wsframes
 from zuulpush.edge.answers import CORS, http_error
@@ -98,15 +97,16 @@ class _Replay:
 class EdgeConnection(asyncio.Protocol):
     """A device's WebSocket or SSE connection (or a diagnostic echo WebSocket)."""
 
-    __slots__ = ("_h11", "_rate", "_reader", "_replay", "_server", "age", "pong_due",
+    __slots__ = ("_parser", "_rate", "_replay", "_server", "age", "hw", "pong_due",
                  "registration", "slot", "state", "transport", "wire")
 
     def __init__(self, server: EdgeServer) -> None:
         self._server = server
         self.transport: asyncio.Transport | None = None
         self.state = State.HANDSHAKE
-        self._h11: h11.Connection | None = None
-        self._reader: FrameReader | None = None
+        # What reads the bytes now: h11 while the request head comes (HANDSHAKE, made only if
+        # `fasthead` cannot parse it), then a WebSocket FrameReader while a frame is part-read.
+        self._parser: h11.Connection | FrameReader | None = None
         self._replay: _Replay | None = None
         self._rate = 0
         self.wire: Wire | None = None
@@ -114,6 +114,12 @@ class EdgeConnection(asyncio.Protocol):
         self.slot = -1
         self.pong_due = False
         self.age = 0  # heartbeat-wheel visits so far, for the lifetime (server.EdgeServer)
+        self.hw = ""  # the highest id written, from the resume point on (`given`)
+
+    @property
+    def client_id(self) -> str:
+        assert self.registration is not None
+        return self.registration.client_id
 
     # asyncio callbacks
 
@@ -132,7 +138,7 @@ class EdgeConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state is State.HANDSHAKE:
             if self._server.shed_late(self):
-                self._h11 = None
+                self._parser = None
                 self._answer_shed(Shed.LOOP_LAG)
                 return
             self._handshake(data)
@@ -161,7 +167,7 @@ class EdgeConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = next_state(self.state, Event.LOST)
-        self._h11 = self._reader = self._replay = None
+        self._parser = self._replay = None
         # A closed connection may stay referenced a while (the handshake-deadline deque, the
         # lifetime heap): it should not keep its transport alive meanwhile.
         self.transport = None
@@ -173,13 +179,14 @@ class EdgeConnection(asyncio.Protocol):
         """Parse the request head: a plain `/ws` upgrade in one read without h11 (`fasthead`),
         anything else with h11 (made at the first read that needs it)."""
         max_bytes = self._server.config.max_header_bytes
-        conn = self._h11
+        conn = cast(h11.Connection | None, self._parser)
         if conn is None:  # the request's first bytes
             head = fasthead.parse(data, max_bytes)
             if head is not None:
                 self._request(*head)
                 return
-            conn = self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
+            self._parser = conn
         try:
             conn.receive_data(data)
             event = conn.next_event()
@@ -231,12 +238,12 @@ class EdgeConnection(asyncio.Protocol):
     def _accept(self, accept: Accept, trailing: bytes) -> None:
         assert self.transport is not None
         if accept.route in ONE_SHOT:  # health, metrics, admin: answered, then closed
-            self._h11 = None
+            self._parser = None
             self._close_transport(admin.answer(self._server, accept), linger=True)
             return
         if accept.route is Route.SSE:
-            conn = self._h11
-            assert conn is not None
+            conn = self._parser
+            assert isinstance(conn, h11.Connection)
             headers = sse.HEADERS if accept.origin is None else sse.headers_for(accept.origin)
             self.transport.write(conn.send(h11.Response(status_code=200, headers=headers))
                                  + sse.retry(self._server.config.sse_retry_ms))
@@ -246,7 +253,7 @@ class EdgeConnection(asyncio.Protocol):
             self.transport.write(_SWITCHING + b"Sec-WebSocket-Accept: " + accept.ws_accept
                                  + b"\r\n\r\n")
             self.wire = WEBSOCKET
-        self._h11 = None
+        self._parser = None
         self.state = next_state(self.state, Event.ACCEPTED)
         if accept.identity is None:  # echo: nothing to register or replay
             self.state = next_state(self.state, Event.REPLAYED)
@@ -256,6 +263,7 @@ class EdgeConnection(asyncio.Protocol):
                                              identity.device_type, self._server.node_id,
                                              new_version())
             self._replay = _Replay(accept.last_id)
+            self.hw = accept.last_id or ""
         self._server.accepted(self)
         if trailing and self.wire is WEBSOCKET:
             self._frames(trailing)
@@ -272,7 +280,7 @@ class EdgeConnection(asyncio.Protocol):
 
     def _frames(self, data: bytes) -> None:
         server = self._server
-        reader = self._reader
+        reader = cast(FrameReader | None, self._parser)
         if reader is None:
             limit = (server.config.ws_max_message_bytes if self.registration is not None
                      else server.config.echo_max_message_bytes)
@@ -290,7 +298,7 @@ class EdgeConnection(asyncio.Protocol):
                 server.stats.violations += 1
             self.close(exc.close_code, str(exc))
             return
-        self._reader = None if reader.idle else reader
+        self._parser = None if reader.idle else reader
 
     def _on_frame(self, event: wsframes.Event) -> None:
         assert self.transport is not None
@@ -311,7 +319,7 @@ class EdgeConnection(asyncio.Protocol):
                 self.transport.write(frame(event.data))
                 return
             ids = inbound.parse_acks(event.data, text=event.text)
-            self._server.ack(self.registration.client_id, ids)
+            self._server.ack(self, ids)
 
     # pushes, heartbeats, closes
 
@@ -320,6 +328,7 @@ class EdgeConnection(asyncio.Protocol):
         if self.state is State.OPEN:
             assert self.transport is not None and self.wire is not None
             self.transport.write(self.wire.push(out))
+            self._server.wrote(self, out)
         elif self.state is State.REPLAYING:
             replay = self._replay
             assert replay is not None
@@ -334,13 +343,14 @@ class EdgeConnection(asyncio.Protocol):
     def resume_after(self) -> str | None:
         return None if self._replay is None else self._replay.last_id
 
-    def replayed(self, entries: list[InboxEntry]) -> None:
-        """Send the inbox entries, then the pushes held back meanwhile that they did not cover, in
-        id order and once each, as fast as the peer reads; then the connection is OPEN."""
+    def replayed(self, replay: list[Outgoing]) -> None:
+        """Send the replay (inbox entries and missed broadcasts, in id order), then the pushes
+        held back meanwhile that it did not cover, in id order and once each, as fast as the
+        peer reads; then the connection is OPEN."""
         if self.state is not State.REPLAYING:
             return
         assert self._replay is not None
-        self._replay.queue = deque(Outgoing(entry.id, entry.payload) for entry in entries)
+        self._replay.queue = deque(replay)
         self._pump()
 
     def _pump(self) -> None:
@@ -364,6 +374,7 @@ class EdgeConnection(asyncio.Protocol):
                 self.transport.write(self.wire.push(out))
                 if self.state is not State.REPLAYING:  # closed meanwhile
                     return
+                self._server.wrote(self, out)
             if replay.paused:
                 return  # OPEN only once the buffer drains: pause_writing will not fire again
             if not replay.held:
@@ -441,7 +452,7 @@ class EdgeConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.state = next_state(self.state, Event.CLOSING)
-        self._reader = self._replay = None
+        self._parser = self._replay = None
         if last:
             transport.write(last)
         half_close = transport.can_write_eof()

@@ -47,6 +47,7 @@ from wsproto.utilities import generate_accept_token
 
 from router.auth import DeviceIdentity, TokenVerifier, bearer, check_key
 from router.errors import InvalidToken
+from router.ids import ID_FORMAT, is_message_id
 from zuulpush.errors import HandshakeRejected, OriginRefused
 
 COOKIE_NAME = "zuulpush_token"
@@ -241,11 +242,15 @@ def _token(params: dict[str, str], headers: Headers) -> str:
 
 
 def _last_id(params: dict[str, str], headers: Headers) -> str | None:
+    """The resume point: a message id, or None. Anything else is refused, never compared: a
+    resume removes what the device has from its inbox by the id (`router.ids.is_message_id`)."""
     value = params.get("last_id") or _text(_header(headers, b"last-event-id"))
     if not value:
         return None
-    if len(value) > MAX_ID_LENGTH or not value.isprintable():
-        raise HandshakeRejected(400, "malformed last_id / Last-Event-ID", code="invalid_request")
+    if not is_message_id(value):
+        name = "last_id" if params.get("last_id") else "Last-Event-ID"
+        raise HandshakeRejected(400, f"{name} must be a message id: {ID_FORMAT}",
+                                code="invalid_request")
     return value
 
 

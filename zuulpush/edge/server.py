@@ -53,7 +53,7 @@ import ssl
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,7 @@ from router.clock import ClockMs, wall_ms
 from router.errors import Forbidden, InvalidToken, Unauthorized, ZuulpushError
 from router.ids import id_time_ms
 from zuulpush.edge.config import EdgeConfig
+from zuulpush.edge.given import GivenLedger
 from zuulpush.edge.lifetime import Lifetime
 from zuulpush.edge.protocol import SHED_SLOT, SHED_UNREAD, EdgeConnection
 from zuulpush.edge.shedding import Admission, Limits, LoopLag, Shed, derive_ceilings
@@ -88,6 +89,9 @@ log = logging.getLogger("zuulpush.edge")
 DELIVERY_BATCH = 1024
 NODE_HEARTBEAT_S = 5.0
 REGISTRY_RETRY_S = 1.0
+GIVEN_FLUSH_S = 1.0
+"""Marks of what connections were given (`given`) are written to the inbox this often, each at
+least this long after its write: long enough for a device's ack to make it moot."""
 ACK_FLUSH_S = 0.025
 """Devices' acks wait up to this long to be removed from the inbox together: one pipeline for
 every ack of that while, rather than one per event-loop turn. An ack not yet applied costs at
@@ -138,6 +142,7 @@ class EdgeStats:
     relistens: int = 0
     drain_closes: int = 0  # go-aways sent by a drain
     replayed: int = 0  # messages written by replays (inbox entries and missed broadcasts)
+    redelivered: int = 0  # inbox entries written to open connections whose registration was lost
     auth_failures: Counter[str] = field(default_factory=Counter)  # device_token, admin_key
     latency: Buckets = field(default_factory=lambda: Buckets(LATENCY_BOUNDS_MS))
     """Milliseconds from the API's accepting a message (its id) to its live write here, one
@@ -245,6 +250,8 @@ class EdgeServer:
         self._admits: list[EdgeConnection] = []
         self._acks: dict[str, list[str]] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
+        self.given = GivenLedger()
+        self._marks: list[tuple[str, Sequence[tuple[str, str]]]] = []
         self._leaves: list[Registration] = []
         self._work = asyncio.Event()
         self._registry_down = False
@@ -271,6 +278,7 @@ class EdgeServer:
         self._relisten_failing = False
         self._drain_task: asyncio.Task[None] | None = None
         self.drained = asyncio.Event()  # set once a drain has closed what it could
+        self._node_recorded = False  # whether a heartbeat has written this node's record yet
 
     # lifecycle
 
@@ -470,9 +478,10 @@ class EdgeServer:
             self._wheel.discard(conn, conn.slot)
             conn.slot = self._wheel.add(conn)
 
-    def ack(self, client_id: str, ids: list[str]) -> None:
+    def ack(self, conn: EdgeConnection, ids: list[str]) -> None:
         self.stats.acks += len(ids)
-        self._acks.setdefault(client_id, []).extend(ids)
+        self._acks.setdefault(conn.client_id, []).extend(ids)
+        self.given.acked(conn, ids)
         if self._ack_timer is None:
             self._ack_timer = asyncio.get_running_loop().call_later(ACK_FLUSH_S, self._acks_due)
 
@@ -493,16 +502,22 @@ class EdgeServer:
         if self.connections.get(reg.client_id) is conn:
             del self.connections[reg.client_id]
             self._by_kind[_kind(conn)] -= 1
+        self.given.closed(conn)
         self._leaves.append(reg)
         self._work.set()
 
     # deliveries
 
+    def wrote(self, conn: EdgeConnection, out: Outgoing) -> None:
+        """`out` was just written to `conn` (a push, or part of its replay)."""
+        self.given.wrote(conn, out.id, stored=out.stored)
+
     def deliver(self, delivery: Delivery, now_ms: int | None = None) -> None:
         """Write one delivery to the local connections it names (or all, for a broadcast), and
         time it from its id; `now_ms` is the wall clock when the caller has read it already
         (the delivery loop, once per batch)."""
-        out = Outgoing(delivery.message_id, delivery.payload)
+        mid, stored = delivery.message_id, not delivery.broadcast
+        out = Outgoing(mid, delivery.payload, stored)
         if delivery.broadcast:
             types = delivery.device_types
             targets = list(self.connections.values()) if not types else \
@@ -512,10 +527,16 @@ class EdgeServer:
             targets = [c for c in map(self.connections.get, delivery.clients) if c is not None]
         # The same bytes to every open WebSocket, with no call per socket but the write; SSE and
         # connections still replaying take the general path.
-        frame, open_, ws = out.ws_frame(), State.OPEN, WEBSOCKET
+        # Each write raises the connection's high-water id and, for an inbox entry, records its
+        # mark (`given`): inline for a broadcast's many sockets.
+        frame, open_, ws, wrote = out.ws_frame(), State.OPEN, WEBSOCKET, self.given.wrote
         for conn in targets:
             if conn.state is open_ and conn.wire is ws:
                 conn.transport.write(frame)  # type: ignore[union-attr]
+                if stored:
+                    wrote(conn, mid, stored=True)
+                elif mid > conn.hw:
+                    conn.hw = mid
             else:
                 conn.deliver(out)
         self.stats.delivered += len(targets)
@@ -539,13 +560,24 @@ class EdgeServer:
     async def _tick_loop(self) -> None:
         tick_s = min(self._wheel.tick_s, 0.25)
         next_check = self.clock() + LISTENER_CHECK_S
+        next_marks = self.clock() + GIVEN_FLUSH_S
         while True:
             await asyncio.sleep(tick_s)
             now = self.clock()
             self.on_tick(now)
+            if now >= next_marks:
+                next_marks = now + GIVEN_FLUSH_S
+                self.marks_due()
             if now >= next_check:
                 next_check = now + LISTENER_CHECK_S
                 await self._check_listener()
+
+    def marks_due(self) -> None:
+        """Hand the marks due (`GivenLedger.due`) to the next registry flush."""
+        due = self.given.due()
+        if due:
+            self._marks.extend(due)
+            self._work.set()
 
     def on_tick(self, now: float) -> None:
         """What the tick loop does at `now`: handshake deadlines, the wheel's visits (heartbeats,
@@ -680,6 +712,12 @@ class EdgeServer:
             for client_id, ids in acks.items():
                 self._acks.setdefault(client_id, []).extend(ids)
             raise
+        marks, self._marks = self._marks + self.given.ready(), []
+        try:
+            await self.inbox.given_many(marks)
+        except BaseException:
+            self._marks[:0] = marks
+            raise
         leaves, self._leaves = self._leaves, []
         try:
             for start in range(0, len(leaves), UNREGISTER_CONCURRENCY):
@@ -705,19 +743,17 @@ class EdgeServer:
             return
         regs = [conn.registration for conn in conns]
         await self.registry.register(regs, self.config.registry_ttl_s)  # type: ignore[arg-type]
-        # Then the whole batch's inboxes: resumes' acks in one call, first pages in another,
-        # the broadcast history once from the oldest resume point (not a round trip each).
+        # Then the whole batch's inboxes in one call (each resume removes what the device has,
+        # `Inbox.resume_many`, and answers the first page of the rest), the broadcast history
+        # once from the oldest resume point (not a round trip each).
         conns = [conn for conn in conns if conn.state is State.REPLAYING]
-        reads = [(conn.registration.client_id, conn.resume_after)  # type: ignore[union-attr]
-                 for conn in conns]
-        resumes = [(client_id, last_id) for client_id, last_id in reads if last_id is not None]
-        if resumes:
-            await self.inbox.ack_through_many(resumes)
+        reads = [(conn.client_id, conn.resume_after) for conn in conns]
         page_size = self.config.replay_page_size
-        pages = await self.inbox.after_many(reads, page_size)
+        pages = await self.inbox.resume_many(reads, page_size)
+        resumes = [last_id for _, last_id in reads if last_id is not None]
         missed: list[Broadcast] = []
         if resumes and self.history is not None:
-            missed = await self._missed_broadcasts(self.history, min(r[1] for r in resumes))
+            missed = await self._missed_broadcasts(self.history, min(resumes))
         for i, (conn, (client_id, last_id), entries) in enumerate(zip(conns, reads, pages,
                                                                         strict=True)):
             if i % ADMIT_SLICE == ADMIT_SLICE - 1:
@@ -726,13 +762,16 @@ class EdgeServer:
                 continue  # closed meanwhile
             if len(entries) == page_size:  # more than a page: the rest, a page at a time
                 entries = entries + await self._unacked(client_id, entries[-1].id)
+            replay = [Outgoing(entry.id, entry.payload) for entry in entries]
             if last_id is not None and missed:
                 after = [b for b in missed if b.id > last_id]
                 device_type = conn.registration.device_type  # type: ignore[union-attr]
-                entries = merge_replay(entries, after, device_type)
-            conn.replayed(entries)
-            self.stats.replayed += len(entries)
-            self.stats.inbox_depth.add(len(entries))
+                stored = {entry.id for entry in entries}
+                replay = [Outgoing(entry.id, entry.payload, entry.id in stored)
+                          for entry in merge_replay(entries, after, device_type)]
+            conn.replayed(replay)
+            self.stats.replayed += len(replay)
+            self.stats.inbox_depth.add(len(replay))
 
     async def _unacked(self, client_id: str, last_id: str | None) -> list[InboxEntry]:
         """The whole of a client's inbox after `last_id`, read a page at a time. All of it: a
@@ -802,21 +841,41 @@ class EdgeServer:
                     log.warning("registry reachable again; registrations restored")
 
     async def _refresh_registrations(self) -> None:
-        """Extend this node's registrations; if some are gone (the registry restarted, or was
-        unreachable past their TTL), write them all again: registering is idempotent."""
+        """Extend this node's registrations. Those the registry lost (its Redis restarted
+        empty, or this node was cut off past their TTL) are written again, then each of their
+        connections is sent what waits in its inbox (`_redeliver`): a message stored while the
+        registry did not know the connection found no node to go to, and waits there."""
         self._resync = False
         conns = [c for c in self.connections.values() if c.state is State.OPEN]
-        regs = [c.registration for c in conns if c.registration is not None]
         ttl_s = self.config.registry_ttl_s
         try:
-            extended = await self.registry.refresh(self.node_id, [r.client_id for r in regs],
-                                                   ttl_s)
-            if extended < len(regs):
-                await self.registry.register(regs, ttl_s)
-                self.stats.reregistered += len(regs) - extended
+            ids = [conn.client_id for conn in conns]
+            extended = await self.registry.refresh(self.node_id, ids, ttl_s)
+            if extended < len(conns):
+                found = await self.registry.lookup_many(ids)
+                lost = [conn for conn in conns if conn.client_id not in found]
+                await self.registry.register(
+                    [c.registration for c in lost if c.registration is not None], ttl_s)
+                self.stats.reregistered += len(lost)
+                await self._redeliver(lost)
         except BaseException:
             self._resync = True
             raise
+
+    async def _redeliver(self, conns: list[EdgeConnection]) -> None:
+        """Write to each connection, as live pushes, what waits in its inbox (some of it it may
+        have had: at least once). Only after its registration is back: a message stored later
+        is found by its router's lookup instead."""
+        page_size = self.config.replay_page_size
+        for start in range(0, len(conns), ADMIT_BATCH):
+            batch = conns[start:start + ADMIT_BATCH]
+            pages = await self.inbox.resume_many([(c.client_id, None) for c in batch], page_size)
+            for conn, entries in zip(batch, pages, strict=True):
+                if len(entries) == page_size:
+                    entries = entries + await self._unacked(conn.client_id, entries[-1].id)
+                for entry in entries:
+                    conn.deliver(Outgoing(entry.id, entry.payload))
+                self.stats.redelivered += len(entries)
 
     def open_by_kind(self) -> dict[tuple[str, str], int]:
         """Open device connections by (transport, device type): `ws` or `sse`, and the type
@@ -840,7 +899,15 @@ class EdgeServer:
                         self.state, len(self.connections), by_type, by_transport, totals)
 
     async def _heartbeat_node(self) -> None:
-        await self.registry.heartbeat_node(self.node_info(), self.config.registry_ttl_s)
+        """Write the node's record. Finding it gone, after the first, means the registry lost
+        it, and likely this node's registrations with it: they are refreshed at once."""
+        had = await self.registry.heartbeat_node(self.node_info(), self.config.registry_ttl_s)
+        if self._node_recorded and not had and not self._resync:
+            self._resync = True
+            log.warning("node %s: its record was gone from the registry (restarted empty, or "
+                        "this node cut off past its TTL); writing its registrations again",
+                        self.node_id)
+        self._node_recorded = True
 
     def _all_connections(self) -> list[EdgeConnection]:
         conns = list(self._wheel.members())

@@ -15,13 +15,16 @@ from zuulpush.edge import sse, wsframes
 
 
 class Outgoing:
-    """One message on its way to local connections, with its wire encodings made on first use."""
+    """One message on its way to local connections, with its wire encodings made on first use.
+    `stored`: it is an inbox entry (not a broadcast), so writing it records a mark
+    (`zuulpush.edge.given`)."""
 
-    __slots__ = ("_sse", "_ws", "id", "payload")
+    __slots__ = ("_sse", "_ws", "id", "payload", "stored")
 
-    def __init__(self, id: str, payload: bytes) -> None:
+    def __init__(self, id: str, payload: bytes, stored: bool = True) -> None:
         self.id = id
         self.payload = payload
+        self.stored = stored
         self._ws: bytes | None = None
         self._sse: bytes | None = None
 
