@@ -23,7 +23,7 @@ from registry.memory import MemoryRegistry
 from registry.redis import RedisRegistry
 from registry.redis_client import connect
 from registry.replicated import ReplicatedRegistry
-from registry.replicator import Replicator
+from registry.replicator import Arrivals, Replicator
 
 log = logging.getLogger("zuulpush.registry")
 
@@ -56,8 +56,10 @@ class RegistryHandle:
                 await client.aclose()
 
 
-def open_registry(config: RegistryConfig) -> RegistryHandle:
-    """The registry `config` names; ValueError for a malformed URL or peer entry."""
+def open_registry(config: RegistryConfig, *, on_arrivals: Arrivals | None = None
+                  ) -> RegistryHandle:
+    """The registry `config` names; ValueError for a malformed URL or peer entry.
+    `on_arrivals` is each replicator's (`Replicator`), with peer regions only."""
     if not config.redis_url:
         return RegistryHandle(MemoryRegistry(device_ttl_s=config.device_ttl_s))
     peers = config.peers()
@@ -75,5 +77,6 @@ def open_registry(config: RegistryConfig) -> RegistryHandle:
         handle.clients.append(peer_client)
         handle.replicators.append(Replicator(local, local_client, name, peer_client,
                                              region=config.region,
-                                             prefix=config.registry_prefix))
+                                             prefix=config.registry_prefix,
+                                             on_arrivals=on_arrivals))
     return handle

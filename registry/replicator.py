@@ -39,6 +39,13 @@ Contracts:
   wait for a peer); when the link heals, the replicator catches up from its position.
 - **No loops.** Changes are applied to the wrapped registry, never appended to this region's
   stream; entries whose origin is this region are skipped.
+- **Arrivals.** With `on_arrivals`, after each batch is applied and before its position is
+  persisted, the callback is given the registrations the batch's register entries carried
+  (clients that connected in the peer region) and where this region located those clients
+  just before the batch was applied. It runs at least once per batch (a batch whose callback
+  raises is applied again, with the callback, from the last persisted position): a region's
+  router side uses it to send what waits here for a client that left this region to where it
+  is now (`router.handoff`).
 - **One active replicator per peer.** `run()` applies only while it holds a lease in this
   region's Redis (`{prefix}:repl:lease:{peer}`, `lease_s`, renewed every third of it), so any
   number of processes may run a replicator for the same peer: one applies, the others stand by
@@ -59,7 +66,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,10 +74,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from registry.base import Registry
+from registry.base import Location, Registration, Registry
 from registry.changes import (
     Change,
     ChangeFormatError,
+    Registered,
     decode_entry,
     entry_seq,
     stream_key,
@@ -79,6 +87,10 @@ from registry.changes import (
 from registry.replicated import ReplicatedRegistry, apply_change, records_of
 
 log = logging.getLogger(__name__)
+
+Arrivals = Callable[[str, Sequence[Registration], Mapping[str, Location]], Awaitable[None]]
+"""`on_arrivals(peer_region, registrations, before)`: clients that connected in `peer_region`,
+and where this region's registry located them before (`Registry.locate_many`)."""
 
 DEFAULT_BATCH = 500
 DEFAULT_BLOCK_MS = 100
@@ -186,6 +198,7 @@ class Replicator:
         lease_s: float = 10.0,
         wall_ms: Callable[[], int] = wall_ms,
         monotonic: Callable[[], float] = time.monotonic,
+        on_arrivals: Arrivals | None = None,
     ) -> None:
         if isinstance(local, ReplicatedRegistry):
             raise TypeError("apply to the wrapped registry (ReplicatedRegistry.local), "
@@ -213,6 +226,7 @@ class Replicator:
         self.leader = False
         self._wall_ms = wall_ms
         self._monotonic = monotonic
+        self._on_arrivals = on_arrivals
         self.stats = ReplicatorStats()
         self._pos: Position | None = None  # None: (re)load the persisted one first
         self._pos_stored = False  # the position key exists in local Redis, as far as we know
@@ -250,8 +264,14 @@ class Replicator:
         if not entries:
             return 0
         changes, last = self._read(entries)
+        arrived = [reg for change in changes if isinstance(change, Registered)
+                   for reg in change.registrations] if self._on_arrivals is not None else []
+        before = await self._local.locate_many(r.client_id for r in arrived) if arrived else {}
         self._phase = "applying changes locally"
         await self._apply(changes)
+        if arrived and self._on_arrivals is not None:
+            self._phase = "handing over what waits for arrivals"
+            await self._on_arrivals(self.peer_region, arrived, before)
         self._pos = last
         await self._persist()
         return len(entries)

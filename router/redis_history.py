@@ -8,8 +8,9 @@ is one script on one Cluster slot:
     {zp:bh}:e    hash: id -> EXPIRES_AT (15 digits, wall-clock ms), the length of the device
                  types (8 digits), the device types (a JSON list, sorted), the payload
 
-It is the inbox's layout for one more "client", and runs the inbox's own scripts
-(`router.redis_inbox.ADD` and `AFTER`): ZADD NX and HSET, the oldest dropped past the cap, both
+It is the inbox's layout for one more "client" (whose marks key stays empty: nothing is ever
+given from the history), and runs the inbox's own scripts (`router.redis_inbox.ADD` and
+`AFTER`): ZADD NX and HSET, the oldest dropped past the cap, both
 keys' TTL extended to the newest broadcast's remaining life (so an idle history disappears by
 itself); reads skip and delete expired broadcasts. Expiry is judged on the caller's wall clock.
 
@@ -27,7 +28,8 @@ from registry.redis_layout import check_prefix
 from router.base import Broadcast
 from router.clock import ClockMs, wall_ms
 from router.redis_common import run_script, unavailable
-from router.redis_inbox import ADD, AFTER, EXPIRY_DIGITS
+from router.redis_inbox import EXPIRY_DIGITS
+from router.redis_inbox_lua import ADD, AFTER
 
 TYPES_DIGITS = 8
 
@@ -51,7 +53,7 @@ class RedisBroadcastLog:
         self._cap = max_entries
         self._clock_ms = clock_ms
         ids = f"{{{prefix}:bh}}"
-        self.keys = [ids, ids + ":e"]
+        self.keys = [ids, ids + ":e", ids + ":g"]  # the inbox scripts' marks key: never written
         self._owns_client = False
         self._closed = False
 

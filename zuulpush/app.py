@@ -52,11 +52,12 @@ import dataclasses
 import logging
 import ssl
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from registry.base import Registry
+from registry.base import Location, Registration, Registry
 from registry.config import RegistryConfig
 from registry.factory import RegistryHandle, open_registry
 from registry.memory import MemoryRegistry
@@ -66,19 +67,24 @@ from router.base import BroadcastLog, Inbox, MessageQueue, NodeChannel
 from router.config import ApiConfig, RouterConfig
 from router.dashboard import DashboardSources
 from router.demo import EdgeUrl, demo_available, edge_url_for
+from router.handoff import Handoff
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.process_stats import ProcessStats
-from router.redis_channel import RedisNodeChannel
 from router.redis_history import RedisBroadcastLog
 from router.redis_inbox import RedisInbox
-from router.redis_process_stats import RedisProcessStats
-from router.redis_queue import RedisQueue
 from router.stats_publisher import StatsPublisher
 from router.worker import RouterWorker
 from zuulpush.config import Components, FleetConfig, OpsConfig
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.server import EdgeServer, default_node_id
 from zuulpush.metrics import Exporter, TimedRegistry
+from zuulpush.redis_seams import (
+    redis_channel,
+    redis_history,
+    redis_inbox,
+    redis_process_stats,
+    redis_queue,
+)
 from zuulpush.tls import optional_context
 
 log = logging.getLogger("zuulpush")
@@ -276,32 +282,6 @@ class Workers:
         self._tasks = []
 
 
-def redis_queue(url: str, router: RouterConfig, fleet: FleetConfig) -> RedisQueue:
-    return RedisQueue.from_url(url, prefix=fleet.router_prefix,
-                               dedup_window_s=router.dedup_window_s,
-                               claim_idle_s=fleet.claim_idle_s, max_depth=fleet.queue_max_depth)
-
-
-def redis_inbox(url: str, router: RouterConfig, fleet: FleetConfig, *,
-                peered: bool = False) -> RedisInbox:
-    """`peered`: the inbox of one region of several (`router.base.Inbox.resume_many`)."""
-    return RedisInbox.from_url(url, prefix=fleet.router_prefix,
-                               max_per_client=router.inbox_max_per_client, peered=peered)
-
-
-def redis_history(url: str, router: RouterConfig, fleet: FleetConfig) -> RedisBroadcastLog:
-    return RedisBroadcastLog.from_url(url, prefix=fleet.router_prefix,
-                                      max_entries=router.broadcast_history_max)
-
-
-def redis_channel(url: str, fleet: FleetConfig) -> RedisNodeChannel:
-    return RedisNodeChannel.from_url(url, prefix=fleet.router_prefix)
-
-
-def redis_process_stats(url: str, fleet: FleetConfig) -> RedisProcessStats:
-    return RedisProcessStats.from_url(url, prefix=fleet.router_prefix)
-
-
 def _local_registry(config: RegistryConfig) -> RegistryHandle:
     """This region's registry alone: the API and routers read, they do not replicate."""
     if not config.redis_url:
@@ -457,20 +437,35 @@ class EdgeApp:
 
     def __init__(self, config: EdgeAppConfig) -> None:
         self.config = config
-        self.handle: RegistryHandle = open_registry(config.registry)
         url = config.registry.redis_url
+        peer_urls = config.registry.peers() if url else {}
         self.inbox: Inbox
         self.channel: NodeChannel
         self.history: BroadcastLog
         if url:
-            self.inbox = redis_inbox(url, config.router, config.fleet,
-                                     peered=bool(config.registry.peer_regions))
+            self.inbox = redis_inbox(url, config.router, config.fleet, peered=bool(peer_urls))
             self.channel = redis_channel(url, config.fleet)
             self.history = redis_history(url, config.router, config.fleet)
         else:
             self.inbox = MemoryInbox(config.router.inbox_max_per_client)
             self.channel = MemoryNodeChannel(config.router.node_channel_max_pending)
             self.history = MemoryBroadcastLog(config.router.broadcast_history_max)
+        # With peer regions, this process's replicators hand what waits here for a client that
+        # connected in a peer region on to that region's queue (`router.handoff`).
+        self.peer_queues = {name: redis_queue(peer_url, config.router, config.fleet)
+                            for name, peer_url in peer_urls.items()}
+        self.handoff: Handoff | None = None
+
+        async def arrivals(region: str, registrations: Sequence[Registration],
+                           before: Mapping[str, Location]) -> None:
+            assert self.handoff is not None
+            await self.handoff.arrived(region, registrations, before)
+
+        self.handle: RegistryHandle = open_registry(
+            config.registry, on_arrivals=arrivals if peer_urls else None)
+        if peer_urls:
+            self.handoff = Handoff(self.handle.registry, self.inbox, self.peer_queues,
+                                   region=config.registry.region)
         self.exporter = Exporter()
         self.edge = EdgeServer(config.edge, verifier=TokenVerifier(config.auth),
                                registry=TimedRegistry(self.handle.registry,
@@ -491,3 +486,5 @@ class EdgeApp:
         await self.handle.close()
         for seam in (self.channel, self.inbox, self.history):
             await seam.close()
+        for queue in self.peer_queues.values():
+            await queue.close()

@@ -94,6 +94,14 @@ class ServerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
 
+    def pause(self) -> None:
+        """SIGSTOP this PID: it holds what it has (sockets, a batch taken) and does nothing."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT this PID after `pause`."""
+        self._signal(signal.SIGCONT)
+
     def kill(self) -> int:
         """SIGKILL this PID (a crash, as far as the rest of the fleet can tell) and reap it."""
         if self.returncode is None:
@@ -194,19 +202,21 @@ Job = tuple[tuple[str, ...], Mapping[str, str], tuple[str, ...]]
 """What `start_many` starts: a command, extra environment and arguments."""
 
 
-def two_region_jobs(a_url: str, b_url: str, env: Mapping[str, str] | None = None) -> list[Job]:
-    """Region a (edge-a, the API, a router) on `a_url` and region b (edge-b, a router) on
-    `b_url`, each the other's peer region; `env` is added to every process's. In this order:
-    edge-a, edge-b, the API, a's router, b's router."""
+def two_region_jobs(a_url: str, b_url: str, env: Mapping[str, str] | None = None, *,
+                    api_in_b: bool = False) -> list[Job]:
+    """Region a (edge-a, the API, a router) on `a_url` and region b (edge-b, a router, and with
+    `api_in_b` an API of its own) on `b_url`, each the other's peer region; `env` is added to
+    every process's. In this order: edge-a, edge-b, the API, a's router, b's router, b's API."""
     in_a = {"ZUULPUSH_REDIS_URL": a_url, **(env or {})}
     in_b = {"ZUULPUSH_REDIS_URL": b_url, **(env or {})}
-    return [
+    jobs: list[Job] = [
         (EDGE, in_a, ("--node-id", "edge-a", "--region", "a", "--peer-region", f"b={b_url}")),
         (EDGE, in_b, ("--node-id", "edge-b", "--region", "b", "--peer-region", f"a={a_url}")),
         (API, in_a, ()),
         (ROUTER, in_a, ("--region", "a", "--peer-region", f"b={b_url}")),
         (ROUTER, in_b, ("--region", "b", "--peer-region", f"a={a_url}")),
     ]
+    return [*jobs, (API, in_b, ())] if api_in_b else jobs
 
 
 def start_many(tmp_dir: Path, jobs: Sequence[Job]) -> list[ServerProcess]:

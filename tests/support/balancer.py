@@ -23,7 +23,11 @@ SIGINT or the end of its stdin (so it never outlives the test that started it).
   backend connection was made (`time.monotonic()`, one clock for every process on Linux) and
   the HTTP status its first bytes carried (`"101"`, `"503"`; `"-"` if they were not an HTTP
   status line). That peek is for the tests' accounting only (the rate at which a node
-  admitted connections); forwarding never looks at the bytes.
+  admitted connections); forwarding never looks at the bytes. `vanish` turns every open pair
+  into what a roaming phone's vanished network is to both ends: whatever either side sends is
+  dropped, and neither an end of stream nor a close is passed on, so each end finds out only by
+  its own timeouts (`ok vanished=N`); new connections are forwarded as before. `cut` aborts
+  every open pair (`ok cut=N`).
 
 One process holds two descriptors per forwarded connection; at start it raises its soft
 RLIMIT_NOFILE to the hard limit (20,000 here: 5,000 devices take 10,000).
@@ -110,9 +114,17 @@ class Balancer:
         self._next += 1
         return backends[start:] + backends[:start]
 
-    def close_all(self) -> None:
-        for pair in tuple(self.pairs):
+    def close_all(self) -> int:
+        pairs = tuple(self.pairs)
+        for pair in pairs:
             pair.abort()
+        return len(pairs)
+
+    def vanish(self) -> int:
+        pairs = tuple(self.pairs)
+        for pair in pairs:
+            pair.vanish()
+        return len(pairs)
 
 
 class _Side(asyncio.Protocol):
@@ -123,6 +135,7 @@ class _Side(asyncio.Protocol):
         self.peer: _Side | None = None
         self.read_eof = False
         self.lost = False
+        self.vanished = False  # the network between the two ends is gone: pass nothing on
 
     # what the peer asks of this side
 
@@ -148,11 +161,14 @@ class _Side(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
-        if self.peer is not None:
+        if self.peer is not None and not self.vanished:
             self.peer.send(data)
 
     def eof_received(self) -> bool:
         self.read_eof = True
+        if self.vanished:
+            self.close(abort=False)
+            return True
         if self.peer is not None:
             self.peer.send_eof()
             if self.peer.read_eof:  # both directions ended
@@ -162,7 +178,7 @@ class _Side(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if self.peer is not None:
+        if self.peer is not None and not self.vanished:
             self.peer.close(abort=exc is not None)
 
     def pause_writing(self) -> None:
@@ -240,6 +256,11 @@ class Downstream(_Side):
         self.close(abort=True)
         if self.peer is not None:
             self.peer.close(abort=True)
+
+    def vanish(self) -> None:
+        self.vanished = True
+        if self.peer is not None:
+            self.peer.vanished = True
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -338,6 +359,10 @@ def _command(balancer: Balancer, line: str) -> str:
             return f"error {exc}"
         balancer.backends = backends
         return "ok backends=" + ",".join(name(b) for b in backends)
+    if verb == "vanish":
+        return f"ok vanished={balancer.vanish()}"
+    if verb == "cut":
+        return f"ok cut={balancer.close_all()}"
     return f"error unknown command {verb!r}"
 
 
@@ -394,6 +419,18 @@ class BalancerProcess:
     async def set_backends(self, backends: list[Backend]) -> None:
         answer = await self._ask("backends " + ",".join(name(b) for b in backends))
         assert answer.startswith("ok "), answer
+
+    async def vanish(self) -> int:
+        """Make every open connection a vanished network (module docstring); how many."""
+        answer = await self._ask("vanish")
+        assert answer.startswith("ok vanished="), answer
+        return int(answer.removeprefix("ok vanished="))
+
+    async def cut(self) -> int:
+        """Abort every open connection; how many."""
+        answer = await self._ask("cut")
+        assert answer.startswith("ok cut="), answer
+        return int(answer.removeprefix("ok cut="))
 
     async def stats(self) -> dict[str, Any]:
         answer: dict[str, Any] = json.loads(await self._ask("stats"))

@@ -12,11 +12,13 @@ default) a processed message is acked: over WebSocket its id is sent in an ack f
 is no upstream: the resume point is the ack. With `auto_ack=False` the application calls
 `ack(message)` itself; only acked messages move the resume point.
 
-Resume. The client remembers the last message it processed (acked, with `auto_ack=False`) and
-reconnects with it (`?last_id=` / `Last-Event-ID`); the edge drops everything up to it from the
-inbox and replays the rest, oldest first. Repeats (at least once delivery) are dropped by id. The
-last id is `last_id`; an application that persists it and passes it back (`last_id=`) resumes
-across restarts.
+Resume. The client remembers the last message it processed (acked, with `auto_ack=False`; with
+acks out of order, the last before the first one still open: `resume.ResumePoint`) and
+reconnects with it (`?last_id=` / `Last-Event-ID`); the edge removes from the inbox what it gave
+the device up to it and replays the rest, oldest first, older messages that reached the inbox
+late included. Repeats (at least once delivery) are dropped by id. The resume point is
+`last_id`; an application that persists it and passes it back (`last_id=`) resumes across
+restarts.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from zuulpush.client.backoff import Backoff
 from zuulpush.client.dedup import Deduper
 from zuulpush.client.errors import PushClientError
 from zuulpush.client.policy import Closed, Failed, Outcome, ReconnectPolicy, Retry, Stop
+from zuulpush.client.resume import ResumePoint
 from zuulpush.client.transport import TRANSPORTS, ConnectFailed, Frame, Link, SslOption
 from zuulpush.client.wire import MalformedMessage, Message, ack_frames, endpoint, parse_message
 
@@ -142,7 +145,7 @@ class PushClient:
         self._pending_acks: list[str] = []
         self._acks_due = asyncio.Event()
         self._max_pending_acks = dedup_capacity
-        self._last_id = last_id
+        self._resume = ResumePoint(last_id, capacity=dedup_capacity)
         self._in_hand: Message | None = None
         self._in_callback = False
         self._stopping = False
@@ -167,8 +170,10 @@ class PushClient:
 
     @property
     def last_id(self) -> str | None:
-        """The resume point: the id of the last message processed (acked with auto_ack off)."""
-        return self._last_id
+        """The resume point: the id of the last message processed (acked with auto_ack off), or
+        with acks out of order, of the last one before the first received and not yet acked
+        (`resume.ResumePoint`)."""
+        return self._resume.value
 
     # lifecycle
 
@@ -253,13 +258,13 @@ class PushClient:
         ack is sent within `ack_delay_s`. Needed only with `auto_ack=False`, harmless otherwise."""
         message_id = message if isinstance(message, str) else message.id
         self._dedup.mark_processed(message_id)
-        self._last_id = message_id
+        self._resume.processed(message_id)
         if self._transport.can_ack:
             self._queue_ack(message_id)
 
     def _queue_ack(self, message_id: str) -> None:
         if len(self._pending_acks) >= self._max_pending_acks:
-            # offline for long: the resume point acks these ids at the edge anyway
+            # offline for long: resuming after the resume point removes what the edge gave
             del self._pending_acks[:len(self._pending_acks) // 2]
         self._pending_acks.append(message_id)
         self._acks_due.set()
@@ -301,7 +306,7 @@ class PushClient:
         assert self._http is not None
         try:
             link = await self._transport.open(
-                self._http, self.url, token, last_id=self._last_id,
+                self._http, self.url, token, last_id=self._resume.value,
                 timeout_s=self._connect_timeout_s, ssl=self._ssl)
         except ConnectFailed as exc:
             return exc.outcome
@@ -363,6 +368,7 @@ class PushClient:
                 self._queue_ack(message.id)  # handled before, and the edge still has it
             return
         self.stats.messages += 1
+        self._resume.received(message.id)
         if self._on_message is None:
             await self._mailbox.put(message)
             return

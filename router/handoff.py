@@ -1,0 +1,131 @@
+"""Handoff: what waits in this region's inbox for a device follows it to the region it is in.
+
+A device that moves from region A to region B (a roaming phone whose network vanished, so its
+old connection in A is not closed but dies slowly) leaves messages in A's inbox: those A's
+routers stored while its registry still placed the device on its old node in A, and delivered
+there, to a dead socket. The device, now in B, never reads A's inbox.
+
+So when A's replicator applies B's registration of a client (`registry.replicator`'s
+arrivals) that A had located on one of its own nodes (or on a node dead since, whose region it
+cannot tell), and that registration is now A's record of the client (it won: the device is in
+B, as far as A knows), `Handoff.arrived` forwards everything in A's inbox for the client to B's
+queue, as A's routers forward any message for a client in B (`Message.forwarded_from`). B's
+routers store it in B's inbox and deliver it there, live or at the device's next replay. A
+client A located nowhere, or in another region, is skipped: A's routers forwarded its messages
+themselves.
+
+No message is missed between the two paths: a message stored in A after the handoff's read is
+looked up after the registration was applied (a router stores before it looks up), so A's
+router finds the device in B and forwards it itself; one stored before is in the read. The
+copies stay in A's inbox too, for a device that comes back (it may see them again; devices drop
+repeats by id). A client whose registration did not win here (it came back first, or
+connected elsewhere again) is left alone: its own newer registration is handled when it
+arrives. Arrivals come in batches; one pipelined read covers a batch, and the forwards go in
+one `put_many` per region.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from registry.base import Location, Registration, Registry
+from router.base import Inbox, InboxEntry, Message, MessageQueue, Priority, Target
+from router.ids import id_time_ms
+
+log = logging.getLogger("zuulpush.router")
+
+READ_PAGE = 500
+
+
+@dataclass(slots=True)
+class HandoffStats:
+    """Counters since start."""
+
+    clients: int = 0  # clients whose inbox was handed on (it held something)
+    messages: int = 0  # messages forwarded
+
+
+class Handoff:
+    """Forwards this region's inbox for clients that connected in a peer region.
+
+    `registry` is this region's own (it reads what the replicator applied), `inbox` this
+    region's, `peers` each peer region's queue, `region` this region's name."""
+
+    def __init__(self, registry: Registry, inbox: Inbox, peers: Mapping[str, MessageQueue],
+                 *, region: str) -> None:
+        self._registry = registry
+        self._inbox = inbox
+        self._peers = peers
+        self._region = region
+        self.stats = HandoffStats()
+
+    async def arrived(self, peer_region: str, registrations: Sequence[Registration],
+                      before: Mapping[str, Location]) -> None:
+        """`registrations` were made in `peer_region` and applied here; `before` is where this
+        region's registry located those clients just before. Raises what the registry, inbox
+        or queue raise (the replicator then applies the batch again)."""
+        queue = self._peers.get(peer_region)
+        if queue is None or not registrations:
+            return
+        left = [reg for reg in registrations if self._was_here(reg, before.get(reg.client_id))]
+        if not left:
+            return
+        current = await self._registry.lookup_many([reg.client_id for reg in left])
+        moved = [reg.client_id for reg in left if current.get(reg.client_id) == reg]
+        if not moved:
+            return
+        pages = await self._read_all(moved)
+        forwards = [forwarded(entry, client_id, self._region)
+                    for client_id, entries in zip(moved, pages, strict=True)
+                    for entry in entries]
+        if not forwards:
+            return
+        taken = await queue.put_many(forwards)
+        if len(taken) < len(forwards):
+            raise RuntimeError(f"region {peer_region}'s queue took {len(taken)} of "
+                               f"{len(forwards)} handed-off messages")
+        self.stats.clients += sum(1 for entries in pages if entries)
+        self.stats.messages += len(forwards)
+        log.info("handed %d message(s) of %d client(s) on to region %s, where they connected",
+                 len(forwards), sum(1 for entries in pages if entries), peer_region)
+
+    def _was_here(self, arrival: Registration, location: Location | None) -> bool:
+        """Whether this region's routers may have delivered to the client live here: it was on
+        a node of this region, or on one that is dead now, whose region is unknown, or the
+        batch is being applied again and finds `arrival` itself (where the client was before
+        is unknown). A client seen elsewhere, or nowhere, had its messages forwarded by the
+        routers themselves."""
+        if location is None:
+            return False
+        if location.registration == arrival or location.node is None:
+            return True
+        return location.node.region == self._region
+
+    async def _read_all(self, client_ids: list[str]) -> list[list[InboxEntry]]:
+        """Every unexpired entry of each client's inbox (resuming from nothing removes none)."""
+        pages = await self._inbox.resume_many([(c, None) for c in client_ids], READ_PAGE)
+        for client_id, page in zip(client_ids, pages, strict=True):
+            while len(page) % READ_PAGE == 0 and page:
+                more = await self._inbox.after(client_id, page[-1].id, READ_PAGE)
+                page.extend(more)
+                if len(more) < READ_PAGE:
+                    break
+        return pages
+
+
+def forwarded(entry: InboxEntry, client_id: str, from_region: str) -> Message:
+    """`entry` as a message for `client_id` forwarded from `from_region`: the same id, payload
+    and expiry, at high priority (it is late already)."""
+    shown = orjson.loads(entry.payload)
+    ts_ms = id_time_ms(entry.id)
+    if ts_ms is None:
+        ts_ms = int(shown.get("ts", entry.expires_at_ms))
+    topic = shown.get("topic", "")
+    ttl_s = max(1, math.ceil((entry.expires_at_ms - ts_ms) / 1000))
+    return Message(entry.id, str(topic), entry.payload, ts_ms, Priority.HIGH, ttl_s,
+                   Target(clients=(client_id,)), None, from_region)

@@ -1,0 +1,84 @@
+"""`Handoff`: what waits in this region's inbox for a device that left follows it."""
+
+from __future__ import annotations
+
+import orjson
+
+from registry.base import Location, NodeInfo, NodeState, Registration
+from registry.memory import MemoryRegistry
+from router.base import InboxEntry, Priority, Target
+from router.handoff import READ_PAGE, Handoff
+from router.ids import IdGenerator
+from router.memory import MemoryInbox, MemoryQueue
+
+NOW_MS = 1_700_000_000_000
+TTL_S = 60.0
+HERE = NodeInfo("a1", "127.0.0.1:1", "a", NodeState.ACTIVE, 1)
+THERE = NodeInfo("b1", "127.0.0.1:2", "b", NodeState.ACTIVE, 1)
+
+
+def entry(ids: IdGenerator, n: int) -> InboxEntry:
+    message_id = ids.new(NOW_MS + n)
+    payload = orjson.dumps({"id": message_id, "topic": "news", "ts": NOW_MS + n, "data": n})
+    return InboxEntry(message_id, payload, NOW_MS + n + 30_000)
+
+
+class Region:
+    def __init__(self) -> None:
+        self.registry = MemoryRegistry()
+        self.inbox = MemoryInbox(5000, clock_ms=lambda: NOW_MS)
+        self.peer_queue = MemoryQueue(60.0)
+        self.handoff = Handoff(self.registry, self.inbox, {"b": self.peer_queue}, region="a")
+
+    async def taken(self) -> list[str]:
+        return [t.message.id for t in await self.peer_queue.take("t", 10_000, 0)]
+
+
+async def test_a_client_that_left_a_node_here_has_its_inbox_forwarded_to_where_it_is() -> None:
+    a, ids = Region(), IdGenerator()
+    stored = [entry(ids, n) for n in range(3)]
+    for e in stored:
+        await a.inbox.add(["c1"], e)
+    old = Registration("c1", "u", "phone", "a1", 1)
+    new = Registration("c1", "u", "phone", "b1", 2)
+    await a.registry.register([new], TTL_S)  # what the replicator applied
+    await a.handoff.arrived("b", [new], {"c1": Location(old, HERE)})
+    taken = await a.peer_queue.take("t", 10, 0)
+    assert [t.message.id for t in taken] == [e.id for e in stored]
+    message = taken[0].message
+    assert (message.payload, message.forwarded_from, message.target) == (
+        stored[0].payload, "a", Target(clients=("c1",)))
+    assert (message.topic, message.priority) == ("news", Priority.HIGH)
+    assert message.expires_at_ms >= stored[0].expires_at_ms
+    assert [e.id for e in await a.inbox.after("c1", None, 10)] == [e.id for e in stored]
+    assert (a.handoff.stats.clients, a.handoff.stats.messages) == (1, 3)
+
+
+async def test_clients_not_here_before_or_not_there_now_are_left_alone() -> None:
+    a, ids = Region(), IdGenerator()
+    for client in ("offline", "elsewhere", "back", "dead-node"):
+        await a.inbox.add([client], entry(ids, 1))
+    arrivals = [Registration(c, "u", "phone", "b1", 2)
+                for c in ("offline", "elsewhere", "back", "dead-node")]
+    await a.registry.register([*arrivals[:2], arrivals[3]], TTL_S)
+    await a.registry.register([Registration("back", "u", "phone", "a1", 3)], TTL_S)  # newer
+    before = {
+        "elsewhere": Location(Registration("elsewhere", "u", "phone", "b0", 1), THERE),
+        "back": Location(Registration("back", "u", "phone", "a1", 1), HERE),
+        "dead-node": Location(Registration("dead-node", "u", "phone", "a9", 1), None),
+    }
+    await a.handoff.arrived("b", arrivals, before)
+    taken = await a.peer_queue.take("t", 10, 0)
+    assert [t.message.target.clients for t in taken] == [("dead-node",)]  # region unknown
+    await a.handoff.arrived("nowhere", arrivals, before)  # no such peer: nothing to do
+
+
+async def test_a_long_inbox_is_forwarded_whole() -> None:
+    a, ids = Region(), IdGenerator()
+    stored = [entry(ids, n) for n in range(READ_PAGE * 2 + 3)]
+    for e in stored:
+        await a.inbox.add(["c1"], e)
+    new = Registration("c1", "u", "phone", "b1", 2)
+    await a.registry.register([new], TTL_S)
+    await a.handoff.arrived("b", [new], {"c1": Location(new, THERE)})  # applied again
+    assert await a.taken() == [e.id for e in stored]
