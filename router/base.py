@@ -289,6 +289,17 @@ class Inbox(Protocol):
         (acked, expired, never stored: a broadcast) are skipped. Idempotent."""
         ...
 
+    async def handed_many(self, region: str, items: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """Record, per `(client_id, ids)`, that these entries were forwarded to peer `region`
+        (its routers store and deliver them there); entries not present are skipped."""
+        ...
+
+    async def unhanded_many(self, region: str,
+                            client_ids: Sequence[str]) -> list[list[InboxEntry]]:
+        """Per client, in order: every unexpired entry not yet handed to `region`, oldest first
+        (what `router.handoff` sends there when the client turns up there)."""
+        ...
+
     async def ack(self, client_id: str, ids: Sequence[str]) -> int:
         """Remove these entries; returns how many were present. Idempotent."""
         ...

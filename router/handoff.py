@@ -39,7 +39,6 @@ from router.ids import id_time_ms
 
 log = logging.getLogger("zuulpush.router")
 
-READ_PAGE = 500
 
 
 @dataclass(slots=True)
@@ -66,56 +65,35 @@ class Handoff:
 
     async def arrived(self, peer_region: str, registrations: Sequence[Registration],
                       before: Mapping[str, Location]) -> None:
-        """`registrations` were made in `peer_region` and applied here; `before` is where this
-        region's registry located those clients just before. Raises what the registry, inbox
-        or queue raise (the replicator then applies the batch again)."""
+        """`registrations` were made in `peer_region` and applied here (`before`: where this
+        region located those clients just before, unused: a client this region saw go offline
+        may have had messages delivered to its dead connection before). Raises what the
+        registry, inbox or queue raise (the replicator then applies the batch again)."""
         queue = self._peers.get(peer_region)
         if queue is None or not registrations:
             return
-        left = [reg for reg in registrations if self._was_here(reg, before.get(reg.client_id))]
-        if not left:
-            return
-        current = await self._registry.lookup_many([reg.client_id for reg in left])
-        moved = [reg.client_id for reg in left if current.get(reg.client_id) == reg]
+        current = await self._registry.lookup_many([reg.client_id for reg in registrations])
+        moved = [reg.client_id for reg in registrations if current.get(reg.client_id) == reg]
         if not moved:
             return
-        pages = await self._read_all(moved)
-        forwards = [forwarded(entry, client_id, self._region)
+        pages = await self._inbox.unhanded_many(peer_region, moved)
+        forwards = [(client_id, forwarded(entry, client_id, self._region))
                     for client_id, entries in zip(moved, pages, strict=True)
-                    for entry in entries]
+                    for entry in entries if not entry.forwarded]
         if not forwards:
             return
-        taken = await queue.put_many(forwards)
+        taken = await queue.put_many([message for _, message in forwards])
         if len(taken) < len(forwards):
             raise RuntimeError(f"region {peer_region}'s queue took {len(taken)} of "
                                f"{len(forwards)} handed-off messages")
-        self.stats.clients += sum(1 for entries in pages if entries)
+        handed: dict[str, list[str]] = {}
+        for client_id, message in forwards:
+            handed.setdefault(client_id, []).append(message.id)
+        await self._inbox.handed_many(peer_region, list(handed.items()))
+        self.stats.clients += len(handed)
         self.stats.messages += len(forwards)
         log.info("handed %d message(s) of %d client(s) on to region %s, where they connected",
-                 len(forwards), sum(1 for entries in pages if entries), peer_region)
-
-    def _was_here(self, arrival: Registration, location: Location | None) -> bool:
-        """Whether this region's routers may have delivered to the client live here: it was on
-        a node of this region, or on one that is dead now, whose region is unknown, or the
-        batch is being applied again and finds `arrival` itself (where the client was before
-        is unknown). A client seen elsewhere, or nowhere, had its messages forwarded by the
-        routers themselves."""
-        if location is None:
-            return False
-        if location.registration == arrival or location.node is None:
-            return True
-        return location.node.region == self._region
-
-    async def _read_all(self, client_ids: list[str]) -> list[list[InboxEntry]]:
-        """Every unexpired entry of each client's inbox (resuming from nothing removes none)."""
-        pages = await self._inbox.resume_many([(c, None) for c in client_ids], READ_PAGE)
-        for client_id, page in zip(client_ids, pages, strict=True):
-            while len(page) % READ_PAGE == 0 and page:
-                more = await self._inbox.after(client_id, page[-1].id, READ_PAGE)
-                page.extend(more)
-                if len(more) < READ_PAGE:
-                    break
-        return pages
+                 len(forwards), len(handed), peer_region)
 
 
 def forwarded(entry: InboxEntry, client_id: str, from_region: str) -> Message:

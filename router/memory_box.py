@@ -13,14 +13,16 @@ E = TypeVar("E", InboxEntry, Broadcast)
 
 class SortedBox(Generic[E]):
     """One client's entries (or the broadcast history): `ids` sorted (time-ordered ids),
-    `entries` by id, and `marks` (entry id -> given mark, `router.base.Inbox`) for those given."""
+    `entries` by id, `marks` (entry id -> given mark, `router.base.Inbox`) for those given and
+    `handed` (entry id -> peer regions) for those forwarded."""
 
-    __slots__ = ("entries", "ids", "marks")
+    __slots__ = ("entries", "handed", "ids", "marks")
 
     def __init__(self) -> None:
         self.ids: list[str] = []
         self.entries: dict[str, E] = {}
         self.marks: dict[str, str] = {}
+        self.handed: dict[str, set[str]] = {}  # entry id -> regions it was forwarded to
 
     def add(self, entry: E, cap: int) -> None:
         if entry.id in self.entries:
@@ -36,6 +38,7 @@ class SortedBox(Generic[E]):
         for entry_id in self.ids[:n]:
             del self.entries[entry_id]
             self.marks.pop(entry_id, None)
+            self.handed.pop(entry_id, None)
         removed = min(n, len(self.ids))
         del self.ids[:n]
         return removed
@@ -44,6 +47,7 @@ class SortedBox(Generic[E]):
         if self.entries.pop(entry_id, None) is None:
             return False
         self.marks.pop(entry_id, None)
+        self.handed.pop(entry_id, None)
         del self.ids[bisect_left(self.ids, entry_id)]
         return True
 

@@ -89,6 +89,24 @@ class MemoryInbox:
                 for entry_id, mark in marks:
                     box.mark(entry_id, mark)
 
+    async def handed_many(self, region: str, items: Sequence[tuple[str, Sequence[str]]]) -> None:
+        for client_id, ids in items:
+            box = self._boxes.get(client_id)
+            if box is not None:
+                for entry_id in ids:
+                    if entry_id in box.entries:
+                        box.handed.setdefault(entry_id, set()).add(region)
+
+    async def unhanded_many(self, region: str,
+                            client_ids: Sequence[str]) -> list[list[InboxEntry]]:
+        pages: list[list[InboxEntry]] = []
+        for client_id in client_ids:
+            entries = await self.after(client_id, None, self._cap)
+            box = self._boxes.get(client_id)
+            handed = box.handed if box is not None else {}
+            pages.append([e for e in entries if region not in handed.get(e.id, ())])
+        return pages
+
     async def ack(self, client_id: str, ids: Sequence[str]) -> int:
         box = self._boxes.get(client_id)
         if box is None:

@@ -8,11 +8,12 @@ is one script on one Cluster slot:
     {zp:bh}:e    hash: id -> EXPIRES_AT (15 digits, wall-clock ms), the length of the device
                  types (8 digits), the device types (a JSON list, sorted), the payload
 
-It is the inbox's layout for one more "client" (whose marks key stays empty: nothing is ever
-given from the history), and runs the inbox's own scripts (`router.redis_inbox.ADD` and
-`AFTER`): ZADD NX and HSET, the oldest dropped past the cap, both
-keys' TTL extended to the newest broadcast's remaining life (so an idle history disappears by
-itself); reads skip and delete expired broadcasts. Expiry is judged on the caller's wall clock.
+It is the inbox's layout for one more "client" (whose marks and handed keys stay empty:
+nothing is given or forwarded from the history), and runs the inbox's own scripts
+(`router.redis_inbox_lua.ADD` and `AFTER`): ZADD NX and HSET, the oldest dropped past the cap,
+the keys' TTL extended to the newest broadcast's remaining life (so an idle history disappears
+by itself); reads skip and delete expired broadcasts. Expiry is judged on the caller's wall
+clock.
 
 Errors. An unreachable Redis raises `Unavailable`; both operations are idempotent.
 """
@@ -53,7 +54,8 @@ class RedisBroadcastLog:
         self._cap = max_entries
         self._clock_ms = clock_ms
         ids = f"{{{prefix}:bh}}"
-        self.keys = [ids, ids + ":e", ids + ":g"]  # the inbox scripts' marks key: never written
+        # The inbox scripts' marks and handed keys too: never written for the history.
+        self.keys = [ids, ids + ":e", ids + ":g", ids + ":h"]
         self._owns_client = False
         self._closed = False
 

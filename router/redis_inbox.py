@@ -8,15 +8,16 @@ it: `registry.redis_layout.tag`):
                          ids are time-ordered ASCII, so that is time order); "after X" is
                          ZRANGEBYLEX (X +
     zp:i:{T(client)}:e   hash: id -> EXPIRES_AT (15 digits, wall-clock ms) followed by the payload
-    zp:i:{T(client)}:g   hash: id -> mark, for the entries given (written by edges once a
-                         device's TCP stack has acknowledged them, and by pulls)
+    zp:i:{T(client)}:g   hash: id -> mark, for the entries given (written by edges as they
+                         write them to devices, and by pulls)
+    zp:i:{T(client)}:h   hash: id -> the peer regions the entry was forwarded to ("b,c,")
 
-The three keys of a client share its tag, so each call is one script on one Cluster slot. A
+The four keys of a client share its tag, so each call is one script on one Cluster slot. A
 script per operation keeps them in step (`router.redis_inbox_lua`): ADD (ZADD NX, HSET, drop the
 oldest past the cap, extend the keys' TTL), AFTER (range, skip and delete expired entries, until
 `limit` live ones or the end; for a pull, mark what it answers), RESUME (remove what the device
-has, then AFTER from the start), THROUGH (the removal alone), GIVEN (raise marks) and ACK (ZREM
-and HDELs).
+has, then AFTER from the start), THROUGH (the removal alone), GIVEN (raise marks), HANDED and
+UNHANDED (record forwards, read what a region was not handed) and ACK (ZREM and HDELs).
 
 Time. An entry is expired when the caller's wall clock (`clock_ms`, passed to the scripts) has
 reached its `expires_at_ms`; reads skip and delete expired entries. Redis TTLs only reclaim
@@ -44,7 +45,7 @@ from registry.redis_lua import Lua
 from router.base import InboxEntry
 from router.clock import ClockMs, wall_ms
 from router.redis_common import ScriptCall, run_pipelined, run_script, unavailable
-from router.redis_inbox_lua import ACK, ADD, AFTER, GIVEN, RESUME, THROUGH
+from router.redis_inbox_lua import ACK, ADD, AFTER, GIVEN, HANDED, RESUME, THROUGH, UNHANDED
 
 EXPIRY_DIGITS = 15
 FORWARDED = b"F"
@@ -90,9 +91,9 @@ class RedisInbox:
         return inbox
 
     def keys(self, client_id: str) -> list[str]:
-        """The client's three keys: its ids (sorted set), entries (hash) and marks (hash)."""
+        """The client's four keys: its ids (sorted set), entries, marks and handed (hashes)."""
         ids = f"{self._prefix}:i:{{{tag(client_id)}}}"
-        return [ids, ids + ":e", ids + ":g"]
+        return [ids, ids + ":e", ids + ":g", ids + ":h"]
 
     async def add(self, client_ids: Iterable[str], entry: InboxEntry) -> None:
         await self.add_many([(tuple(client_ids), entry)])
@@ -142,6 +143,24 @@ class RedisInbox:
         if calls:
             with unavailable("inbox"):
                 await run_pipelined(self._client, calls)
+
+    async def handed_many(self, region: str, items: Sequence[tuple[str, Sequence[str]]]) -> None:
+        calls: list[ScriptCall] = [
+            (HANDED, self.keys(client_id), [region, *ids[start:start + ACK_ITEMS]])
+            for client_id, ids in items for start in range(0, len(ids), ACK_ITEMS)]
+        if calls:
+            with unavailable("inbox"):
+                await run_pipelined(self._client, calls)
+
+    async def unhanded_many(self, region: str,
+                            client_ids: Sequence[str]) -> list[list[InboxEntry]]:
+        if not client_ids:
+            return []
+        now_ms = self._clock_ms()
+        calls: list[ScriptCall] = [(UNHANDED, self.keys(c), [region, self._cap, now_ms])
+                                   for c in client_ids]
+        with unavailable("inbox"):
+            return [_page(found) for found in await run_pipelined(self._client, calls)]
 
     async def ack(self, client_id: str, ids: Sequence[str]) -> int:
         removed = 0

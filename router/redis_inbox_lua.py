@@ -1,9 +1,10 @@
 """The Lua scripts of `router.redis_inbox`, one per operation, each on one client's three keys.
 
 KEYS of every script: the client's ids (sorted set), entries (hash: id -> EXPIRES_AT, 15 digits,
-then `F` for a forwarded entry, then the payload, a JSON object) and marks (hash: id -> mark,
-for the entries given; `router.base.Inbox`). Ids and marks are compared bytewise (`before`):
-Lua's own `<` on strings follows the server's locale (strcoll).
+then `F` for a forwarded entry, then the payload, a JSON object), marks (hash: id -> mark, for
+the entries given; `router.base.Inbox`) and handed (hash: id -> the regions it was forwarded
+to, each followed by a comma). Ids and marks are compared bytewise (`before`): Lua's own `<`
+on strings follows the server's locale (strcoll).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ local function remove(ids)
     redis.call('ZREM', KEYS[1], unpack(part))
     redis.call('HDEL', KEYS[2], unpack(part))
     redis.call('HDEL', KEYS[3], unpack(part))
+    redis.call('HDEL', KEYS[4], unpack(part))
   end
 end
 local function before(a, b)
@@ -27,9 +29,9 @@ local function before(a, b)
   end
   return #a < #b
 end
-local function keep_marks_with_ids()
+local function keep_with_ids(key)
   local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 and redis.call('PTTL', KEYS[3]) < ttl then redis.call('PEXPIRE', KEYS[3], ttl) end
+  if ttl > 0 and redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 end
 local function page(start, limit, now)
   local out, expired, found = {}, {}, 0
@@ -81,12 +83,15 @@ if excess > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
   redis.call('HDEL', KEYS[2], unpack(old))
   redis.call('HDEL', KEYS[3], unpack(old))
+  redis.call('HDEL', KEYS[4], unpack(old))
 end
 local ttl = tonumber(ARGV[4])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
-local marks_ttl = redis.call('PTTL', KEYS[3])
-if marks_ttl ~= -2 and marks_ttl < ttl then redis.call('PEXPIRE', KEYS[3], ttl) end
+for k = 3, 4 do
+  local left = redis.call('PTTL', KEYS[k])
+  if left ~= -2 and left < ttl then redis.call('PEXPIRE', KEYS[k], ttl) end
+end
 return 1
 """)
 
@@ -97,7 +102,7 @@ AFTER = Lua("inbox_after", _COMMON + r"""
 local out = page(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 if ARGV[4] == '1' and #out > 0 then
   for i = 1, #out, 2 do redis.call('HSETNX', KEYS[3], out[i], out[i]) end
-  keep_marks_with_ids()
+  keep_with_ids(KEYS[3])
 end
 return out
 """)
@@ -134,7 +139,7 @@ for i = 1, #ARGV, 2 do
     end
   end
 end
-if set > 0 then keep_marks_with_ids() end
+if set > 0 then keep_with_ids(KEYS[3]) end
 return set
 """)
 
@@ -143,5 +148,36 @@ ACK = Lua("inbox_ack", r"""
 local n = redis.call('ZREM', KEYS[1], unpack(ARGV))
 redis.call('HDEL', KEYS[2], unpack(ARGV))
 redis.call('HDEL', KEYS[3], unpack(ARGV))
+redis.call('HDEL', KEYS[4], unpack(ARGV))
 return n
+""")
+
+# ARGV: region, ids. Records each present entry as handed to the region (forwarded there).
+HANDED = Lua("inbox_handed", _COMMON + r"""
+local region, set = ARGV[1] .. ',', 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('ZSCORE', KEYS[1], id) then
+    local old = redis.call('HGET', KEYS[4], id) or ''
+    if not string.find(',' .. old, ',' .. region, 1, true) then
+      redis.call('HSET', KEYS[4], id, old .. region)
+      set = set + 1
+    end
+  end
+end
+if set > 0 then keep_with_ids(KEYS[4]) end
+return set
+""")
+
+# ARGV: region, limit, now_ms. Like AFTER from the start, skipping entries handed to the region.
+UNHANDED = Lua("inbox_unhanded", _COMMON + r"""
+local found = page('-', tonumber(ARGV[2]), tonumber(ARGV[3]))
+local region, out = ',' .. ARGV[1] .. ',', {}
+for i = 1, #found, 2 do
+  local handed = redis.call('HGET', KEYS[4], found[i])
+  if not handed or not string.find(',' .. handed, region, 1, true) then
+    out[#out + 1] = found[i]; out[#out + 1] = found[i + 1]
+  end
+end
+return out
 """)

@@ -118,6 +118,7 @@ class WorkerStats:
     publish_errors: int = 0  # node batches the channel failed to take (messages are in inboxes)
     region_errors: int = 0  # forwards a peer region's queue did not take (at a try)
     unsent_dropped: int = 0  # forwards given up on: `UNSENT_MAX` held for a region already
+    handed_errors: int = 0  # forwards whose note in the inbox failed (a handoff may repeat them)
     errors: int = 0  # batches that failed as a whole
     expired_by: Counter[Priority] = field(default_factory=Counter)
     delivered_by: Counter[Priority] = field(default_factory=Counter)
@@ -373,12 +374,26 @@ class RouterWorker:
             self._hold_unsent(region, messages)
             return
         self.stats.forwarded[region] += accepted
+        await self._handed(region, messages[:accepted])
         if accepted < len(messages):
             self._region_failed(region, Unavailable(f"queue took {accepted} of {len(messages)}"),
                                 len(messages) - accepted, loop.time() + PEER_RETRY_AFTER_S)
             self._hold_unsent(region, messages[accepted:])
         else:
             self._region_ok(region)
+
+    async def _handed(self, region: str, messages: list[Message]) -> None:
+        """Note in this region's inboxes that these targeted messages were handed to `region`,
+        so that `router.handoff` does not send them there again. Best effort: a note that fails
+        costs at most a repeat there (counted, not raised: the forward itself succeeded)."""
+        items = [(client_id, [m.id]) for m in messages if not m.target.broadcast
+                 for client_id in m.target.clients]
+        if not items:
+            return
+        try:
+            await self._inbox.handed_many(region, items)
+        except Exception:
+            self.stats.handed_errors += 1
 
     def _hold_unsent(self, region: str, messages: list[Message]) -> None:
         unsent = self._unsent.setdefault(region, deque(maxlen=UNSENT_MAX))

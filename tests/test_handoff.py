@@ -7,7 +7,7 @@ import orjson
 from registry.base import Location, NodeInfo, NodeState, Registration
 from registry.memory import MemoryRegistry
 from router.base import InboxEntry, Priority, Target
-from router.handoff import READ_PAGE, Handoff
+from router.handoff import Handoff
 from router.ids import IdGenerator
 from router.memory import MemoryInbox, MemoryQueue
 
@@ -52,33 +52,41 @@ async def test_a_client_that_left_a_node_here_has_its_inbox_forwarded_to_where_i
     assert message.expires_at_ms >= stored[0].expires_at_ms
     assert [e.id for e in await a.inbox.after("c1", None, 10)] == [e.id for e in stored]
     assert (a.handoff.stats.clients, a.handoff.stats.messages) == (1, 3)
+    assert await a.inbox.unhanded_many("b", ["c1"]) == [[]]
 
 
-async def test_clients_not_here_before_or_not_there_now_are_left_alone() -> None:
+async def test_what_was_forwarded_here_or_handed_there_already_is_not_sent_again() -> None:
     a, ids = Region(), IdGenerator()
-    for client in ("offline", "elsewhere", "back", "dead-node"):
-        await a.inbox.add([client], entry(ids, 1))
-    arrivals = [Registration(c, "u", "phone", "b1", 2)
-                for c in ("offline", "elsewhere", "back", "dead-node")]
-    await a.registry.register([*arrivals[:2], arrivals[3]], TTL_S)
+    mine, theirs, sent = entry(ids, 1), entry(ids, 2), entry(ids, 3)
+    await a.inbox.add(["c1"], mine)
+    await a.inbox.add(["c1"], InboxEntry(theirs.id, theirs.payload, theirs.expires_at_ms,
+                                         forwarded=True))  # region b's own: b has it
+    await a.inbox.add(["c1"], sent)
+    await a.inbox.handed_many("b", [("c1", [sent.id])])  # a's router forwarded it already
+    new = Registration("c1", "u", "phone", "b1", 2)
+    await a.registry.register([new], TTL_S)
+    await a.handoff.arrived("b", [new], {})
+    assert await a.taken() == [mine.id]
+    await a.handoff.arrived("b", [new], {})  # applied again: handed already
+    assert await a.taken() == []
+
+
+async def test_a_client_whose_registration_here_is_not_the_arrival_is_left_alone() -> None:
+    a, ids = Region(), IdGenerator()
+    await a.inbox.add(["back"], entry(ids, 1))
+    arrival = Registration("back", "u", "phone", "b1", 2)
     await a.registry.register([Registration("back", "u", "phone", "a1", 3)], TTL_S)  # newer
-    before = {
-        "elsewhere": Location(Registration("elsewhere", "u", "phone", "b0", 1), THERE),
-        "back": Location(Registration("back", "u", "phone", "a1", 1), HERE),
-        "dead-node": Location(Registration("dead-node", "u", "phone", "a9", 1), None),
-    }
-    await a.handoff.arrived("b", arrivals, before)
-    taken = await a.peer_queue.take("t", 10, 0)
-    assert [t.message.target.clients for t in taken] == [("dead-node",)]  # region unknown
-    await a.handoff.arrived("nowhere", arrivals, before)  # no such peer: nothing to do
+    await a.handoff.arrived("b", [arrival], {})
+    await a.handoff.arrived("nowhere", [arrival], {})  # no such peer: nothing to do
+    assert await a.taken() == []
 
 
 async def test_a_long_inbox_is_forwarded_whole() -> None:
     a, ids = Region(), IdGenerator()
-    stored = [entry(ids, n) for n in range(READ_PAGE * 2 + 3)]
+    stored = [entry(ids, n) for n in range(1203)]
     for e in stored:
         await a.inbox.add(["c1"], e)
     new = Registration("c1", "u", "phone", "b1", 2)
     await a.registry.register([new], TTL_S)
-    await a.handoff.arrived("b", [new], {"c1": Location(new, THERE)})  # applied again
+    await a.handoff.arrived("b", [new], {"c1": Location(new, THERE)})
     assert await a.taken() == [e.id for e in stored]

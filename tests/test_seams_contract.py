@@ -674,6 +674,24 @@ async def test_peered_inbox_trusts_marks_only_from_a_resume_id_given_here(seams:
     assert await inbox.after("c1", None, 10) == [entry(1), entry(2)]
 
 
+async def test_inbox_unhanded_leaves_out_what_was_handed_to_that_region(seams: Seams) -> None:
+    inbox = seams.inbox()
+    for n in range(1, 5):
+        await inbox.add(["c1", "c2"], entry(n))
+    await inbox.handed_many("b", [("c1", [entry(1).id, entry(3).id, "E9999"]),
+                                  ("nobody", [entry(1).id])])
+    await inbox.handed_many("c", [("c1", [entry(2).id])])
+    await inbox.handed_many("b", [("c1", [entry(1).id])])  # again: no change
+    await inbox.handed_many("b", [])
+    assert await inbox.unhanded_many("b", ["c1", "c2", "nobody"]) == [
+        [entry(2), entry(4)], [entry(n) for n in range(1, 5)], []]
+    assert await inbox.unhanded_many("c", ["c1"]) == [[entry(1), entry(3), entry(4)]]
+    assert await inbox.unhanded_many("b", []) == []
+    assert await inbox.ack("c1", [entry(1).id]) == 1
+    await inbox.add(["c1"], entry(1))  # stored again: not handed
+    assert await inbox.unhanded_many("b", ["c1"]) == [[entry(1), entry(2), entry(4)]]
+
+
 async def test_inbox_close_is_idempotent(seams: Seams) -> None:
     inbox = seams.inbox()
     await inbox.close()

@@ -118,6 +118,10 @@ class Pusher:
     async def _one(self, session: aiohttp.ClientSession) -> None:
         targets = [self.clients[(self._n + i) % len(self.clients)] for i in range(PUSH_BATCH)]
         self._n += PUSH_BATCH
+        await self.send(session, targets)
+
+    async def send(self, session: aiohttp.ClientSession, targets: list[str]) -> None:
+        """One batch request: a message to each of `targets`, recorded as accepted or not."""
         body = {"messages": [{"to": {"clients": [c]}, "data": self._n} for c in targets]}
         try:
             async with session.post(self.api.api + "/v1/push/batch", json=body,
@@ -128,7 +132,7 @@ class Pusher:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             ok = False
         if not ok:  # not accepted: the sender knows it must retry; not counted as sent
-            self.refused += PUSH_BATCH
+            self.refused += len(targets)
             return
         now = time.monotonic()
         for client, result in zip(targets, answer["results"], strict=True):
@@ -247,7 +251,7 @@ class FaultFleet:
     balancer: BalancerProcess
     devices: list[DeviceProcess]
     killed: list[ServerProcess] = field(default_factory=list)
-    redis_proxy: BalancerProcess | None = None
+    proxies: dict[str, BalancerProcess] = field(default_factory=dict)
 
     @property
     def clients(self) -> list[str]:
@@ -260,41 +264,49 @@ class FaultFleet:
 
 class FleetFactory(Protocol):
     def __call__(self, *, durable: bool = True, edge_env: Mapping[str, str] | None = None,
-                 proxied_redis: bool = False) -> Awaitable[FaultFleet]: ...
+                 proxied: tuple[str, ...] = (), claim_idle_s: float = 1.0,
+                 idle_timeout_s: float = 2.5 * HEARTBEAT_S) -> Awaitable[FaultFleet]: ...
 
 
 @pytest.fixture
 async def fault_fleet(tmp_path: Path, redis_factory: Callable[..., RedisServer]
                       ) -> AsyncIterator[FleetFactory]:
     """Starts fleets: Redis (`durable`: with the AOF, `appendfsync always`), edge-a and edge-b
-    behind a balancer (with `edge_env` added to theirs; with `proxied_redis`, edge-a reaches
-    Redis through a balancer of its own, `FaultFleet.redis_proxy`, that a test can cut), the
-    API and two routers, and `DEVICES` SDK devices, all connected."""
+    behind a balancer (with `edge_env` added to theirs), the API and two routers, and `DEVICES`
+    SDK devices (`idle_timeout_s`: silence after which they take a connection for dead), all
+    connected; routers claim what another took after `claim_idle_s`. The
+    processes named in `proxied` ("edge-a", "router-0") reach
+    Redis through a balancer of their own (`FaultFleet.proxies`) that a test can cut or slow."""
     fleets: list[FaultFleet] = []
 
     async def start(*, durable: bool = True, edge_env: Mapping[str, str] | None = None,
-                    proxied_redis: bool = False) -> FaultFleet:
+                    proxied: tuple[str, ...] = (), claim_idle_s: float = 1.0,
+                    idle_timeout_s: float = 2.5 * HEARTBEAT_S) -> FaultFleet:
         redis = redis_factory(*DURABLE) if durable else redis_factory()
-        env = {"ZUULPUSH_REDIS_URL": redis.url, "ZUULPUSH_CLAIM_IDLE_S": "1",
+        env = {"ZUULPUSH_REDIS_URL": redis.url, "ZUULPUSH_CLAIM_IDLE_S": str(claim_idle_s),
                "ZUULPUSH_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S)}
         edges = {**env, **(edge_env or {})}
-        proxy = None
-        edge_a = edges
-        if proxied_redis:
-            proxy = await BalancerProcess.start([("127.0.0.1", redis.port)],
-                                                tmp_path / "redis-proxy.err")
-            edge_a = {**edges, "ZUULPUSH_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"}
-        jobs: list[Job] = [(EDGE, edge_a, ("--node-id", "edge-a")),
-                           (EDGE, edges, ("--node-id", "edge-b")),
-                           (API, env, ()), (ROUTER, env, ()), (ROUTER, env, ())]
+        proxies = {name: await BalancerProcess.start([("127.0.0.1", redis.port)],
+                                                     tmp_path / f"redis-proxy-{name}.err")
+                   for name in proxied}
+
+        def via(name: str, base: dict[str, str]) -> dict[str, str]:
+            proxy = proxies.get(name)
+            return base if proxy is None else \
+                {**base, "ZUULPUSH_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"}
+
+        jobs: list[Job] = [(EDGE, via("edge-a", edges), ("--node-id", "edge-a")),
+                           (EDGE, via("edge-b", edges), ("--node-id", "edge-b")),
+                           (API, env, ()), (ROUTER, via("router-0", env), ()),
+                           (ROUTER, via("router-1", env), ())]
         a, b, api, *routers = await asyncio.to_thread(start_many, tmp_path, jobs)
         balancer = await BalancerProcess.start([host_port(a.edge), host_port(b.edge)],
                                                tmp_path / "balancer.err")
         fleet = FaultFleet(redis, {"edge-a": a, "edge-b": b}, api, routers, balancer, [],
-                           redis_proxy=proxy)
+                           proxies=proxies)
         fleets.append(fleet)
         fleet.devices = await start_devices(balancer.url, SECRET, "dev", DEVICES, 1, tmp_path,
-                                            idle_timeout_s=2.5 * HEARTBEAT_S)
+                                            idle_timeout_s=idle_timeout_s)
         await all_connected(fleet.devices)
         return fleet
 
@@ -303,8 +315,8 @@ async def fault_fleet(tmp_path: Path, redis_factory: Callable[..., RedisServer]
     for fleet in fleets:
         await stop_devices(fleet.devices)
         await fleet.balancer.stop()
-        if fleet.redis_proxy is not None:
-            await fleet.redis_proxy.stop()
+        for proxy in fleet.proxies.values():
+            await proxy.stop()
         for server in [*fleet.routers, fleet.api, *fleet.edges.values()]:
             if server in fleet.killed:
                 continue

@@ -27,7 +27,8 @@ SIGINT or the end of its stdin (so it never outlives the test that started it).
   into what a roaming phone's vanished network is to both ends: whatever either side sends is
   dropped, and neither an end of stream nor a close is passed on, so each end finds out only by
   its own timeouts (`ok vanished=N`); new connections are forwarded as before. `cut` aborts
-  every open pair (`ok cut=N`).
+  every open pair (`ok cut=N`). `delay MS` holds everything forwarded, both ways, that long
+  (in order) from now on: a slow link (`ok delay=MS`).
 
 One process holds two descriptors per forwarded connection; at start it raises its soft
 RLIMIT_NOFILE to the hard limit (20,000 here: 5,000 devices take 10,000).
@@ -49,6 +50,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -100,6 +102,7 @@ class Balancer:
 
     def __init__(self, backends: list[Backend]) -> None:
         self.backends = backends
+        self.delay_s = 0.0
         self.stats = Stats()
         self.pairs: set[Downstream] = set()
         self.answers: list[tuple[float, str, str]] = []
@@ -162,13 +165,30 @@ class _Side(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.peer is not None and not self.vanished:
-            self.peer.send(data)
+            self._later(self.peer.send, data)
+
+    def _later(self, send: Callable[[bytes], None], data: bytes) -> None:
+        """`send(data)` now, or after the balancer's delay (timers keep their order)."""
+        delay_s = self.balancer_delay_s()
+        if delay_s > 0:
+            asyncio.get_running_loop().call_later(delay_s, send, data)
+        else:
+            send(data)
+
+    def balancer_delay_s(self) -> float:
+        return 0.0
 
     def eof_received(self) -> bool:
         self.read_eof = True
         if self.vanished:
             self.close(abort=False)
             return True
+        if self.balancer_delay_s() > 0:  # after what was read before it
+            asyncio.get_running_loop().call_later(self.balancer_delay_s(), self._eof)
+            return True
+        return self._eof()
+
+    def _eof(self) -> bool:
         if self.peer is not None:
             self.peer.send_eof()
             if self.peer.read_eof:  # both directions ended
@@ -204,6 +224,9 @@ class Upstream(_Side):
         self.made_at = 0.0
         self.answered = False
 
+    def balancer_delay_s(self) -> float:
+        return self.client.balancer.delay_s
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.made_at = time.monotonic()
         super().connection_made(transport)
@@ -229,6 +252,9 @@ class Downstream(_Side):
         self.pending_bytes = 0
         self.task: asyncio.Task[None] | None = None
 
+    def balancer_delay_s(self) -> float:
+        return self.balancer.delay_s
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.balancer.stats.accepted += 1
@@ -238,7 +264,8 @@ class Downstream(_Side):
 
     def data_received(self, data: bytes) -> None:
         if self.peer is not None:
-            self.peer.send(data)
+            if not self.vanished:
+                self._later(self.peer.send, data)
             return
         self.pending.append(data)
         self.pending_bytes += len(data)
@@ -363,6 +390,12 @@ def _command(balancer: Balancer, line: str) -> str:
         return f"ok vanished={balancer.vanish()}"
     if verb == "cut":
         return f"ok cut={balancer.close_all()}"
+    if verb == "delay":
+        try:
+            balancer.delay_s = max(0.0, float(rest or 0) / 1000)
+        except ValueError:
+            return f"error not a number of ms: {rest!r}"
+        return f"ok delay={round(balancer.delay_s * 1000)}"
     return f"error unknown command {verb!r}"
 
 
@@ -431,6 +464,11 @@ class BalancerProcess:
         answer = await self._ask("cut")
         assert answer.startswith("ok cut="), answer
         return int(answer.removeprefix("ok cut="))
+
+    async def delay(self, ms: float) -> None:
+        """Hold what is forwarded, both ways, `ms` long from now on (0: forward at once)."""
+        answer = await self._ask(f"delay {ms}")
+        assert answer.startswith("ok delay="), answer
 
     async def stats(self) -> dict[str, Any]:
         answer: dict[str, Any] = json.loads(await self._ask("stats"))
