@@ -78,7 +78,8 @@ from router.worker import RouterWorker
 from zuulpush.config import Components, FleetConfig, OpsConfig
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.server import EdgeServer, default_node_id
-from zuulpush.metrics import Exporter, TimedRegistry
+from zuulpush.metrics import Exporter
+from zuulpush.timed_registry import TimedRegistry
 from zuulpush.tls import optional_context
 
 log = logging.getLogger("zuulpush")
