@@ -121,6 +121,10 @@ class Metrics:
         self.auth_failures = counter(
             "zuulpush_auth_failures", "Requests refused for a missing or wrong credential.",
             "credential")
+        self.auth_throttled = counter(
+            "zuulpush_auth_throttled", "Authentication attempts refused (429) unchecked: their "
+            "source address is over its limit of failures, by role (api_key, dashboard, "
+            "edge_admin).", "role")
         # API
         self.enqueued = counter("zuulpush_messages_enqueued", "Messages the API enqueued.",
                                 "priority")
@@ -410,6 +414,7 @@ class Exporter:
                                 ("rate_limited", st.rate_limited), ("replaced", st.replaced)),
                      m.closes)
         c.count("origin_refused", st.origin_refused, m.origin_refused)
+        c.count("auth_throttled", st.auth_throttled, m.auth_throttled, "edge_admin")
         c.count("delivered", st.delivered, m.edge_delivered)
         c.count("replayed", st.replayed, m.edge_replayed)
         c.count("acks", st.acks, m.acks)
@@ -424,6 +429,7 @@ class Exporter:
         c.count_each("rejected", st.rejected.items(), m.api_rejected)
         c.count_each("auth", st.auth_failures.items(), m.auth_failures)
         c.count_each("rate_limited", st.rate_limited.items(), m.api_rate_limited)
+        c.count_each("auth_throttled", st.auth_throttled.items(), m.auth_throttled)
         c.count("batch_too_large", st.batch_too_large, m.batch_too_large)
 
     def _sync_worker(self, st: WorkerStats, c: _Copier) -> None:

@@ -12,8 +12,10 @@ import hashlib
 import pytest
 
 from router.auth import AuthConfig, TokenVerifier, issue_token
-from router.errors import Forbidden, InvalidToken, Unauthorized
+from router.auth_throttle import FailureLimiter
+from router.errors import AuthThrottled, Forbidden, InvalidToken, Unauthorized
 from zuulpush.edge.request import (
+    ADMIN,
     COOKIE_NAME,
     MAX_ID_LENGTH,
     Accept,
@@ -338,3 +340,73 @@ def test_admin_drain_refuses_a_missing_or_wrong_key(
 def test_admin_drain_is_405_for_get_naming_post() -> None:
     exc = rejected("/admin/drain")
     assert exc.http_status == 405 and ("allow", "POST") in exc.headers
+
+
+# the admin key's brute-force brake (router.auth_throttle)
+
+ADMIN_PATHS = [(b"POST", "/admin/drain"), (b"GET", "/admin/status"),
+               (b"GET", "/admin/clients/c1"), (b"POST", "/admin/clients/c1/close")]
+
+
+def admin(path: str, key: str, *, method: bytes = b"GET", source: str = "192.0.2.1",
+          limiter: FailureLimiter, now: float = 100.0, sources: list[str] | None = None
+          ) -> Accept:
+    """An admin request with `Bearer key` from `source`, braked by `limiter`; `sources` records
+    each time decide asked for the source."""
+    def who() -> str:
+        if sources is not None:
+            sources.append(source)
+        return source
+    return decide(method, path.encode(), [(b"authorization", f"Bearer {key}".encode())],
+                  verifier=VERIFIER, echo_enabled=False, admin_key="k1",
+                  admin_throttle=limiter, source=who, now=now)
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_PATHS)
+def test_wrong_admin_keys_past_the_limit_are_429_without_the_key_being_checked(
+        method: bytes, path: str) -> None:
+    limiter = FailureLimiter("edge_admin", 3, 30.0)
+    for _ in range(3):
+        with pytest.raises(Forbidden):
+            admin(path, "nope", method=method, limiter=limiter)
+    for key in ("nope", "k1"):  # the right key too: while over, no key is looked at
+        with pytest.raises(AuthThrottled) as info:
+            admin(path, key, method=method, limiter=limiter)
+        assert info.value.http_status == 429 and info.value.role == "edge_admin"
+        assert info.value.headers == (("retry-after", "10"),)
+        assert info.value.body()["error"]["code"] == "auth_throttled"
+    # Another source is not held back; this one may try again once a failure has drained.
+    assert admin(path, "k1", method=method, limiter=limiter, source="192.0.2.2").route in ADMIN
+    assert admin(path, "k1", method=method, limiter=limiter, now=110.0).route in ADMIN
+
+
+def test_right_admin_keys_never_use_the_budget() -> None:
+    limiter = FailureLimiter("edge_admin", 2, 30.0)
+    for _ in range(100):
+        admin("/admin/status", "k1", limiter=limiter)
+    with pytest.raises(Forbidden):
+        admin("/admin/status", "nope", limiter=limiter)
+    assert admin("/admin/status", "k1", limiter=limiter).route is Route.ADMIN_STATUS
+
+
+def test_a_missing_admin_key_is_401_and_no_failure() -> None:
+    limiter = FailureLimiter("edge_admin", 1, 30.0)
+    for _ in range(5):
+        with pytest.raises(Unauthorized):
+            decide(b"GET", b"/admin/status", [], verifier=VERIFIER, echo_enabled=False,
+                   admin_key="k1", admin_throttle=limiter, source=lambda: "192.0.2.1",
+                   now=100.0)
+    assert len(limiter) == 0
+
+
+def test_the_source_is_asked_for_admin_routes_only() -> None:
+    limiter = FailureLimiter("edge_admin", 3, 30.0)
+    sources: list[str] = []
+    admin("/admin/status", "k1", limiter=limiter, sources=sources)
+    assert sources == ["192.0.2.1"]
+
+    def never() -> str:
+        raise AssertionError("the source was asked for a device route")
+    for target in (f"/ws?token={token()}", "/healthz", "/metrics"):
+        decide(b"GET", target.encode(), ws_headers(), verifier=VERIFIER, echo_enabled=False,
+               admin_key="k1", admin_throttle=limiter, source=never, now=100.0)

@@ -19,7 +19,10 @@ Routes:
     a reconnect hint, or 1000 without one
 
 The admin key is checked before the client id is looked at, so a caller without it learns
-nothing about who is connected; the client id is the path segment, percent-decoded.
+nothing about who is connected; the client id is the path segment, percent-decoded. Wrong admin
+keys are braked per source address (`admin_throttle`, `router.auth_throttle`): a source over its
+limit is refused 429 `auth_throttled` with `Retry-After` before its key is looked at; a missing
+key (401) or a right one uses none of the budget.
 
 A browser's `Origin` is checked at `/ws`, `/sse` and `/echo`, before the WebSocket headers and the
 token: with an allow list (`origins`), an `Origin` not on it is refused 403 `origin_not_allowed`
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import unquote, unquote_plus
@@ -46,7 +49,8 @@ from urllib.parse import unquote, unquote_plus
 from wsproto.utilities import generate_accept_token
 
 from router.auth import DeviceIdentity, TokenVerifier, bearer, check_key
-from router.errors import InvalidToken
+from router.auth_throttle import FailureLimiter
+from router.errors import Forbidden, InvalidToken
 from zuulpush.errors import HandshakeRejected, OriginRefused
 
 COOKIE_NAME = "zuulpush_token"
@@ -108,10 +112,14 @@ def decide(
     echo_enabled: bool,
     admin_key: str = "",
     origins: frozenset[str] | None = None,
+    admin_throttle: FailureLimiter | None = None,
+    source: Callable[[], str] = str,
+    now: float = 0.0,
 ) -> Accept:
     """Validate a request; see the module docstring. Header names must be lower case (h11's).
     `origins`: the allowed browser origins, normalised (`EdgeConfig.origin_allow_list()`);
-    None: any."""
+    None: any. `admin_throttle` counts wrong admin keys by `source()` (the peer's source, asked
+    for admin routes only) at `now`; None: no brake."""
     path, _, query = target.decode("latin-1").partition("?")
     route, client_id = _route(path)
     if route is None or (route is Route.ECHO and not echo_enabled):
@@ -125,7 +133,7 @@ def decide(
     params = _query(query)
     if route in ADMIN:
         presented = bearer(_text(_header(headers, b"authorization")))
-        check_key(presented, (admin_key,) if admin_key else (), what="admin key")
+        _check_admin_key(presented, admin_key, admin_throttle, source, now)
         return Accept(route, None, None, None, client_id, _close_code(params))
     origin = None if origins is None else _check_origin(headers, origins)
     ws_accept = None if route is Route.SSE else _websocket_accept(headers)
@@ -133,6 +141,22 @@ def decide(
         return Accept(route, None, None, ws_accept, origin=origin)
     identity = verifier.verify(_token(params, headers))
     return Accept(route, identity, _last_id(params, headers), ws_accept, origin=origin)
+
+
+def _check_admin_key(presented: str | None, admin_key: str, throttle: FailureLimiter | None,
+                     source: Callable[[], str], now: float) -> None:
+    """`check_key` against the admin key, braked by `throttle` (module docstring)."""
+    accepted = (admin_key,) if admin_key else ()
+    if throttle is None:
+        check_key(presented, accepted, what="admin key")
+        return
+    who = source()
+    throttle.check(who, now)
+    try:
+        check_key(presented, accepted, what="admin key")
+    except Forbidden:
+        throttle.failed(who, now)
+        raise
 
 
 def _check_origin(headers: Headers, origins: frozenset[str]) -> str | None:
