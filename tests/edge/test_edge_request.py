@@ -24,7 +24,7 @@ from zuulpush.edge.request import (
     check_head_size,
     decide,
 )
-from zuulpush.errors import HandshakeRejected
+from zuulpush.errors import HandshakeRejected, OriginRefused
 
 SECRET = "request-test-secret-of-at-least-32-bytes"
 VERIFIER = TokenVerifier(AuthConfig(secret=SECRET))
@@ -410,3 +410,109 @@ def test_the_source_is_asked_for_admin_routes_only() -> None:
     for target in (f"/ws?token={token()}", "/healthz", "/metrics"):
         decide(b"GET", target.encode(), ws_headers(), verifier=VERIFIER, echo_enabled=False,
                admin_key="k1", admin_throttle=limiter, source=never, now=100.0)
+
+
+# cookie-authenticated requests and Origin (cross-site WebSocket hijacking)
+
+EVIL = "https://evil.example"
+
+
+def with_cookie(*extra: tuple[bytes, bytes], host: bytes = b"edge.example",
+                sse: bool = False) -> list[tuple[bytes, bytes]]:
+    base = [(b"host", host)] if sse else ws_headers(host=host)
+    return [*base, (b"cookie", f"{COOKIE_NAME}={token('cookie')}".encode()), *extra]
+
+
+def origin(value: str) -> tuple[bytes, bytes]:
+    return (b"origin", value.encode())
+
+
+def cookie_decide(target: str, headers: Headers, origins: frozenset[str] | None = None
+                  ) -> Accept:
+    return decide(b"GET", target.encode(), headers, verifier=VERIFIER, echo_enabled=False,
+                  origins=origins)
+
+
+@pytest.mark.parametrize("target", ["/ws", "/sse"])
+@pytest.mark.parametrize("foreign", [EVIL, "http://edge.example.evil.com", "null",
+                                     "http://edge.example:8081", "http://sub.edge.example"])
+def test_a_cookie_from_a_foreign_origin_is_403_naming_it(target: str, foreign: str) -> None:
+    headers = with_cookie(origin(foreign), sse=target == "/sse")
+    with pytest.raises(OriginRefused) as info:
+        cookie_decide(target, headers)
+    assert info.value.http_status == 403
+    assert info.value.body()["error"]["code"] == "origin_not_allowed"
+    assert foreign in info.value.message and COOKIE_NAME in info.value.message
+
+
+@pytest.mark.parametrize("target", ["/ws", "/sse"])
+def test_a_cookie_without_an_origin_passes(target: str) -> None:
+    accept = cookie_decide(target, with_cookie(sse=target == "/sse"))
+    assert accept.identity is not None and accept.identity.client_id == "cookie"
+
+
+@pytest.mark.parametrize(("host", "page"), [
+    (b"edge.example", "http://edge.example"),
+    (b"edge.example", "https://edge.example"),
+    (b"EDGE.example", "http://edge.EXAMPLE/"),
+    (b"edge.example:8080", "http://edge.example:8080"),
+    (b"edge.example:443", "https://edge.example"),
+    (b"edge.example:80", "http://edge.example"),
+    (b"127.0.0.1:8080", "http://127.0.0.1:8080"),
+    (b"[::1]:8080", "http://[::1]:8080"),
+])
+def test_a_cookie_from_the_edges_own_origin_passes(host: bytes, page: str) -> None:
+    for target in ("/ws", "/sse"):
+        headers = with_cookie(origin(page), host=host, sse=target == "/sse")
+        assert cookie_decide(target, headers).identity is not None
+
+
+@pytest.mark.parametrize(("host", "page"), [
+    (b"edge.example:8080", "http://edge.example"),
+    (b"edge.example", "http://edge.example:8080"),
+    (b"edge.example:443", "http://edge.example"),
+    (b"127.0.0.1:8080", "http://localhost:8080"),
+])
+def test_another_port_or_name_is_another_origin(host: bytes, page: str) -> None:
+    with pytest.raises(OriginRefused):
+        cookie_decide("/ws", with_cookie(origin(page), host=host))
+
+
+def test_a_cookie_from_an_allowed_origin_passes_and_others_do_not() -> None:
+    allowed = frozenset({"https://app.example"})
+    accept = cookie_decide("/ws", with_cookie(origin("https://app.example")), allowed)
+    assert accept.identity is not None and accept.origin == "https://app.example"
+    with pytest.raises(OriginRefused):
+        cookie_decide("/ws", with_cookie(origin(EVIL)), allowed)
+
+
+def test_with_a_list_the_edges_own_origin_needs_to_be_on_it_too() -> None:
+    allowed = frozenset({"https://app.example"})
+    with pytest.raises(OriginRefused):  # as for any token: the list says who may
+        cookie_decide("/ws", with_cookie(origin("http://edge.example")), allowed)
+
+
+@pytest.mark.parametrize("target", ["/ws", "/sse"])
+def test_a_token_in_the_url_or_a_bearer_from_a_foreign_origin_passes(target: str) -> None:
+    base = ws_headers() if target == "/ws" else [(b"host", b"edge.example")]
+    in_url = cookie_decide(f"{target}?token={token('url')}", [*base, origin(EVIL)])
+    assert in_url.identity is not None and in_url.identity.client_id == "url"
+    bearer = (b"authorization", f"Bearer {token('bearer')}".encode())
+    by_bearer = cookie_decide(target, [*base, bearer, origin(EVIL)])
+    assert by_bearer.identity is not None and by_bearer.identity.client_id == "bearer"
+    # The URL's token wins over a cookie sent along (the cookie is then not the credential).
+    both = cookie_decide(f"{target}?token={token('url')}",
+                         with_cookie(origin(EVIL), sse=target == "/sse"))
+    assert both.identity is not None and both.identity.client_id == "url"
+
+
+def test_the_cookies_origin_is_checked_before_the_token() -> None:
+    headers = [*ws_headers(), (b"cookie", f"{COOKIE_NAME}=forged".encode()), origin(EVIL)]
+    with pytest.raises(OriginRefused):
+        cookie_decide("/ws", headers)
+
+
+def test_echo_has_no_token_and_no_cookie_check() -> None:
+    headers = with_cookie(origin(EVIL))
+    accept = decide(b"GET", b"/echo", headers, verifier=VERIFIER, echo_enabled=True)
+    assert accept.route is Route.ECHO

@@ -31,7 +31,14 @@ token: with an allow list (`origins`), an `Origin` not on it is refused 403 `ori
 every origin passes. Exact match of `scheme://host[:port]`, case-insensitive.
 
 The device token comes from `?token=`, `Authorization: Bearer`, or the `zuulpush_token` cookie, in
-that order. A resume point comes from `?last_id=` or the `Last-Event-ID` header.
+that order. A cookie is an ambient credential: a browser sends it with a WebSocket upgrade or an
+`EventSource` (withCredentials) that a page of ANY site opens (cross-site WebSocket hijacking).
+So a request whose token is the cookie passes only without an `Origin` (not a browser), with
+the edge's own origin (its `host[:port]` that of the `Host` header, the scheme's default port
+implied), or with an origin on the allow list; else 403 `origin_not_allowed` naming the origin
+(`CookieOriginRefused`), before the token is looked at. A token in the URL or a bearer header
+is no ambient credential (a page must have it to send it) and is not held to this.
+A resume point comes from `?last_id=` or the `Last-Event-ID` header.
 
 h11 bounds only a request head that is still incomplete; `check_head_size()` bounds a complete
 one too (431), since a whole oversized head can arrive in a single read.
@@ -51,7 +58,7 @@ from wsproto.utilities import generate_accept_token
 from router.auth import DeviceIdentity, TokenVerifier, bearer, check_key
 from router.auth_throttle import FailureLimiter
 from router.errors import Forbidden, InvalidToken
-from zuulpush.errors import HandshakeRejected, OriginRefused
+from zuulpush.errors import CookieOriginRefused, HandshakeRejected, OriginRefused
 
 COOKIE_NAME = "zuulpush_token"
 MAX_ID_LENGTH = 64
@@ -139,7 +146,10 @@ def decide(
     ws_accept = None if route is Route.SSE else _websocket_accept(headers)
     if route is Route.ECHO:
         return Accept(route, None, None, ws_accept, origin=origin)
-    identity = verifier.verify(_token(params, headers))
+    token, from_cookie = _token(params, headers)
+    if from_cookie:
+        _check_cookie_origin(headers, origins)
+    identity = verifier.verify(token)
     return Accept(route, identity, _last_id(params, headers), ws_accept, origin=origin)
 
 
@@ -168,6 +178,30 @@ def _check_origin(headers: Headers, origins: frozenset[str]) -> str | None:
     if origin.lower().removesuffix("/") not in origins:
         raise OriginRefused(origin)
     return origin
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+def _check_cookie_origin(headers: Headers, origins: frozenset[str] | None) -> None:
+    """`CookieOriginRefused` unless a cookie-authenticated request has no `Origin`, the edge's
+    own origin, or (with an allow list, which `_check_origin` has applied) a listed one."""
+    value = _header(headers, b"origin")
+    if value is None or origins is not None:
+        return
+    page = value.decode("latin-1").strip()
+    scheme, sep, authority = page.lower().removesuffix("/").partition("://")
+    host = (_text(_header(headers, b"host")) or "").strip().lower()
+    if not sep or not host or _authority(authority, scheme) != _authority(host, scheme):
+        raise CookieOriginRefused(page)
+
+
+def _authority(authority: str, scheme: str) -> str:
+    """`host:port` with the scheme's default port written out (`[::1]:80`)."""
+    host, colon, port = authority.rpartition(":")
+    if not colon or not port.isdigit() or authority.endswith("]"):
+        host, port = authority, _DEFAULT_PORTS.get(scheme, "")
+    return f"{host}:{port}"
 
 
 def _route(path: str) -> tuple[Route | None, str | None]:
@@ -251,16 +285,17 @@ def _is_websocket_key(key: bytes) -> bool:
         return False
 
 
-def _token(params: dict[str, str], headers: Headers) -> str:
+def _token(params: dict[str, str], headers: Headers) -> tuple[str, bool]:
+    """The device token, and whether it came from the cookie."""
     token = params.get("token") or bearer(_text(_header(headers, b"authorization")))
     if token:
-        return token
+        return token, False
     for key, value in headers:
         if key == b"cookie":
             for item in value.decode("latin-1").split(";"):
                 name, _, cookie = item.strip().partition("=")
                 if name == COOKIE_NAME and cookie:
-                    return cookie
+                    return cookie, True
     raise InvalidToken("missing device token: use ?token=, 'Authorization: Bearer' or a cookie")
 
 
