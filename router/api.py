@@ -61,6 +61,10 @@ Decisions:
   (`ApiStats.rate_limited`, the metric's `key` label); the key itself is never logged or
   labelled. The dashboard's push form (admin key, one message) is not limited; the demo has
   its own limits (`router.demo`).
+- Brute force: wrong API keys (and the dashboard's wrong admin keys) are limited per source
+  address (`api_key_failures_*`, `dashboard_failures_*`; `router.throttle_middleware`): a
+  source over its limit is answered 429 `auth_throttled` with `Retry-After` before its key is
+  looked at (`ApiStats.auth_throttled` by role). Correct keys use none of the budget.
 - `ApiStats` counts what the API did as plain numbers (messages enqueued and deduplicated by
   priority, errors answered by status, key and token failures): the metrics exporter of
   `zuulpush.metrics` reads them; this package knows nothing of Prometheus.
@@ -100,6 +104,7 @@ from router.config import ApiConfig
 from router.dashboard import DashboardSources, add_dashboard_routes
 from router.demo import EdgeUrl, add_demo_routes
 from router.errors import (
+    AuthThrottled,
     Forbidden,
     InvalidToken,
     PayloadTooLarge,
@@ -115,6 +120,7 @@ from router.ratelimit import KeyRates
 from router.redis_common import as_outage
 from router.resolve import broadcast_reach, resolve_many
 from router.static import add_static_routes
+from router.throttle_middleware import api_throttle
 from router.validation import parse_batch, parse_inbox_ack, parse_inbox_query, parse_push
 
 log = logging.getLogger(__name__)
@@ -133,12 +139,15 @@ class ApiStats:
     rejected: Counter[int] = field(default_factory=Counter)  # error answers by HTTP status
     auth_failures: Counter[str] = field(default_factory=Counter)  # api_key, device_token, admin_key
     rate_limited: Counter[int] = field(default_factory=Counter)  # 429s by API key position
+    auth_throttled: Counter[str] = field(default_factory=Counter)  # 429s unchecked, by role
     batch_too_large: int = 0  # batches refused for more than max_batch messages
 
     def count_error(self, status: int, error: Exception | None = None) -> None:
         self.rejected[status] += 1
         if isinstance(error, TooManyMessages):
             self.batch_too_large += 1
+        elif isinstance(error, AuthThrottled):
+            self.auth_throttled[error.role] += 1
         elif isinstance(error, InvalidToken):
             self.auth_failures["device_token"] += 1
         elif isinstance(error, Unauthorized | Forbidden):
@@ -187,7 +196,8 @@ def create_api_app(
     stats = ApiStats() if stats is None else stats
     ids = ids or IdGenerator()  # one per process: the demo's pushes share it
     max_body = max(config.max_payload_bytes, config.max_batch_payload_bytes)
-    app = web.Application(client_max_size=max_body, middlewares=[_json_errors(stats)])
+    throttle = api_throttle(config, lambda: clock_ms() / 1000)  # router.throttle_middleware
+    app = web.Application(client_max_size=max_body, middlewares=[_json_errors(stats), throttle])
     push = _PushHandler(config, auth, queue, registry, ids, clock_ms, stats)
     app.router.add_post("/v1/push", push.handle)
     app.router.add_post("/v1/push/batch", push.handle_batch)

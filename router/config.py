@@ -25,6 +25,13 @@ class ApiConfig:
     messages, so batching does not multiply the rate): past it, 429 with `Retry-After`. Per API
     process. A rate of 0 (the default): no limit. With a rate, `api_key_burst` must be at least
     `max_batch`, or a full batch could never pass.
+
+    Brute-force brakes (`router.auth_throttle`), per source address and API process: a source
+    may fail `api_key_failures_max` times in a row with a wrong API key on the push routes, and
+    `dashboard_failures_max` times with a wrong admin key on the dashboard (its login, or a
+    bearer admin key); then its attempts of that kind are answered 429 with `Retry-After`,
+    unchecked, until a failure has drained: they drain at `*_failures_max` per
+    `*_failures_window_s`. A `*_failures_max` of 0: no brake.
     """
 
     api_host: str = "127.0.0.1"
@@ -42,13 +49,30 @@ class ApiConfig:
     public_edge_url: str = ""
     api_key_rate_per_s: float = 0.0
     api_key_burst: int = 1000
+    api_key_failures_max: int = 20
+    api_key_failures_window_s: float = 60.0
+    dashboard_failures_max: int = 10
+    dashboard_failures_window_s: float = 60.0
 
     def __post_init__(self) -> None:
+        check_failure_limit("api_key", self.api_key_failures_max,
+                            self.api_key_failures_window_s)
+        check_failure_limit("dashboard", self.dashboard_failures_max,
+                            self.dashboard_failures_window_s)
         if self.api_key_rate_per_s < 0:
             raise ValueError("api_key_rate_per_s must not be negative")
         if self.api_key_rate_per_s and self.api_key_burst < self.max_batch:
             raise ValueError("api_key_burst must be at least max_batch when "
                              "api_key_rate_per_s is set")
+
+
+def check_failure_limit(role: str, failures_max: int, window_s: float) -> None:
+    """ValueError unless `<role>_failures_max` is at least 0 and `<role>_failures_window_s` is
+    positive (shared by the API's and the edge's configs)."""
+    if failures_max < 0:
+        raise ValueError(f"{role}_failures_max must not be negative")
+    if window_s <= 0:
+        raise ValueError(f"{role}_failures_window_s must be positive")
 
 
 @dataclass(frozen=True, slots=True)

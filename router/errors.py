@@ -9,6 +9,8 @@
     ├── Forbidden                     403 (a valid key that may not do this)
     ├── NotFound                      404
     ├── RateLimited                   429: retry after `retry_after_s` (API key and demo limits)
+    │   └── AuthThrottled             429 `auth_throttled`: too many failed authentications from
+    │                                 one source address (`router.auth_throttle`), by `role`
     └── Unavailable                   503, transient: retry after `retry_after_s`
 
 The edge adds its own branch in `zuulpush.errors` (handshake answers and WebSocket close codes).
@@ -17,6 +19,7 @@ Only `Unavailable` is transient; everything else is final for the request that c
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -89,3 +92,27 @@ class RateLimited(ZuulpushError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class AuthThrottled(RateLimited):
+    """A source address over its limit of failed authentications (`router.auth_throttle`): the
+    attempt is refused without its credential being looked at. `role` names the limit
+    (`api_key`, `dashboard`, `edge_admin`); `headers` is the `Retry-After` the edge's own error
+    answer carries (the API adds it for every `RateLimited`)."""
+
+    code = "auth_throttled"
+
+    def __init__(self, role: str, *, retry_after_s: float) -> None:
+        self.role = role
+        wait = retry_after_header(retry_after_s)
+        super().__init__(f"too many failed authentications from this address; retry after "
+                         f"{wait} s", retry_after_s=retry_after_s)
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return (("retry-after", str(retry_after_header(self.retry_after_s))),)
+
+
+def retry_after_header(retry_after_s: float) -> int:
+    """A `Retry-After` value: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(retry_after_s))

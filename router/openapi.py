@@ -155,7 +155,10 @@ def _responses() -> dict[str, Schema]:
                                 "header."),
         "NotFound": _json(err, "No such path or object."),
         "PayloadTooLarge": _json(err, "The body is over its limit."),
-        "RateLimited": _json(err, "Too many requests.", headers=retry),
+        "RateLimited": _json(err, "Too many requests: `rate_limited` (an API key's or the demo's "
+                                  "rate), or `auth_throttled` (this address sent too many wrong "
+                                  "keys in a row; the key was not checked: "
+                                  "`<role>_failures_max`).", headers=retry),
         "Unavailable": _json(err, "The queue or the registry is full or unreachable; retry.",
                              headers=retry),
     }
@@ -241,22 +244,22 @@ def _dashboard_paths() -> dict[str, Schema]:
                                              "expires_at": {"type": "integer"}}),
                                        "Logged in.", headers={"Set-Cookie": {
                                            "schema": {"type": "string"}}}),
-                          **_errors(400, 401, 403)}}},
+                          **_errors(400, 401, 403, 429)}}},
         "/dashboard/logout": {"post": {
             "tags": ["dashboard"], "operationId": "dashboardLogout", "security": _ADMIN,
             "parameters": [_CSRF],
             "responses": {"200": _json(_ref("schemas", "Ok"), "Logged out."),
-                          **_errors(401, 403)}}},
+                          **_errors(401, 403, 429)}}},
         "/dashboard/snapshot": {"get": {
             "tags": ["dashboard"], "operationId": "dashboardSnapshot", "security": _ADMIN,
             "responses": {"200": _json(_ref("schemas", "Snapshot"), "One snapshot."),
-                          **_errors(401, 403, 503)}}},
+                          **_errors(401, 403, 429, 503)}}},
         "/dashboard/events": {"get": {
             "tags": ["dashboard"], "operationId": "dashboardEvents", "security": _ADMIN,
             "summary": "A stream of `event: snapshot` lines, one a second, until closed.",
             "responses": {"200": {"description": "Server-Sent Events.", "content": {
                 "text/event-stream": {"schema": {"type": "string"}}}},
-                          **_errors(401, 403)}}},
+                          **_errors(401, 403, 429)}}},
         "/dashboard/push": {"post": {
             "tags": ["dashboard"], "operationId": "dashboardPush", "security": _ADMIN,
             "parameters": [_CSRF], "requestBody": _body(_ref("schemas", "PushRequest")),
@@ -267,7 +270,7 @@ def _dashboard_paths() -> dict[str, Schema]:
             "parameters": [_CSRF, {"name": "node_id", "in": "path", "required": True,
                                    "schema": {"type": "string", "minLength": 1}}],
             "responses": {"202": _json(drained, "The node was asked to drain."),
-                          **_errors(401, 403, 404, 503)}}},
+                          **_errors(401, 403, 404, 429, 503)}}},
     }
 
 
@@ -324,7 +327,7 @@ def _edge_paths() -> dict[str, Schema]:
     not_here = _obj({"error": _obj({"code": {"type": "string"}, "message": {"type": "string"}}),
                      "node_id": {"type": "string"}}, required=["error"])
     common = {"tags": [EDGE_TAG], "security": [{"adminKey": []}]}
-    errors = _errors(401, 403)
+    errors = _errors(401, 403, 429)
     conn = _obj({"client_id": {"type": "string"}, "node_id": {"type": "string"},
                  "user_id": {"type": "string"}, "device_type": {"type": "string"},
                  "transport": {"type": "string"}, "state": {"type": "string"},

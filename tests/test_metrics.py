@@ -23,8 +23,9 @@ from router.ids import IdGenerator
 from router.memory import MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.worker import RouterWorker
 from tests.edge.test_edge_protocol import NOW_MS, Edge
-from zuulpush.metrics import CONTENT_TYPE, Exporter, Metrics, TimedRegistry, add_buckets
+from zuulpush.metrics import CONTENT_TYPE, Exporter, Metrics, add_buckets
 from zuulpush.tally import Buckets
+from zuulpush.timed_registry import TimedRegistry
 
 BOUNDS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             30.0, 60.0)

@@ -97,6 +97,24 @@ def test_documented_statuses(path: str, method: str, statuses: set[str]) -> None
     assert statuses <= set(SPEC["paths"][path][method]["responses"])
 
 
+GUARDED = [("/v1/push", "post"), ("/v1/push/batch", "post"), ("/dashboard/login", "post"),
+           ("/dashboard/logout", "post"), ("/dashboard/snapshot", "get"),
+           ("/dashboard/events", "get"), ("/dashboard/push", "post"),
+           ("/dashboard/nodes/{node_id}/drain", "post"), ("/admin/status", "get"),
+           ("/admin/drain", "post"), ("/admin/clients/{client_id}", "get"),
+           ("/admin/clients/{client_id}/close", "post")]
+"""Every operation the brute-force brake guards (router.throttle_middleware, the edge's admin
+key): each may answer 429 `auth_throttled` with Retry-After."""
+
+
+@pytest.mark.parametrize(("path", "method"), GUARDED)
+def test_operations_with_a_key_document_the_brakes_429(path: str, method: str) -> None:
+    answer = SPEC["paths"][path][method]["responses"]["429"]
+    answer = SPEC["components"]["responses"][answer["$ref"].rpartition("/")[2]]
+    assert "Retry-After" in answer["headers"]
+    assert "auth_throttled" in answer["description"]
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[TestClient[Any, Any]]:
     client: TestClient[Any, Any] = TestClient(TestServer(full_app(), host="127.0.0.1", port=0))

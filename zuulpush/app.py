@@ -77,7 +77,7 @@ from router.worker import RouterWorker
 from zuulpush.config import Components, FleetConfig, OpsConfig
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.server import EdgeServer, default_node_id
-from zuulpush.metrics import Exporter, TimedRegistry
+from zuulpush.metrics import Exporter
 from zuulpush.redis_seams import (
     redis_channel,
     redis_history,
@@ -85,6 +85,7 @@ from zuulpush.redis_seams import (
     redis_process_stats,
     redis_queue,
 )
+from zuulpush.timed_registry import TimedRegistry
 from zuulpush.tls import optional_context
 
 log = logging.getLogger("zuulpush")

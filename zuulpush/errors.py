@@ -6,7 +6,9 @@
         ├── HandshakeRejected              an HTTP answer before any upgrade: `http_status`
         │   │                              (400, 404, 405, 408, 426, 431) and extra `headers`
         │   └── OriginRefused              403 `origin_not_allowed`: a browser page's Origin
-        │                                  is not in `allowed_origins`
+        │       │                          is not in `allowed_origins`
+        │       └── CookieOriginRefused    ... or a page of another origin sends the token
+        │                                  cookie (`zuulpush.edge.request`)
         └── FrameViolation                 a WebSocket close: `close_code` (1002, 1003, 1007,
             │                              1008, 1009)
             └── InboundRateExceeded        1008: a device sent faster than its inbound rate
@@ -55,8 +57,18 @@ class FrameViolation(EdgeError):
 class OriginRefused(HandshakeRejected):
     """A browser's `Origin` is not on the node's allow list: 403 before any upgrade."""
 
+    def __init__(self, origin: str, message: str = "origin not allowed: {origin}") -> None:
+        super().__init__(403, message.format(origin=origin[:100]), code="origin_not_allowed")
+
+
+class CookieOriginRefused(OriginRefused):
+    """A request authenticated by the `zuulpush_token` cookie from a page of another origin
+    than the edge's own, with no allow list naming it: 403 before any upgrade."""
+
     def __init__(self, origin: str) -> None:
-        super().__init__(403, f"origin not allowed: {origin[:100]}", code="origin_not_allowed")
+        super().__init__(origin, "origin not allowed with the zuulpush_token cookie: {origin} "
+                                 "(send the token as ?token=, or list the origin in "
+                                 "allowed_origins)")
 
 
 class InboundRateExceeded(FrameViolation):

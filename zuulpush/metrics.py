@@ -13,8 +13,8 @@ Why copy, rather than a custom collector that reads the stats at scrape time (fr
 scraped): with `PROMETHEUS_MULTIPROC_DIR` set, prometheus_client's `MultiProcessCollector`
 aggregates only what processes wrote to their files through real metric objects; a collector
 would show the one process that happens to answer the scrape. Registry calls are few and
-batched, so `TimedRegistry` observes their latency directly; the sampled values (event-loop
-lag, the queue's depth and lag) are read once per interval.
+batched, so `TimedRegistry` (`zuulpush.timed_registry`) observes their latency directly; the
+sampled values (event-loop lag, the queue's depth and lag) are read once per interval.
 
 Multi-process mode. Set `PROMETHEUS_MULTIPROC_DIR` to an existing writable directory in the
 environment before the process starts (prometheus_client reads it when first imported). Every
@@ -40,7 +40,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -54,7 +54,6 @@ from prometheus_client import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from registry.base import Device, Location, NodeInfo, Registration, Registry
 from router.api import ApiStats
 from router.base import MessageQueue, Priority
 from router.worker import RouterWorker, WorkerStats
@@ -71,9 +70,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SYNC_INTERVAL_S = 1.0
 REGISTRY_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                      5.0)
-REGISTRY_OPS = ("register", "refresh", "unregister", "lookup", "lookup_many", "locate_many",
-                "devices_many", "devices_of_user", "device", "heartbeat_node", "remove_node",
-                "nodes", "request_drain", "take_drain_request", "drain_pending")
 
 Page = tuple[bytes, str]
 
@@ -125,6 +121,10 @@ class Metrics:
         self.auth_failures = counter(
             "zuulpush_auth_failures", "Requests refused for a missing or wrong credential.",
             "credential")
+        self.auth_throttled = counter(
+            "zuulpush_auth_throttled", "Authentication attempts refused (429) unchecked: their "
+            "source address is over its limit of failures, by role (api_key, dashboard, "
+            "edge_admin).", "role")
         # API
         self.enqueued = counter("zuulpush_messages_enqueued", "Messages the API enqueued.",
                                 "priority")
@@ -414,6 +414,7 @@ class Exporter:
                                 ("rate_limited", st.rate_limited), ("replaced", st.replaced)),
                      m.closes)
         c.count("origin_refused", st.origin_refused, m.origin_refused)
+        c.count("auth_throttled", st.auth_throttled, m.auth_throttled, "edge_admin")
         c.count("delivered", st.delivered, m.edge_delivered)
         c.count("replayed", st.replayed, m.edge_replayed)
         c.count("acks", st.acks, m.acks)
@@ -428,6 +429,7 @@ class Exporter:
         c.count_each("rejected", st.rejected.items(), m.api_rejected)
         c.count_each("auth", st.auth_failures.items(), m.auth_failures)
         c.count_each("rate_limited", st.rate_limited.items(), m.api_rate_limited)
+        c.count_each("auth_throttled", st.auth_throttled.items(), m.auth_throttled)
         c.count("batch_too_large", st.batch_too_large, m.batch_too_large)
 
     def _sync_worker(self, st: WorkerStats, c: _Copier) -> None:
@@ -442,89 +444,3 @@ class Exporter:
                                 ("region", st.region_errors),
                                 ("region_dropped", st.unsent_dropped)), m.router_errors)
 
-
-class TimedRegistry:
-    """A `Registry` that times every call of the one it wraps into
-    `zuulpush_registry_op_seconds{op}` (and counts those that raise), observed directly: the
-    edge, API and router call the registry in batches, not per message."""
-
-    def __init__(self, inner: Registry, metrics: Metrics | None = None) -> None:
-        self.inner = inner
-        m = process_metrics() if metrics is None else metrics
-        self._latency = {op: m.registry_latency.labels(op) for op in REGISTRY_OPS}
-        self._errors = m.registry_op_errors
-
-    @contextlib.contextmanager
-    def _timed(self, op: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):
-                self._errors.labels(op).inc()
-            raise
-        finally:
-            self._latency[op].observe(time.perf_counter() - start)
-
-    async def register(self, registrations: Sequence[Registration], ttl_s: float) -> None:
-        with self._timed("register"):
-            await self.inner.register(registrations, ttl_s)
-
-    async def refresh(self, node_id: str, client_ids: Sequence[str], ttl_s: float) -> int:
-        with self._timed("refresh"):
-            return await self.inner.refresh(node_id, client_ids, ttl_s)
-
-    async def unregister(self, client_id: str, node_id: str, version: int) -> bool:
-        with self._timed("unregister"):
-            return await self.inner.unregister(client_id, node_id, version)
-
-    async def lookup(self, client_id: str) -> Registration | None:
-        with self._timed("lookup"):
-            return await self.inner.lookup(client_id)
-
-    async def lookup_many(self, client_ids: Iterable[str]) -> dict[str, Registration]:
-        with self._timed("lookup_many"):
-            return await self.inner.lookup_many(client_ids)
-
-    async def locate_many(self, client_ids: Iterable[str]) -> dict[str, Location]:
-        with self._timed("locate_many"):
-            return await self.inner.locate_many(client_ids)
-
-    async def devices_many(self, client_ids: Iterable[str]) -> dict[str, Device]:
-        with self._timed("devices_many"):
-            return await self.inner.devices_many(client_ids)
-
-    async def devices_of_user(self, user_id: str) -> list[Device]:
-        with self._timed("devices_of_user"):
-            return await self.inner.devices_of_user(user_id)
-
-    async def device(self, client_id: str) -> Device | None:
-        with self._timed("device"):
-            return await self.inner.device(client_id)
-
-    async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> bool:
-        with self._timed("heartbeat_node"):
-            return await self.inner.heartbeat_node(node, ttl_s)
-
-    async def remove_node(self, node_id: str) -> None:
-        with self._timed("remove_node"):
-            await self.inner.remove_node(node_id)
-
-    async def nodes(self) -> list[NodeInfo]:
-        with self._timed("nodes"):
-            return await self.inner.nodes()
-
-    async def request_drain(self, node_id: str, ttl_s: float) -> None:
-        with self._timed("request_drain"):
-            await self.inner.request_drain(node_id, ttl_s)
-
-    async def take_drain_request(self, node_id: str) -> bool:
-        with self._timed("take_drain_request"):
-            return await self.inner.take_drain_request(node_id)
-
-    async def drain_pending(self, node_id: str) -> bool:
-        with self._timed("drain_pending"):
-            return await self.inner.drain_pending(node_id)
-
-    async def close(self) -> None:
-        await self.inner.close()

@@ -12,8 +12,10 @@ import hashlib
 import pytest
 
 from router.auth import AuthConfig, TokenVerifier, issue_token
-from router.errors import Forbidden, InvalidToken, Unauthorized
+from router.auth_throttle import FailureLimiter
+from router.errors import AuthThrottled, Forbidden, InvalidToken, Unauthorized
 from zuulpush.edge.request import (
+    ADMIN,
     COOKIE_NAME,
     MAX_ID_LENGTH,
     Accept,
@@ -22,7 +24,7 @@ from zuulpush.edge.request import (
     check_head_size,
     decide,
 )
-from zuulpush.errors import HandshakeRejected
+from zuulpush.errors import HandshakeRejected, OriginRefused
 
 SECRET = "request-test-secret-of-at-least-32-bytes"
 VERIFIER = TokenVerifier(AuthConfig(secret=SECRET))
@@ -345,3 +347,179 @@ def test_admin_drain_refuses_a_missing_or_wrong_key(
 def test_admin_drain_is_405_for_get_naming_post() -> None:
     exc = rejected("/admin/drain")
     assert exc.http_status == 405 and ("allow", "POST") in exc.headers
+
+
+# the admin key's brute-force brake (router.auth_throttle)
+
+ADMIN_PATHS = [(b"POST", "/admin/drain"), (b"GET", "/admin/status"),
+               (b"GET", "/admin/clients/c1"), (b"POST", "/admin/clients/c1/close")]
+
+
+def admin(path: str, key: str, *, method: bytes = b"GET", source: str = "192.0.2.1",
+          limiter: FailureLimiter, now: float = 100.0, sources: list[str] | None = None
+          ) -> Accept:
+    """An admin request with `Bearer key` from `source`, braked by `limiter`; `sources` records
+    each time decide asked for the source."""
+    def who() -> str:
+        if sources is not None:
+            sources.append(source)
+        return source
+    return decide(method, path.encode(), [(b"authorization", f"Bearer {key}".encode())],
+                  verifier=VERIFIER, echo_enabled=False, admin_key="k1",
+                  admin_throttle=limiter, source=who, now=now)
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_PATHS)
+def test_wrong_admin_keys_past_the_limit_are_429_without_the_key_being_checked(
+        method: bytes, path: str) -> None:
+    limiter = FailureLimiter("edge_admin", 3, 30.0)
+    for _ in range(3):
+        with pytest.raises(Forbidden):
+            admin(path, "nope", method=method, limiter=limiter)
+    for key in ("nope", "k1"):  # the right key too: while over, no key is looked at
+        with pytest.raises(AuthThrottled) as info:
+            admin(path, key, method=method, limiter=limiter)
+        assert info.value.http_status == 429 and info.value.role == "edge_admin"
+        assert info.value.headers == (("retry-after", "10"),)
+        assert info.value.body()["error"]["code"] == "auth_throttled"
+    # Another source is not held back; this one may try again once a failure has drained.
+    assert admin(path, "k1", method=method, limiter=limiter, source="192.0.2.2").route in ADMIN
+    assert admin(path, "k1", method=method, limiter=limiter, now=110.0).route in ADMIN
+
+
+def test_right_admin_keys_never_use_the_budget() -> None:
+    limiter = FailureLimiter("edge_admin", 2, 30.0)
+    for _ in range(100):
+        admin("/admin/status", "k1", limiter=limiter)
+    with pytest.raises(Forbidden):
+        admin("/admin/status", "nope", limiter=limiter)
+    assert admin("/admin/status", "k1", limiter=limiter).route is Route.ADMIN_STATUS
+
+
+def test_a_missing_admin_key_is_401_and_no_failure() -> None:
+    limiter = FailureLimiter("edge_admin", 1, 30.0)
+    for _ in range(5):
+        with pytest.raises(Unauthorized):
+            decide(b"GET", b"/admin/status", [], verifier=VERIFIER, echo_enabled=False,
+                   admin_key="k1", admin_throttle=limiter, source=lambda: "192.0.2.1",
+                   now=100.0)
+    assert len(limiter) == 0
+
+
+def test_the_source_is_asked_for_admin_routes_only() -> None:
+    limiter = FailureLimiter("edge_admin", 3, 30.0)
+    sources: list[str] = []
+    admin("/admin/status", "k1", limiter=limiter, sources=sources)
+    assert sources == ["192.0.2.1"]
+
+    def never() -> str:
+        raise AssertionError("the source was asked for a device route")
+    for target in (f"/ws?token={token()}", "/healthz", "/metrics"):
+        decide(b"GET", target.encode(), ws_headers(), verifier=VERIFIER, echo_enabled=False,
+               admin_key="k1", admin_throttle=limiter, source=never, now=100.0)
+
+
+# cookie-authenticated requests and Origin (cross-site WebSocket hijacking)
+
+EVIL = "https://evil.example"
+
+
+def with_cookie(*extra: tuple[bytes, bytes], host: bytes = b"edge.example",
+                sse: bool = False) -> list[tuple[bytes, bytes]]:
+    base = [(b"host", host)] if sse else ws_headers(host=host)
+    return [*base, (b"cookie", f"{COOKIE_NAME}={token('cookie')}".encode()), *extra]
+
+
+def origin(value: str) -> tuple[bytes, bytes]:
+    return (b"origin", value.encode())
+
+
+def cookie_decide(target: str, headers: Headers, origins: frozenset[str] | None = None
+                  ) -> Accept:
+    return decide(b"GET", target.encode(), headers, verifier=VERIFIER, echo_enabled=False,
+                  origins=origins)
+
+
+@pytest.mark.parametrize("target", ["/ws", "/sse"])
+@pytest.mark.parametrize("foreign", [EVIL, "http://edge.example.evil.com", "null",
+                                     "http://edge.example:8081", "http://sub.edge.example"])
+def test_a_cookie_from_a_foreign_origin_is_403_naming_it(target: str, foreign: str) -> None:
+    headers = with_cookie(origin(foreign), sse=target == "/sse")
+    with pytest.raises(OriginRefused) as info:
+        cookie_decide(target, headers)
+    assert info.value.http_status == 403
+    assert info.value.body()["error"]["code"] == "origin_not_allowed"
+    assert foreign in info.value.message and COOKIE_NAME in info.value.message
+
+
+@pytest.mark.parametrize("target", ["/ws", "/sse"])
+def test_a_cookie_without_an_origin_passes(target: str) -> None:
+    accept = cookie_decide(target, with_cookie(sse=target == "/sse"))
+    assert accept.identity is not None and accept.identity.client_id == "cookie"
+
+
+@pytest.mark.parametrize(("host", "page"), [
+    (b"edge.example", "http://edge.example"),
+    (b"edge.example", "https://edge.example"),
+    (b"EDGE.example", "http://edge.EXAMPLE/"),
+    (b"edge.example:8080", "http://edge.example:8080"),
+    (b"edge.example:443", "https://edge.example"),
+    (b"edge.example:80", "http://edge.example"),
+    (b"127.0.0.1:8080", "http://127.0.0.1:8080"),
+    (b"[::1]:8080", "http://[::1]:8080"),
+])
+def test_a_cookie_from_the_edges_own_origin_passes(host: bytes, page: str) -> None:
+    for target in ("/ws", "/sse"):
+        headers = with_cookie(origin(page), host=host, sse=target == "/sse")
+        assert cookie_decide(target, headers).identity is not None
+
+
+@pytest.mark.parametrize(("host", "page"), [
+    (b"edge.example:8080", "http://edge.example"),
+    (b"edge.example", "http://edge.example:8080"),
+    (b"edge.example:443", "http://edge.example"),
+    (b"127.0.0.1:8080", "http://localhost:8080"),
+])
+def test_another_port_or_name_is_another_origin(host: bytes, page: str) -> None:
+    with pytest.raises(OriginRefused):
+        cookie_decide("/ws", with_cookie(origin(page), host=host))
+
+
+def test_a_cookie_from_an_allowed_origin_passes_and_others_do_not() -> None:
+    allowed = frozenset({"https://app.example"})
+    accept = cookie_decide("/ws", with_cookie(origin("https://app.example")), allowed)
+    assert accept.identity is not None and accept.origin == "https://app.example"
+    with pytest.raises(OriginRefused):
+        cookie_decide("/ws", with_cookie(origin(EVIL)), allowed)
+
+
+def test_with_a_list_the_edges_own_origin_needs_to_be_on_it_too() -> None:
+    allowed = frozenset({"https://app.example"})
+    with pytest.raises(OriginRefused):  # as for any token: the list says who may
+        cookie_decide("/ws", with_cookie(origin("http://edge.example")), allowed)
+
+
+@pytest.mark.parametrize("target", ["/ws", "/sse"])
+def test_a_token_in_the_url_or_a_bearer_from_a_foreign_origin_passes(target: str) -> None:
+    base = ws_headers() if target == "/ws" else [(b"host", b"edge.example")]
+    in_url = cookie_decide(f"{target}?token={token('url')}", [*base, origin(EVIL)])
+    assert in_url.identity is not None and in_url.identity.client_id == "url"
+    bearer = (b"authorization", f"Bearer {token('bearer')}".encode())
+    by_bearer = cookie_decide(target, [*base, bearer, origin(EVIL)])
+    assert by_bearer.identity is not None and by_bearer.identity.client_id == "bearer"
+    # The URL's token wins over a cookie sent along (the cookie is then not the credential).
+    both = cookie_decide(f"{target}?token={token('url')}",
+                         with_cookie(origin(EVIL), sse=target == "/sse"))
+    assert both.identity is not None and both.identity.client_id == "url"
+
+
+def test_the_cookies_origin_is_checked_before_the_token() -> None:
+    headers = [*ws_headers(), (b"cookie", f"{COOKIE_NAME}=forged".encode()), origin(EVIL)]
+    with pytest.raises(OriginRefused):
+        cookie_decide("/ws", headers)
+
+
+def test_echo_has_no_token_and_no_cookie_check() -> None:
+    headers = with_cookie(origin(EVIL))
+    accept = decide(b"GET", b"/echo", headers, verifier=VERIFIER, echo_enabled=True)
+    assert accept.route is Route.ECHO

@@ -228,11 +228,11 @@ def test_message_over_the_limit_in_fragments_is_1009() -> None:
 
 
 def test_message_over_the_limit_is_refused_before_it_all_arrives() -> None:
-    # A declared 1 MB frame is refused once more than LIMIT bytes of it have arrived.
+    # A declared 1 MB frame is refused on its header (2 + 8 bytes, then the 4-byte mask).
     frame = bytes(client().send_data(b"z" * (1 << 20)))
     reader = FrameReader(LIMIT)
-    reader.feed(frame[:LIMIT])
-    assert violation(reader, frame[LIMIT:LIMIT * 2]).close_code == Close.TOO_BIG
+    assert reader.feed(frame[:13]) == []
+    assert violation(reader, frame[13:LIMIT]).close_code == Close.TOO_BIG
 
 
 def test_limit_resets_between_messages() -> None:
@@ -297,3 +297,76 @@ def test_protocol_errors_are_1002(frame: bytes) -> None:
 def test_control_frame_over_125_bytes_is_1002() -> None:
     header = bytes((0x89, 0x80 | 126)) + struct.pack("!H", 126) + b"\x00\x00\x00\x00"
     assert violation(FrameReader(LIMIT), header + b"p" * 126).close_code == Close.PROTOCOL_ERROR
+
+
+
+def _data_header(first_byte: int, length: int, *, key: bytes = b"\x11\x22\x33\x44") -> bytes:
+    """A masked client frame header announcing `length` payload bytes (in the shortest length
+    form, as RFC 6455 requires), and none of the payload."""
+    if length < 126:
+        head = bytes((first_byte, 0x80 | length))
+    elif length < 1 << 16:
+        head = bytes((first_byte, 0x80 | 126)) + struct.pack("!H", length)
+    else:
+        head = bytes((first_byte, 0x80 | 127)) + struct.pack("!Q", length)
+    return head + key
+
+
+@pytest.mark.parametrize("length", [(1 << 63) - 1, 1 << 32, 1 << 16, LIMIT + 1],
+                         ids=["2^63-1", "4GiB", "64KiB", "limit+1"])
+@pytest.mark.parametrize("first_byte", [0x81, 0x82, 0x01], ids=["text", "binary", "text-no-fin"])
+def test_a_header_announcing_more_than_the_limit_is_1009_before_any_payload(
+        first_byte: int, length: int) -> None:
+    error = violation(FrameReader(LIMIT), _data_header(first_byte, length))
+    assert error.close_code == Close.TOO_BIG
+    assert str(LIMIT) in str(error)
+
+
+def test_a_header_is_refused_however_its_bytes_arrive() -> None:
+    header = _data_header(0x82, (1 << 63) - 1)
+    reader = FrameReader(LIMIT)
+    for byte in header[:-1]:
+        assert reader.feed(bytes((byte,))) == []  # not a whole header yet: nothing to judge
+    assert violation(reader, header[-1:]).close_code == Close.TOO_BIG
+
+
+def test_a_continuation_header_taking_the_message_past_the_limit_is_1009_at_once() -> None:
+    reader = FrameReader(LIMIT)
+    assert reader.feed(bytes(client().send_data(b"a" * (LIMIT - 10), fin=False))) == []
+    assert violation(reader, _data_header(0x80, 11)).close_code == Close.TOO_BIG
+
+
+def test_a_continuation_header_with_part_of_its_payload_is_judged_on_the_whole_frame() -> None:
+    reader = FrameReader(LIMIT)
+    assert reader.feed(bytes(client().send_data(b"a" * 100, fin=False))) == []
+    header = _data_header(0x80, LIMIT)  # 100 + LIMIT: past the limit, whatever has arrived
+    assert violation(reader, header + b"\x00" * 10).close_code == Close.TOO_BIG
+
+
+def test_a_continuation_reaching_exactly_the_limit_is_accepted() -> None:
+    peer = client()
+    reader = FrameReader(LIMIT)
+    assert reader.feed(bytes(peer.send_data(b"a" * (LIMIT - 10), fin=False))) == []
+    assert reader.feed(bytes(peer.send_data(b"b" * 10, fin=True))) == [
+        Message(False, b"a" * (LIMIT - 10) + b"b" * 10)]
+
+
+def test_a_header_announcing_exactly_the_limit_waits_for_its_payload() -> None:
+    frame = bytes(client().send_data(b"c" * LIMIT))
+    reader = FrameReader(LIMIT)
+    assert reader.feed(frame[:8]) == []  # header and mask: within the limit, so keep reading
+    assert not reader.idle
+    assert reader.feed(frame[8:]) == [Message(False, b"c" * LIMIT)]
+
+
+def test_a_ping_between_fragments_is_not_counted_against_the_message() -> None:
+    peer = client()
+    reader = FrameReader(LIMIT)
+    assert reader.feed(bytes(peer.send_data(b"a" * LIMIT, fin=False))) == []
+    assert reader.feed(bytes(peer.ping(b"p" * 125))) == [Ping(b"p" * 125)]
+    assert reader.feed(bytes(peer.send_data(b"", fin=True))) == [Message(False, b"a" * LIMIT)]
+
+
+def test_an_oversized_header_after_a_whole_message_in_the_same_bytes_is_1009() -> None:
+    data = bytes(client().send_data(b"ok")) + _data_header(0x82, 1 << 40)
+    assert violation(FrameReader(LIMIT), data).close_code == Close.TOO_BIG

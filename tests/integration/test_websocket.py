@@ -121,6 +121,42 @@ async def test_device_frame_violations_close_with_their_code(
     assert await expect_close(server, server.token(ids("phone")), message) == code
 
 
+@pytest.mark.parametrize("path", ["/ws", "/echo"])
+async def test_a_header_announcing_2_63_bytes_is_closed_with_1009_at_once(
+        serve_factory: Callable[..., ServerProcess], ids: Ids, path: str) -> None:
+    """Only a frame header, announcing 2^63-1 bytes (the largest length RFC 6455 allows): the
+    edge answers 1009 from the header alone and shuts the socket. Its heartbeat is 60 s here, so
+    nothing but the header can end this connection within the few seconds the reads wait."""
+    edge = serve_factory(ZUULPUSH_HEARTBEAT_INTERVAL_S="60", ZUULPUSH_ECHO="1")
+    query = f"?token={edge.token(ids('phone'))}" if path == "/ws" else ""
+    header = (bytes((0x80 | OP_TEXT, 0x80 | 127)) + ((1 << 63) - 1).to_bytes(8, "big")
+              + b"\x37\xfa\x21\x3d")  # FIN text, masked, 8-byte length, the masking key
+    async with raw_connection(edge.edge) as (reader, writer):
+        await raw_ws_handshake(reader, writer, path + query)
+        writer.write(header)
+        await writer.drain()
+        code, reason = await read_close(reader)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # and the edge shut the socket
+    assert code == 1009, (code, reason)
+    assert "larger than" in reason
+
+
+async def test_a_continuation_header_past_the_limit_is_closed_with_1009_at_once(
+        serve_factory: Callable[..., ServerProcess], ids: Ids) -> None:
+    """A first fragment within ws_max_message_bytes (64 KiB by default), then a continuation
+    header announcing enough to pass it: 1009 before any of the continuation's payload."""
+    edge = serve_factory(ZUULPUSH_HEARTBEAT_INTERVAL_S="60")
+    first = client_frame(OP_TEXT, b'{"type": "ack", "id": "', fin=False)
+    continuation = bytes((0x80, 0x80 | 127)) + (1 << 20).to_bytes(8, "big") + b"\x01\x02\x03\x04"
+    async with raw_connection(edge.edge) as (reader, writer):
+        await raw_ws_handshake(reader, writer, f"/ws?token={edge.token(ids('phone'))}")
+        writer.write(first + continuation)
+        await writer.drain()
+        code, _ = await read_close(reader)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert code == 1009
+
+
 async def test_too_many_acks_close_with_1008(server: ServerProcess, ids: Ids) -> None:
     # ws_inbound_burst (200) per window of burst / rate (4 s). The 201 acks go in one write, so
     # the server reads them together (within one window) and the device sends nothing after.
@@ -135,8 +171,9 @@ async def test_close_frame_reaches_a_device_that_is_still_sending(server: Server
     upload) must still receive the close frame telling it why."""
     violation = client_frame(OP_BINARY, b"binary is not allowed")
     # 16 MiB more on the way: more than loopback socket buffers hold, so the device is still
-    # writing when the server has answered.
-    more = client_frame(OP_TEXT, b"x" * (16 << 20))
+    # writing when the server has answered. In frames of 64 KiB (ws_max_message_bytes): one
+    # frame announcing 16 MiB would be refused (1009) on its header, in the same read.
+    more = client_frame(OP_TEXT, b"x" * (64 << 10)) * 256
     async with raw_connection(server.edge) as (reader, writer):
         await raw_ws_handshake(reader, writer, f"/ws?token={server.token(ids('phone'))}")
         writer.write(violation + more)

@@ -60,7 +60,7 @@ def status(server: EdgeServer, accept: Accept | None = None) -> JsonAnswer:
         auth_failures=dict(stats.auth_failures), slow_consumers=stats.slow_consumers,
         heartbeat_timeouts=stats.heartbeat_timeouts, violations=stats.violations,
         rate_limited=stats.rate_limited, replaced=stats.replaced,
-        origin_refused=stats.origin_refused,
+        origin_refused=stats.origin_refused, auth_throttled=stats.auth_throttled,
         registry_errors=stats.registry_errors)
     return 200, body
 

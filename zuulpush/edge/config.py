@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from router.config import check_failure_limit
 from zuulpush.tls import DEFAULT_CIPHERS
 
 ANY_ORIGIN = "*"
@@ -25,7 +26,12 @@ class EdgeConfig:
 
     Browsers (`zuulpush.edge.request`): `allowed_origins` lists the `Origin`s whose pages may
     open `/ws` and `/sse`, each `scheme://host[:port]` as browsers send it (or `null`); empty,
-    or with `*` in it: any. Requests without an `Origin` (native apps) always pass."""
+    or with `*` in it: any. Requests without an `Origin` (native apps) always pass.
+
+    The admin API's brute-force brake (`router.auth_throttle`), per source address and node: a
+    source may send a wrong admin key `edge_admin_failures_max` times in a row, then its admin
+    requests are answered 429 with `Retry-After`, unchecked, until a failure has drained (they
+    drain at `edge_admin_failures_max` per `edge_admin_failures_window_s`); 0: no brake."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -57,8 +63,12 @@ class EdgeConfig:
     tls_ciphers: str = DEFAULT_CIPHERS
     reuse_port: bool = False
     allowed_origins: tuple[str, ...] = ()
+    edge_admin_failures_max: int = 10
+    edge_admin_failures_window_s: float = 60.0
 
     def __post_init__(self) -> None:
+        check_failure_limit("edge_admin", self.edge_admin_failures_max,
+                            self.edge_admin_failures_window_s)
         for origin in self.allowed_origins:
             if origin != ANY_ORIGIN and not _ORIGIN.fullmatch(_normal(origin)):
                 raise ValueError(f"allowed_origins: {origin!r} is not scheme://host[:port], "

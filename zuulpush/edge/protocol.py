@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, cast
 import h11
 
 from registry.base import Registration, new_version
+from router.auth_throttle import source_of
 from router.errors import ZuulpushError
 from zuulpush.edge import admin, fasthead, inbound, sse, wsframes
 from zuulpush.edge.answers import CORS, http_error
@@ -209,11 +210,17 @@ class EdgeConnection(asyncio.Protocol):
             check_head_size(method, target, headers, server.config.max_header_bytes)
             accept = decide(method, target, headers, verifier=server.verifier,
                             echo_enabled=server.config.echo, admin_key=server.admin_key,
-                            origins=server.origins)
+                            origins=server.origins, admin_throttle=server.admin_throttle,
+                            source=self._source, now=server.clock())
         except ZuulpushError as exc:
             self.reject(exc)
             return
         self._accept(accept, trailing)
+
+    def _source(self) -> str:
+        """The peer's source address, as the admin key's brake counts it."""
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return source_of(peer[0] if isinstance(peer, tuple) and peer else None)
 
     def _shed(self, reason: Shed) -> None:
         assert self.transport is not None

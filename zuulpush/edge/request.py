@@ -19,7 +19,10 @@ Routes:
     a reconnect hint, or 1000 without one
 
 The admin key is checked before the client id is looked at, so a caller without it learns
-nothing about who is connected; the client id is the path segment, percent-decoded.
+nothing about who is connected; the client id is the path segment, percent-decoded. Wrong admin
+keys are braked per source address (`admin_throttle`, `router.auth_throttle`): a source over its
+limit is refused 429 `auth_throttled` with `Retry-After` before its key is looked at; a missing
+key (401) or a right one uses none of the budget.
 
 A browser's `Origin` is checked at `/ws`, `/sse` and `/echo`, before the WebSocket headers and the
 token: with an allow list (`origins`), an `Origin` not on it is refused 403 `origin_not_allowed`
@@ -28,7 +31,14 @@ token: with an allow list (`origins`), an `Origin` not on it is refused 403 `ori
 every origin passes. Exact match of `scheme://host[:port]`, case-insensitive.
 
 The device token comes from `?token=`, `Authorization: Bearer`, or the `zuulpush_token` cookie, in
-that order. A resume point comes from `?last_id=` or the `Last-Event-ID` header.
+that order. A cookie is an ambient credential: a browser sends it with a WebSocket upgrade or an
+`EventSource` (withCredentials) that a page of ANY site opens (cross-site WebSocket hijacking).
+So a request whose token is the cookie passes only without an `Origin` (not a browser), with
+the edge's own origin (its `host[:port]` that of the `Host` header, the scheme's default port
+implied), or with an origin on the allow list; else 403 `origin_not_allowed` naming the origin
+(`CookieOriginRefused`), before the token is looked at. A token in the URL or a bearer header
+is no ambient credential (a page must have it to send it) and is not held to this.
+A resume point comes from `?last_id=` or the `Last-Event-ID` header.
 
 h11 bounds only a request head that is still incomplete; `check_head_size()` bounds a complete
 one too (431), since a whole oversized head can arrive in a single read.
@@ -38,7 +48,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import unquote, unquote_plus
@@ -46,9 +56,10 @@ from urllib.parse import unquote, unquote_plus
 from wsproto.utilities import generate_accept_token
 
 from router.auth import DeviceIdentity, TokenVerifier, bearer, check_key
-from router.errors import InvalidToken
+from router.auth_throttle import FailureLimiter
+from router.errors import Forbidden, InvalidToken
 from router.ids import ID_FORMAT, is_message_id
-from zuulpush.errors import HandshakeRejected, OriginRefused
+from zuulpush.errors import CookieOriginRefused, HandshakeRejected, OriginRefused
 
 COOKIE_NAME = "zuulpush_token"
 MAX_ID_LENGTH = 64
@@ -109,10 +120,14 @@ def decide(
     echo_enabled: bool,
     admin_key: str = "",
     origins: frozenset[str] | None = None,
+    admin_throttle: FailureLimiter | None = None,
+    source: Callable[[], str] = str,
+    now: float = 0.0,
 ) -> Accept:
     """Validate a request; see the module docstring. Header names must be lower case (h11's).
     `origins`: the allowed browser origins, normalised (`EdgeConfig.origin_allow_list()`);
-    None: any."""
+    None: any. `admin_throttle` counts wrong admin keys by `source()` (the peer's source, asked
+    for admin routes only) at `now`; None: no brake."""
     path, _, query = target.decode("latin-1").partition("?")
     route, client_id = _route(path)
     if route is None or (route is Route.ECHO and not echo_enabled):
@@ -126,14 +141,33 @@ def decide(
     params = _query(query)
     if route in ADMIN:
         presented = bearer(_text(_header(headers, b"authorization")))
-        check_key(presented, (admin_key,) if admin_key else (), what="admin key")
+        _check_admin_key(presented, admin_key, admin_throttle, source, now)
         return Accept(route, None, None, None, client_id, _close_code(params))
     origin = None if origins is None else _check_origin(headers, origins)
     ws_accept = None if route is Route.SSE else _websocket_accept(headers)
     if route is Route.ECHO:
         return Accept(route, None, None, ws_accept, origin=origin)
-    identity = verifier.verify(_token(params, headers))
+    token, from_cookie = _token(params, headers)
+    if from_cookie:
+        _check_cookie_origin(headers, origins)
+    identity = verifier.verify(token)
     return Accept(route, identity, _last_id(params, headers), ws_accept, origin=origin)
+
+
+def _check_admin_key(presented: str | None, admin_key: str, throttle: FailureLimiter | None,
+                     source: Callable[[], str], now: float) -> None:
+    """`check_key` against the admin key, braked by `throttle` (module docstring)."""
+    accepted = (admin_key,) if admin_key else ()
+    if throttle is None:
+        check_key(presented, accepted, what="admin key")
+        return
+    who = source()
+    throttle.check(who, now)
+    try:
+        check_key(presented, accepted, what="admin key")
+    except Forbidden:
+        throttle.failed(who, now)
+        raise
 
 
 def _check_origin(headers: Headers, origins: frozenset[str]) -> str | None:
@@ -145,6 +179,30 @@ def _check_origin(headers: Headers, origins: frozenset[str]) -> str | None:
     if origin.lower().removesuffix("/") not in origins:
         raise OriginRefused(origin)
     return origin
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+def _check_cookie_origin(headers: Headers, origins: frozenset[str] | None) -> None:
+    """`CookieOriginRefused` unless a cookie-authenticated request has no `Origin`, the edge's
+    own origin, or (with an allow list, which `_check_origin` has applied) a listed one."""
+    value = _header(headers, b"origin")
+    if value is None or origins is not None:
+        return
+    page = value.decode("latin-1").strip()
+    scheme, sep, authority = page.lower().removesuffix("/").partition("://")
+    host = (_text(_header(headers, b"host")) or "").strip().lower()
+    if not sep or not host or _authority(authority, scheme) != _authority(host, scheme):
+        raise CookieOriginRefused(page)
+
+
+def _authority(authority: str, scheme: str) -> str:
+    """`host:port` with the scheme's default port written out (`[::1]:80`)."""
+    host, colon, port = authority.rpartition(":")
+    if not colon or not port.isdigit() or authority.endswith("]"):
+        host, port = authority, _DEFAULT_PORTS.get(scheme, "")
+    return f"{host}:{port}"
 
 
 def _route(path: str) -> tuple[Route | None, str | None]:
@@ -228,16 +286,17 @@ def _is_websocket_key(key: bytes) -> bool:
         return False
 
 
-def _token(params: dict[str, str], headers: Headers) -> str:
+def _token(params: dict[str, str], headers: Headers) -> tuple[str, bool]:
+    """The device token, and whether it came from the cookie."""
     token = params.get("token") or bearer(_text(_header(headers, b"authorization")))
     if token:
-        return token
+        return token, False
     for key, value in headers:
         if key == b"cookie":
             for item in value.decode("latin-1").split(";"):
                 name, _, cookie = item.strip().partition("=")
                 if name == COOKIE_NAME and cookie:
-                    return cookie
+                    return cookie, True
     raise InvalidToken("missing device token: use ?token=, 'Authorization: Bearer' or a cookie")
 
 

@@ -59,6 +59,7 @@ from typing import Any
 
 from registry.base import NodeInfo, NodeState, Registration, Registry
 from router.auth import TokenVerifier
+from router.auth_throttle import FailureLimiter
 from router.base import (
     Broadcast,
     BroadcastLog,
@@ -69,7 +70,7 @@ from router.base import (
     merge_replay,
 )
 from router.clock import ClockMs, wall_ms
-from router.errors import Forbidden, InvalidToken, Unauthorized, ZuulpushError
+from router.errors import AuthThrottled, Forbidden, InvalidToken, Unauthorized, ZuulpushError
 from router.ids import id_time_ms
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.given import GivenLedger
@@ -130,6 +131,7 @@ class EdgeStats:
     rate_limited: int = 0  # closed for sending past the inbound rate (1008)
     replaced: int = 0  # closed for a newer connection of the same client id (4003)
     origin_refused: int = 0  # refused for a browser origin not on the allow list (403)
+    auth_throttled: int = 0  # admin requests refused unchecked: their source is over (429)
     heartbeat_timeouts: int = 0
     slow_consumers: int = 0
     delivered: int = 0
@@ -154,6 +156,8 @@ class EdgeStats:
         self.rejects[error.http_status] += 1
         if isinstance(error, OriginRefused):
             self.origin_refused += 1
+        elif isinstance(error, AuthThrottled):
+            self.auth_throttled += 1
         if isinstance(error, InvalidToken):
             self.auth_failures["device_token"] += 1
         elif isinstance(error, Unauthorized | Forbidden):  # only admin routes check a key
@@ -230,6 +234,8 @@ class EdgeServer:
         self.channel = channel
         self.history = history
         self.admin_key = admin_key
+        self.admin_throttle = FailureLimiter("edge_admin", config.edge_admin_failures_max,
+                                             config.edge_admin_failures_window_s)
         self.origins = config.origin_allow_list()
         self.clock = clock
         self.wall_clock_ms = wall_clock_ms

@@ -111,7 +111,11 @@ class FrameReader:
     """Turns client bytes into whole messages and control events, within a size limit.
 
     Raises `FrameViolation` carrying the close code to send (1002 protocol error, 1007 invalid
-    UTF-8, 1009 too big). `idle` says whether the reader may be dropped.
+    UTF-8, 1009 too big). 1009 comes as soon as a data frame's header is read if the length it
+    announces (added to what a fragmented message holds so far) passes the limit: no payload
+    of such a frame is waited for. A violation ends the bytes given to that `feed`: whole
+    messages before it in the same bytes are not returned (the connection is closing anyway).
+    `idle` says whether the reader may be dropped.
     """
 
     __slots__ = ("_fp", "_max_bytes", "_parts", "_size", "_text")
@@ -133,7 +137,18 @@ class FrameReader:
                     events.append(event)
         except ParseFailed as exc:
             raise FrameViolation(int(exc.code), str(exc)) from None
+        self._check_announced()
         return events
+
+    def _check_announced(self) -> None:
+        """1009 if the data frame whose header wsproto holds would take the message past the
+        limit: its announced length, less what of it has arrived (already in `_size`)."""
+        decoder = self._fp._frame_decoder
+        header = decoder.header
+        if header is None or header.opcode.iscontrol():
+            return
+        if self._size + header.payload_len - decoder.payload_consumed > self._max_bytes:
+            raise FrameViolation(Close.TOO_BIG, f"message larger than {self._max_bytes} bytes")
 
     @property
     def idle(self) -> bool:
