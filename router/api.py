@@ -43,7 +43,10 @@ Decisions:
   reads and acks its own inbox only. A bad or missing token is 401 `invalid_token`, as at the
   edge. A pull does not remove anything: messages stay until acked (or expired, or pushed out by
   the inbox cap). `more` is true when messages after the last one returned are waiting; the
-  next pull passes the last id as `after`.
+  next pull passes the last id as `after`. What a pull returns is marked given
+  (`Inbox.pull`), and `{"through": ID}` removes `ID` and what was given before it, never a
+  message stored later with an older id (docs/delivery.md). `after` and `through` must be
+  message ids (`router.ids.is_message_id`): "zzz" would sort after every id.
 - Broadcasts are in no inbox. With a broadcast history, a pull WITH `after` also returns the
   broadcasts kept after that id that reach the token's device type, merged with the inbox in id
   order, each id once: exactly what the edge replays to a device resuming with that last id, so a

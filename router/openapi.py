@@ -25,6 +25,7 @@ from aiohttp import web
 from router.config import ApiConfig
 from router.dashboard import COOKIE, CSRF_HEADER, SESSION_S
 from router.demo import DEMO_TOKEN_TTL_S, MAX_TEXT
+from router.ids import ID_FORMAT
 from router.static import NAME as STATIC_NAME
 from router.validation import DEFAULT_INBOX_PAGE, DEFAULT_TOPIC, MAX_ID_CHARS
 
@@ -112,6 +113,8 @@ def _schemas(c: ApiConfig) -> dict[str, Schema]:
                     "data": {}}, description="A message exactly as devices receive it.")
     return {
         "Id": {**_ID, "description": f"A non-empty string of at most {MAX_ID_CHARS} characters."},
+        "MessageId": {"type": "string", "pattern": "^[0-7][0-9A-HJKMNP-TV-Z]{25}$",
+                      "description": f"A message id: {ID_FORMAT}."},
         "Target": target,
         "PushRequest": push,
         "PushAccepted": accepted,
@@ -130,9 +133,10 @@ def _schemas(c: ApiConfig) -> dict[str, Schema]:
         "InboxAck": {"oneOf": [
             _obj({"ids": {"type": "array", "items": _ref("schemas", "Id"), "minItems": 1,
                           "maxItems": c.max_inbox_page}}),
-            _obj({"through": _ref("schemas", "Id")})],
+            _obj({"through": _ref("schemas", "MessageId")})],
             "description": f"Exactly one of `ids` (1 to `max_inbox_page`, {c.max_inbox_page}, "
-                           f"ids) and `through` (every message up to and including that id)."},
+                           f"ids) and `through`: that message, and those pulls returned before "
+                           f"it (never one stored later with an older id)."},
         "Ok": _obj({"ok": {"const": True}}),
         "Snapshot": _obj({"ts": {"type": "number"}, "mode": {"enum": ["serve", "fleet"]},
                           "nodes": {"type": "array", "items": {"type": "object"}},
@@ -205,9 +209,9 @@ def _push_paths(c: ApiConfig) -> dict[str, Schema]:
             "summary": "A device's own inbox, oldest first (nothing is removed).",
             "security": [{"deviceToken": []}, {"deviceTokenQuery": []}],
             "parameters": [
-                {"name": "after", "in": "query", "schema": _ref("schemas", "Id"),
-                 "description": "The last id the device has; also returns the broadcasts kept "
-                                "since."},
+                {"name": "after", "in": "query", "schema": _ref("schemas", "MessageId"),
+                 "description": "The last id of the previous page (page on with it); also "
+                                "returns the broadcasts kept since."},
                 {"name": "limit", "in": "query", "schema": {
                     "type": "integer", "minimum": 1, "maximum": c.max_inbox_page,
                     "default": min(DEFAULT_INBOX_PAGE, c.max_inbox_page)},
