@@ -266,20 +266,22 @@ async def test_inbox_and_channel_keep_payload_bytes_exactly(
 
 async def test_inbox_cap_and_ttl_are_visible_in_redis(client: Client, redis_prefix: str) -> None:
     inbox = RedisInbox(client, prefix=redis_prefix, max_per_client=3)
-    ids_key, entries_key, marks_key = inbox.keys("c1")
+    ids_key, entries_key, marks_key, handed_key = inbox.keys("c1")
     now = int(time.time() * 1000)
     for n in range(1, 6):
         await inbox.add(["c1"], InboxEntry(f"E{n}", b"x", now + 60_000))
         await inbox.given_many([("c1", [(f"E{n}", f"E{n}")])])
+        await inbox.handed_many("b", [("c1", [f"E{n}"])])
     assert await client.zrange(ids_key, 0, -1) == [b"E3", b"E4", b"E5"]
     assert sorted(await client.hkeys(entries_key)) == [b"E3", b"E4", b"E5"]
     assert sorted(await client.hkeys(marks_key)) == [b"E3", b"E4", b"E5"]
-    for key in (ids_key, entries_key, marks_key):
+    assert sorted(await client.hkeys(handed_key)) == [b"E3", b"E4", b"E5"]
+    for key in (ids_key, entries_key, marks_key, handed_key):
         assert 55_000 < await client.pttl(key) <= 60_000
     await inbox.add(["c1"], InboxEntry("E6", b"x", now + 5_000))  # shorter: TTL kept
     assert await client.pttl(ids_key) > 55_000
     await inbox.add(["c1"], InboxEntry("E7", b"x", now + 120_000))  # longer: TTL extended
-    for key in (ids_key, entries_key, marks_key):
+    for key in (ids_key, entries_key, marks_key, handed_key):
         assert 115_000 < await client.pttl(key) <= 120_000
 
 
@@ -330,13 +332,14 @@ async def test_cluster_keeps_one_clients_inbox_keys_in_its_tags_slot(
     inbox = RedisInbox(cluster_client, prefix=redis_prefix, max_per_client=10)
     await inbox.add(ODD_IDS, InboxEntry("E1", b"x", FAR_MS))
     for client_id in ODD_IDS:
-        ids_key, entries_key, marks_key = inbox.keys(client_id)
-        assert key_slot(ids_key.encode()) == key_slot(entries_key.encode()) == \
-            key_slot(marks_key.encode()) == key_slot(tag(client_id).encode())
+        keys = inbox.keys(client_id)
+        assert {key_slot(k.encode()) for k in keys} == {key_slot(tag(client_id).encode())}
         assert await inbox.pull(client_id, None, 10) == [InboxEntry("E1", b"x", FAR_MS)]
         await inbox.given_many([(client_id, [("E1", "E1")])])
         assert await inbox.resume_many([(client_id, None)], 10) == [
             [InboxEntry("E1", b"x", FAR_MS)]]
+        await inbox.handed_many("b", [(client_id, ["E1"])])
+        assert await inbox.unhanded_many("b", [client_id]) == [[]]
         assert await inbox.through(client_id, "E1") == 1
     queue = RedisQueue(cluster_client, prefix=redis_prefix, dedup_window_s=WINDOW_S)
     slots = {key_slot(k.encode()) for k in (*queue.streams, queue.credits_key,
