@@ -244,9 +244,11 @@ def _dashboard_paths() -> dict[str, Schema]:
                           **_errors(400, 401, 403)}}},
         "/dashboard/logout": {"post": {
             "tags": ["dashboard"], "operationId": "dashboardLogout", "security": _ADMIN,
+            "summary": "Log out: revokes the session cookie (refused from now on by every API "
+                       "process of the region) and clears it.",
             "parameters": [_CSRF],
             "responses": {"200": _json(_ref("schemas", "Ok"), "Logged out."),
-                          **_errors(401, 403)}}},
+                          **_errors(401, 403, 503)}}},
         "/dashboard/snapshot": {"get": {
             "tags": ["dashboard"], "operationId": "dashboardSnapshot", "security": _ADMIN,
             "responses": {"200": _json(_ref("schemas", "Snapshot"), "One snapshot."),

@@ -38,6 +38,10 @@ its region's Redis every few seconds, with a TTL (`router.process_stats`,
 `router.stats_publisher`); every API's dashboard sums them, so these numbers are the region's,
 not one process's. A process that cannot publish logs it once and serves on.
 
+Dashboard sessions: a logout revokes its session cookie until the cookie would have expired, in
+this process's memory under `serve`, in the region's Redis for `zuulpush api` (shared by every API
+there: `router.sessions`, `router.redis_sessions`).
+
 Metrics: each process has one `zuulpush.metrics.Exporter`, watching what the process runs (the
 edge's, API's and workers' plain stats, the queue's depth and lag in `serve` and `router`) and
 timing its registry calls (`TimedRegistry`). The page is `GET /metrics` on the edge port and on
@@ -73,6 +77,7 @@ from router.redis_history import RedisBroadcastLog
 from router.redis_inbox import RedisInbox
 from router.redis_process_stats import RedisProcessStats
 from router.redis_queue import RedisQueue
+from router.redis_sessions import RedisSessionRevocations
 from router.stats_publisher import StatsPublisher
 from router.worker import RouterWorker
 from zuulpush.config import Components, FleetConfig, OpsConfig
@@ -337,12 +342,16 @@ class ApiApp:
         self.api_stats = ApiStats()
         self.process_stats = redis_process_stats(config.registry.redis_url, config.fleet)
         self.publisher = StatsPublisher(self.process_stats, self.process_record)
+        # Dashboard logouts, shared by the region's APIs (`router.sessions`).
+        self.sessions = RedisSessionRevocations.from_url(config.registry.redis_url,
+                                                         prefix=config.fleet.router_prefix)
         self.api = ApiSite(config.api, config.auth, self.queue,
                            TimedRegistry(self.handle.registry, self.exporter.metrics), self.inbox,
                            self.history, stats=self.api_stats, metrics=self.exporter.page,
                            dashboard=DashboardSources(
                                processes=self.process_stats.live,
-                               local_processes=lambda: [self.process_record()]))
+                               local_processes=lambda: [self.process_record()],
+                               sessions=self.sessions))
         self.exporter.watch_api(self.api_stats)
 
     @property
@@ -365,7 +374,7 @@ class ApiApp:
         await self.publisher.stop()
         await self.exporter.stop()
         await self.queue.close()
-        for seam in (self.inbox, self.history, self.process_stats):
+        for seam in (self.inbox, self.history, self.process_stats, self.sessions):
             if seam is not None:
                 await seam.close()
         await self.handle.close()
