@@ -80,6 +80,7 @@ from router.redis_queue import RedisQueue
 from router.redis_sessions import RedisSessionRevocations
 from router.stats_publisher import StatsPublisher
 from router.worker import RouterWorker
+from zuulpush.binding import listening
 from zuulpush.config import Components, FleetConfig, OpsConfig
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.server import EdgeServer, default_node_id
@@ -156,7 +157,7 @@ class EmbeddedApp:
         return url(request)
 
     async def start(self) -> None:
-        await self.edge.start()
+        await start_edge(self.edge)
         await self.api.start()
         self.workers.start()
         await self.exporter.start()
@@ -170,6 +171,13 @@ class EmbeddedApp:
         await self.exporter.stop()
         for seam in (self.queue, self.channel, self.inbox, self.history, self.registry):
             await seam.close()
+
+
+async def start_edge(edge: EdgeServer) -> None:
+    """`edge.start()`, its bind failing as a `ListenError` (the one OSError it raises: its
+    registry's outages are the registry's `Unavailable`)."""
+    with listening("the edge (--port)", edge.config.host, edge.config.port):
+        await edge.start()
 
 
 class ApiSite:
@@ -209,9 +217,10 @@ class ApiSite:
                              dashboard=self._dashboard, edge_url=self._edge_url)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._config.api_host, self._config.api_port,
-                           backlog=1024, ssl_context=self.tls)
-        await site.start()
+        host, port = self._config.api_host, self._config.api_port
+        site = web.TCPSite(self._runner, host, port, backlog=1024, ssl_context=self.tls)
+        with listening("the API (--api-port)", host, port):
+            await site.start()
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
@@ -244,7 +253,9 @@ class MetricsSite:
         app.router.add_get("/metrics", metrics)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._ops.metrics_host, self._ops.metrics_port).start()
+        host, port = self._ops.metrics_host, self._ops.metrics_port
+        with listening("the metrics page (--metrics-port)", host, port):
+            await web.TCPSite(self._runner, host, port).start()
         port = self._runner.addresses[0][1]
         self.url = f"http://{self._ops.metrics_host}:{port}/metrics"
 
@@ -427,11 +438,11 @@ class RouterApp:
         return ProcessStats.of(self.node_id, "router", self.config.registry.region, totals)
 
     async def start(self) -> None:
+        await self.metrics_site.start()  # first: a port it cannot have fails before the rest
         await self.handle.start()
         self.workers.start()
         self.publisher.start()
         await self.exporter.start()
-        await self.metrics_site.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.metrics_site.stop()
@@ -484,7 +495,7 @@ class EdgeApp:
 
     async def start(self) -> None:
         await self.handle.start()
-        await self.edge.start()
+        await start_edge(self.edge)
         await self.exporter.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:

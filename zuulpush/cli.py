@@ -262,18 +262,21 @@ def _fill_secrets(settings: dict[str, Any]) -> list[str]:
 
 
 async def _start(app: Any) -> None:
-    """`app.start()`; a Redis outage while starting is a `StartError`, after what had started is
-    stopped again."""
+    """`app.start()`; a Redis outage while starting is a `StartError`, an address it cannot
+    listen on a `ConfigError` (`zuulpush.binding`), after what had started is stopped again."""
     from router.redis_common import as_outage
+    from zuulpush.binding import ListenError
 
     try:
         await app.start()
     except Exception as exc:
         outage = as_outage(exc)
-        if outage is None:
+        if outage is None and not isinstance(exc, ListenError):
             raise
         with contextlib.suppress(Exception):
             await app.stop(0.0)
+        if outage is None:
+            raise ConfigError(str(exc)) from None
         raise StartError(f"cannot start: {outage.message}") from None
 
 
@@ -432,6 +435,7 @@ def _supervise(settings: dict[str, Any], workers: int) -> int:
     """`zuulpush edge --workers N` (N > 1): everything a worker would refuse is refused here,
     before any fork; then `zuulpush.supervisor` runs the N workers."""
     from zuulpush.app import EdgeAppConfig
+    from zuulpush.binding import ListenError
     from zuulpush.edge.server import default_node_id, edge_tls
     from zuulpush.supervisor import STOP_GRACE_S, Supervisor
 
@@ -449,7 +453,7 @@ def _supervise(settings: dict[str, Any], workers: int) -> int:
         stop_timeout_s=edge.drain_window_s + edge.heartbeat_interval_s + STOP_GRACE_S)
     try:
         return supervisor.run()
-    except ValueError as exc:
+    except (ValueError, ListenError) as exc:
         raise ConfigError(str(exc)) from None
 
 
@@ -467,9 +471,9 @@ def _edge_worker(settings: dict[str, Any], slot: Slot) -> int:
     try:
         return _run_app(lambda: EdgeApp(EdgeAppConfig.from_settings(mine)), ready,
                         slot.lifeline_fd)
-    except ConfigError as exc:
+    except (ConfigError, StartError) as exc:
         print(f"zuulpush: worker {slot.node_id}: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 def _workers_banner(config: EdgeAppConfig, base: str, schemes: tuple[str, str],
