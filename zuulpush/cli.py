@@ -25,7 +25,6 @@ import functools
 import gc
 import logging
 import secrets
-import shlex
 import signal
 import sys
 import urllib.error
@@ -39,13 +38,11 @@ import orjson
 from router.auth import issue_token
 from zuulpush import __version__, logs
 from zuulpush.config import LOG_FORMATS, ConfigError, OpsConfig, build, load_settings
+from zuulpush.serve_banner import schemes, serve_banner
 
 if TYPE_CHECKING:
     from zuulpush.app import EdgeAppConfig
     from zuulpush.supervisor import Slot, Worker
-
-DEMO_CLIENT, DEMO_USER, DEMO_DEVICE_TYPE = "demo-device", "demo-user", "web"
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -191,11 +188,6 @@ def _api_flags(args: argparse.Namespace) -> dict[str, Any]:
                         "public_edge_url")}
 
 
-def _schemes(tls: object) -> tuple[str, str]:
-    """(http or https, ws or wss) for a listener with or without a TLS context."""
-    return ("https", "wss") if tls is not None else ("http", "ws")
-
-
 def _run_app(make: Callable[[], Any], banner: Callable[[Any], str],
              lifeline_fd: int | None = None) -> int:
     """Build the app (a ValueError is a configuration error), run it on uvloop until SIGINT or
@@ -243,7 +235,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings.setdefault("demo", True)  # the quick start, on loopback: see it work in a browser
     generated = _fill_secrets(settings)
     return _run_app(lambda: EmbeddedApp(ServeConfig.from_settings(settings)),
-                    lambda app: _banner(app, generated))
+                    lambda app: serve_banner(app, generated, config_file=args.config))
 
 
 def _fill_secrets(settings: dict[str, Any]) -> list[str]:
@@ -315,57 +307,6 @@ async def _run_until_signal(app: Any, banner: Callable[[Any], str],
     await app.stop()
 
 
-def _banner(app: Any, generated: list[str]) -> str:
-    config = app.config
-    edge = f"{config.edge.host}:{app.edge.port}"
-    http, ws = _schemes(app.edge.tls)
-    api = f"{_schemes(app.api.tls)[0]}://{config.api.api_host}:{app.api_port}"
-    body = orjson.dumps({"to": {"clients": [DEMO_CLIENT]}, "topic": "hello",
-                         "data": {"text": "Hello from zuulpush"}}).decode()
-    lines = [
-        f"zuulpush {__version__} serving in one process (in-memory registry, queue, inbox)",
-        f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
-        f"  api:  {api}/v1/push",
-        f"  dashboard: {api}/  (log in with the admin key"
-        + (f": {config.auth.admin_key})" if "admin_key" in generated else
-           ", ZUULPUSH_ADMIN_KEY)"),
-    ]
-    if app.demo:
-        lines.append(f"  demo: open {api}/demo in a browser and push to it")
-    lines.append(f"  ready: edge={http}://{edge} api={api} node={app.edge.node_id}")
-    if generated:
-        names = ", ".join("ZUULPUSH_" + name.upper() for name in generated)
-        lines.append(f"  made for this run only (set {names} to keep them)")
-    if app.edge.tls is not None or app.api.tls is not None:
-        lines.append("  TLS: clients must trust the certificate's issuer (a self-signed "
-                     "certificate: curl --cacert FILE, zuulpush listen --cacert FILE)")
-    # A configured key is a production secret, and stdout ends up in logs: only a key made for
-    # this run is printed (as for the admin key above).
-    api_key = config.auth.api_keys[0] if "api_keys" in generated else "<api key>"
-    push = (f"  curl -X POST {api}/v1/push -H 'Authorization: Bearer "
-            f"{api_key}' -H 'Content-Type: application/json' "
-            f"-d {shlex.quote(body)}")
-    if not config.auth.secret:
-        lines += ["", "Device tokens are verified with the configured public key: sign them "
-                  "(RS256/ES256) with its private key.", "Push with:", push]
-        return "\n".join(lines)
-    token = issue_token(config.auth.secret, client_id=DEMO_CLIENT, user_id=DEMO_USER,
-                        device_type=DEMO_DEVICE_TYPE)
-    lines += [
-        "",
-        f"A device token for client {DEMO_CLIENT!r} (user {DEMO_USER!r}, type "
-        f"{DEMO_DEVICE_TYPE!r}):",
-        f"  {token}",
-        "Listen as that device over SSE:",
-        f"  curl -N '{http}://{edge}/sse?token={token}'",
-        "or over WebSocket:",
-        f"  zuulpush listen '{ws}://{edge}/ws?token={token}'",
-        "Push to it from another terminal:",
-        push,
-    ]
-    return "\n".join(lines)
-
-
 # edge
 
 def _edge_parser(commands: Any) -> None:
@@ -421,7 +362,7 @@ def _edge(args: argparse.Namespace) -> int:
 def _edge_banner(app: Any) -> str:
     config = app.config
     edge = f"{config.edge.host}:{app.edge.port}"
-    http, ws = _schemes(app.edge.tls)
+    http, ws = schemes(app.edge.tls)
     peers = ", ".join(sorted(config.registry.peers())) or "none"
     return "\n".join([
         f"zuulpush {__version__} edge node {app.edge.node_id} (region {config.registry.region}, "
@@ -449,7 +390,7 @@ def _supervise(settings: dict[str, Any], workers: int) -> int:
     base = edge.node_id or default_node_id()
     supervisor = Supervisor(
         workers, base, edge.host, edge.port, functools.partial(_edge_worker, settings),
-        announce=functools.partial(_workers_banner, config, base, _schemes(tls)),
+        announce=functools.partial(_workers_banner, config, base, schemes(tls)),
         stop_timeout_s=edge.drain_window_s + edge.heartbeat_interval_s + STOP_GRACE_S)
     try:
         return supervisor.run()
@@ -520,7 +461,7 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _api_banner(app: Any) -> str:
-    api = f"{_schemes(app.api.tls)[0]}://{app.config.api.api_host}:{app.api_port}"
+    api = f"{schemes(app.api.tls)[0]}://{app.config.api.api_host}:{app.api_port}"
     return "\n".join([
         f"zuulpush {__version__} push-send API {app.node_id} on {app.config.registry.redis_url}",
         f"  api:  {api}/v1/push",

@@ -130,9 +130,10 @@ async def banner_line(server: ServerProcess, prefix: str) -> str:
 
 async def test_banner_curl_lines_work_as_printed(
         serve_factory: Callable[..., ServerProcess]) -> None:
-    # No API key configured: the banner prints the one made for this run (a configured one it
-    # never prints; tests/integration/test_security.py).
-    server = serve_factory(ZUULPUSH_API_KEYS="")
+    # No secret or API key configured: the banner prints a device token and the key made for
+    # this run (configured ones it never uses to print anything; tests/integration/
+    # test_security.py, test_pasted_lines.py).
+    server = serve_factory(ZUULPUSH_API_KEYS="", ZUULPUSH_SECRET="")
     listen = shlex.split(await banner_line(server, "curl -N "))
     push = shlex.split(await banner_line(server, "curl -X POST "))
     assert listen[0] == push[0] == "curl"
