@@ -74,7 +74,9 @@ def _schemas(c: ApiConfig) -> dict[str, Schema]:
         "clients": _ids(f"Client ids (repeats collapsed). With `users`, at most `max_targets` "
                         f"({c.max_targets}) together.", c.max_targets),
         "users": _ids("User ids: every known device of each.", c.max_targets),
-        "device_types": _ids("Narrows the clients, users or broadcast to these device types."),
+        "device_types": _ids("Narrows the clients, users or broadcast to these device types "
+                             "(alone it names nobody: add broadcast to reach every device of "
+                             "these types)."),
         "broadcast": {"type": "boolean", "default": False,
                       "description": "Everyone connected; then no clients or users."},
     }, required=[], description="Who gets the message: clients and/or users, or a broadcast.",

@@ -224,6 +224,22 @@ async def test_push_is_validated_and_enqueued_as_by_the_api(dash: Dash) -> None:
     assert (await nobody.json())["error"]["field"] == "to"
 
 
+async def test_a_device_type_alone_is_refused_saying_to_add_broadcast(dash: Dash) -> None:
+    headers = {**dash.cookie(), **CSRF}
+    alone = await dash.http.post("/dashboard/push", headers=headers,
+                                 json={"to": {"device_types": ["tv"]}, "data": 1})
+    assert alone.status == 400
+    error = (await alone.json())["error"]
+    assert error["field"] == "to" and '"broadcast": true' in error["message"]
+    assert await dash.queue.take("test", 10, 0) == []
+    chosen = await dash.http.post("/dashboard/push", headers=headers, json={
+        "to": {"device_types": ["tv"], "broadcast": True}, "data": 1})
+    assert chosen.status == 202
+    [taken] = await dash.queue.take("test", 10, 0)
+    assert taken.message.target.broadcast
+    assert taken.message.target.device_types == frozenset({"tv"})
+
+
 async def test_drain_a_local_node_or_ask_through_the_registry(dash: Dash) -> None:
     headers = {**dash.cookie(), **CSRF}
     local = await dash.http.post("/dashboard/nodes/local/drain", headers=headers)

@@ -822,7 +822,9 @@ def _send_parser(commands: Any) -> None:
     p = commands.add_parser(
         "send", help="push a message through the push-send API",
         description="POST /v1/push. Name targets with --client/--user (repeatable) or "
-                    "--broadcast, narrow them with --device-type. Prints the API's JSON answer.")
+                    "--broadcast, narrow them with --device-type (alone, it names nobody: "
+                    "--broadcast --device-type tv sends to every tv). Prints the API's JSON "
+                    "answer.")
     _common(p)
     p.add_argument("--client", action="append", default=[], help="client id (repeatable)")
     p.add_argument("--user", action="append", default=[], help="user id (repeatable)")
@@ -831,7 +833,9 @@ def _send_parser(commands: Any) -> None:
     p.add_argument("--broadcast", action="store_true", help="every connected device")
     p.add_argument("--data", default="null", help="JSON payload (default null)")
     p.add_argument("--topic", default="default", help="topic (default 'default')")
-    p.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
+    p.add_argument("--priority", choices=["high", "normal", "low"], default="normal",
+                   help="the queue it waits in: high goes first, low is never starved "
+                        "(default normal)")
     p.add_argument("--ttl", type=int, help="seconds the message may wait for its device")
     p.add_argument("--dedup-key", help="drop repeats of this key within the dedup window")
     p.add_argument("--api", default=None,
@@ -860,6 +864,16 @@ def _client_tls(cafile: str | None) -> Any:
         raise ConfigError(f"--cacert {cafile}: {exc}") from None
 
 
+def _check_targets(args: argparse.Namespace) -> None:
+    """Refuse, before sending, a push that names nobody (as the API does, saying how)."""
+    if args.client or args.user or args.broadcast:
+        return
+    if args.device_type:
+        raise ConfigError("--device-type alone names nobody: add --broadcast to send to every "
+                          "device of that type, or name --client or --user")
+    raise ConfigError("name --client or --user (repeatable), or --broadcast for every device")
+
+
 def _send(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     key = args.api_key or next(iter(settings.get("api_keys", ())), None)
@@ -869,6 +883,7 @@ def _send(args: argparse.Namespace) -> int:
         data = orjson.loads(args.data)
     except orjson.JSONDecodeError as exc:
         raise ConfigError(f"--data is not JSON: {exc}") from None
+    _check_targets(args)
     to: dict[str, Any] = {"clients": args.client, "users": args.user,
                           "device_types": args.device_type, "broadcast": args.broadcast}
     body: dict[str, Any] = {"to": {k: v for k, v in to.items() if v}, "topic": args.topic,
