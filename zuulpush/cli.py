@@ -917,11 +917,15 @@ def _listen_parser(commands: Any) -> None:
     p = commands.add_parser(
         "listen", help="connect as a device over WebSocket and print what arrives",
         description="Connect to a device URL such as ws://127.0.0.1:8080/ws?token=TOKEN, print "
-                    "each pushed message as a JSON line, ack it, and exit when the server "
-                    "closes the connection.")
+                    "each pushed message as a JSON line and ack it. Like the SDK it is built "
+                    "on, it reconnects and resumes after a drain, a connection's end of life or "
+                    "a drop (saying so on stderr); it stops, exit 1, when replaced by a newer "
+                    "connection of its client id or refused its token.")
     p.add_argument("url", help="ws:// or wss:// device URL including ?token=")
     p.add_argument("--count", type=int, help="exit after this many messages")
     p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    p.add_argument("--no-reconnect", action="store_true",
+                   help="one connection: exit when the server closes it")
     _cacert(p)
     p.set_defaults(run=_listen)
 
@@ -932,6 +936,7 @@ def _listen(args: argparse.Namespace) -> int:
     context = _client_tls(args.cacert)
     try:
         return asyncio.run(listen(args.url, count=args.count, timeout_s=args.timeout,
+                                  reconnect=not args.no_reconnect,
                                   ssl=True if context is None else context))
     except KeyboardInterrupt:
         return 0
