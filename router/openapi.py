@@ -305,8 +305,15 @@ def _other_paths() -> dict[str, Schema]:
                             "schema": {"type": "string", "pattern": f"^{STATIC_NAME.pattern}$"}}],
             "responses": {"200": {"description": "The file.", "content": {
                 t: {"schema": {"type": "string"}} for t in (
-                    "text/javascript", "text/html", "text/css", "image/svg+xml", "image/png")}},
+                    "text/javascript", "text/html", "text/css", "image/svg+xml", "image/png",
+                    "image/x-icon")}},
                           "304": {"description": "Not modified."}, **_errors(404)}}},
+        "/favicon.ico": {"get": {
+            "tags": ["static"], "operationId": "favicon", "security": [],
+            "summary": "The site's icon (the demo page's and the dashboard's tab).",
+            "responses": {"200": {"description": "The icon.", "content": {
+                "image/x-icon": {"schema": {"type": "string"}}}},
+                          "304": {"description": "Not modified."}}}},
         "/healthz": {"get": {
             "tags": ["operations"], "operationId": "apiHealth", "security": [],
             "responses": {"200": _json(_obj({"status": {"const": "ok"}}), "Serving.")}}},
