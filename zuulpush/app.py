@@ -38,10 +38,6 @@ its region's Redis every few seconds, with a TTL (`router.process_stats`,
 `router.stats_publisher`); every API's dashboard sums them, so these numbers are the region's,
 not one process's. A process that cannot publish logs it once and serves on.
 
-Dashboard sessions: a logout revokes its session cookie until the cookie would have expired, in
-this process's memory under `serve`, in the region's Redis for `zuulpush api` (shared by every API
-there: `router.sessions`, `router.redis_sessions`).
-
 Metrics: each process has one `zuulpush.metrics.Exporter`, watching what the process runs (the
 edge's, API's and workers' plain stats, the queue's depth and lag in `serve` and `router`) and
 timing its registry calls (`TimedRegistry`). The page is `GET /metrics` on the edge port and on
@@ -157,7 +153,8 @@ class EmbeddedApp:
         return url(request)
 
     async def start(self) -> None:
-        await start_edge(self.edge)
+        with listening("the edge (--port)", self.config.edge.host, self.config.edge.port):
+            await self.edge.start()  # (its one OSError: its registry's outages are Unavailable)
         await self.api.start()
         self.workers.start()
         await self.exporter.start()
@@ -171,13 +168,6 @@ class EmbeddedApp:
         await self.exporter.stop()
         for seam in (self.queue, self.channel, self.inbox, self.history, self.registry):
             await seam.close()
-
-
-async def start_edge(edge: EdgeServer) -> None:
-    """`edge.start()`, its bind failing as a `ListenError` (the one OSError it raises: its
-    registry's outages are the registry's `Unavailable`)."""
-    with listening("the edge (--port)", edge.config.host, edge.config.port):
-        await edge.start()
 
 
 class ApiSite:
@@ -353,8 +343,7 @@ class ApiApp:
         self.api_stats = ApiStats()
         self.process_stats = redis_process_stats(config.registry.redis_url, config.fleet)
         self.publisher = StatsPublisher(self.process_stats, self.process_record)
-        # Dashboard logouts, shared by the region's APIs (`router.sessions`).
-        self.sessions = RedisSessionRevocations.from_url(config.registry.redis_url,
+        self.sessions = RedisSessionRevocations.from_url(config.registry.redis_url,  # logouts
                                                          prefix=config.fleet.router_prefix)
         self.api = ApiSite(config.api, config.auth, self.queue,
                            TimedRegistry(self.handle.registry, self.exporter.metrics), self.inbox,
@@ -495,7 +484,8 @@ class EdgeApp:
 
     async def start(self) -> None:
         await self.handle.start()
-        await start_edge(self.edge)
+        with listening("the edge (--port)", self.config.edge.host, self.config.edge.port):
+            await self.edge.start()  # (its one OSError: its registry's outages are Unavailable)
         await self.exporter.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:

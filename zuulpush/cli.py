@@ -216,9 +216,10 @@ def _serve_parser(commands: Any) -> None:
                     "(POST /v1/push) in one process with an in-memory registry, queue and "
                     "inbox, and the operator's dashboard at the API's / (log in with the admin "
                     "key). Without a secret, API key or admin key configured, makes ones for "
-                    "this run and prints them, with a device token and a curl line that pushes "
-                    "to it. The API also serves a demo page (GET /demo; --no-demo turns it "
-                    "off).")
+                    "this run and prints them, with lines to paste into another terminal: a "
+                    "device token (only when the secret was made for the run; else a zuulpush "
+                    "token line that signs with yours), listen and curl lines that push to it. "
+                    "The API also serves a demo page (GET /demo; --no-demo turns it off).")
     _common(p)
     _edge_listener(p)
     _api_listener(p)
