@@ -13,11 +13,13 @@ drain buttons, behind the admin key.
 Decisions:
 - Auth. The admin key never travels in a URL. Every route but the pages and login takes the
   session cookie or `Authorization: Bearer <admin key>`. The cookie (`zuulpush_dashboard`,
-  HttpOnly, SameSite=Strict, Secure over TLS) is `<expiry>.<HMAC-SHA256 of the expiry keyed by
-  the admin key>`: no server state, valid in every API process with the same key, void when the
-  key changes, `SESSION_S` long. Without an admin key configured every dashboard route is 403
-  (as the edge's admin API). A missing credential is 401, a wrong one 403; both are counted in
-  `ApiStats.auth_failures["admin_key"]`.
+  HttpOnly, SameSite=Strict, Secure over TLS) is signed with the admin key (`router.sessions`):
+  valid in every API process with the same key, void when the key changes, `SESSION_S` long.
+  Logout revokes it: its session id is kept in `DashboardSources.sessions` until the cookie would
+  have expired (a fleet's APIs share that store in Redis), and a revoked cookie is refused as a
+  bad one is (401; `/` shows the login page; an event stream ends at its next snapshot). Without
+  an admin key configured every dashboard route is 403 (as the edge's admin API). A missing
+  credential is 401, a wrong one 403; both are counted in `ApiStats.auth_failures["admin_key"]`.
 - CSRF. State-changing POSTs (push, drain, logout) also need the header `X-Zuulpush-Dashboard:
   1`, which a cross-site form cannot send and a cross-site fetch cannot send without a CORS
   preflight this API never grants (403 `csrf` otherwise). SameSite=Strict already keeps the
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -54,6 +55,13 @@ from router.auth import bearer
 from router.dashboard_stats import Rates, merge_nodes, snapshot
 from router.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from router.process_stats import ProcessStats, merge_processes
+from router.sessions import (
+    MemorySessionRevocations,
+    Session,
+    SessionRevocations,
+    read_session,
+    session_cookie,
+)
 from router.static import static_response
 
 COOKIE = "zuulpush_dashboard"
@@ -88,7 +96,9 @@ class DashboardSources:
     how to drain a node this process holds (True if it is one of them). In a fleet, also the
     live process records (`processes`: `ProcessStatsStore.live`) and this process's own
     current ones (`local_processes`), which replace its published copy; with them, the
-    counters come from the records (scope `fleet`) and `counters` should add nothing."""
+    counters come from the records (scope `fleet`) and `counters` should add nothing.
+    `sessions` holds the logged-out sessions: this process's memory by default, the region's
+    Redis for a fleet's APIs (shared by all of them)."""
 
     mode: str = "fleet"
     local_nodes: Callable[[], list[NodeInfo]] = list
@@ -96,27 +106,7 @@ class DashboardSources:
     drain_local: Callable[[str], bool] = field(default=lambda node_id: False)
     processes: Callable[[], Awaitable[list[ProcessStats]]] | None = None
     local_processes: Callable[[], list[ProcessStats]] = list
-
-
-def session_cookie(admin_key: str, expires_at_s: int) -> str:
-    """The cookie value for a session ending at `expires_at_s` (module docstring)."""
-    return f"{expires_at_s}.{_sign(admin_key, expires_at_s)}"
-
-
-def valid_session(admin_key: str, cookie: str | None, now_s: float) -> bool:
-    """Whether `cookie` is a session of `admin_key` that has not expired at `now_s`."""
-    if not admin_key or not cookie:
-        return False
-    expiry, _, signature = cookie.partition(".")
-    if not expiry.isdigit() or len(expiry) > 12:
-        return False
-    good = hmac.compare_digest(signature.encode(), _sign(admin_key, int(expiry)).encode())
-    return good and int(expiry) > now_s
-
-
-def _sign(admin_key: str, expires_at_s: int) -> str:
-    message = f"zuulpush-dashboard-session:{expires_at_s}".encode()
-    return hmac.new(admin_key.encode(), message, hashlib.sha256).hexdigest()
+    sessions: SessionRevocations = field(default_factory=MemorySessionRevocations)
 
 
 def add_dashboard_routes(app: web.Application, *, admin_key: str, registry: Registry,
@@ -152,7 +142,7 @@ class _Dashboard:
 
     async def page(self, request: web.Request) -> web.Response:
         self._configured()
-        authorised = valid_session(self._admin_key, request.cookies.get(COOKIE), self._clock_s())
+        authorised = await self._session(request) is not None
         return static_response("dashboard.html" if authorised else "login.html", request)
 
     async def login(self, request: web.Request) -> web.Response:
@@ -173,17 +163,20 @@ class _Dashboard:
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
-        self._authorise(request, changes_state=True)
+        session = await self._authorise(request, changes_state=True)
+        if session is not None:  # (a bearer's logout has no session to end)
+            await self._sources.sessions.revoke(session.session_id,
+                                                session.revocation_ttl_s(self._clock_s()))
         response = _json({"ok": True})
         response.del_cookie(COOKIE, path="/")
         return response
 
     async def snapshot(self, request: web.Request) -> web.Response:
-        self._authorise(request)
+        await self._authorise(request)
         return _json(await self._snapshot(Rates()))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        self._authorise(request)
+        session = await self._authorise(request)
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
@@ -191,7 +184,7 @@ class _Dashboard:
         await response.write(b"retry: 2000\n\n")
         rates = Rates()
         with contextlib.suppress(ConnectionResetError):
-            while not self._closing.is_set():
+            while not self._closing.is_set() and await self._still_valid(session):
                 data = orjson.dumps(await self._snapshot(rates))
                 await response.write(b"event: snapshot\ndata: " + data + b"\n\n")
                 with contextlib.suppress(TimeoutError):
@@ -199,11 +192,11 @@ class _Dashboard:
         return response
 
     async def push(self, request: web.Request) -> web.Response:
-        self._authorise(request, changes_state=True)
+        await self._authorise(request, changes_state=True)
         return _json(await self._push(request), status=202)
 
     async def drain(self, request: web.Request) -> web.Response:
-        self._authorise(request, changes_state=True)
+        await self._authorise(request, changes_state=True)
         node_id = request.match_info["node_id"]
         if self._sources.drain_local(node_id):
             return _json({"node_id": node_id, "requested": True, "via": "local"}, status=202)
@@ -226,11 +219,26 @@ class _Dashboard:
             raise Forbidden("no admin key is configured: the dashboard is off "
                             "(set ZUULPUSH_ADMIN_KEY)")
 
-    def _authorise(self, request: web.Request, *, changes_state: bool = False) -> None:
+    async def _session(self, request: web.Request) -> Session | None:
+        """The request cookie's session, if it is valid and not revoked."""
+        session = read_session(self._admin_key, request.cookies.get(COOKIE), self._clock_s())
+        return session if await self._still_valid(session) else None
+
+    async def _still_valid(self, session: Session | None) -> bool:
+        """False once a session has expired or been revoked; True for none (a bearer)."""
+        if session is None:
+            return True
+        if session.expires_at_s <= self._clock_s():
+            return False
+        return not await self._sources.sessions.is_revoked(session.session_id)
+
+    async def _authorise(self, request: web.Request, *,
+                         changes_state: bool = False) -> Session | None:
         """The session cookie or the admin key as a bearer token; for a state-changing request
-        also the CSRF header (module docstring)."""
+        also the CSRF header (module docstring). The session, or None for a bearer."""
         self._configured()
-        if not valid_session(self._admin_key, request.cookies.get(COOKIE), self._clock_s()):
+        session = await self._session(request)
+        if session is None:
             presented = bearer(request.headers.get("Authorization"))
             if not presented:
                 raise AdminKeyMissing("log in, or send 'Authorization: Bearer <admin key>'")
@@ -238,6 +246,7 @@ class _Dashboard:
                 raise AdminKeyRefused("admin key not accepted")
         if changes_state and request.headers.get(CSRF_HEADER) != "1":
             raise CsrfHeaderMissing(f"send the header '{CSRF_HEADER}: 1' with this request")
+        return session
 
 
 def _login_key(body: bytes, content_type: str) -> str:

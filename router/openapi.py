@@ -75,7 +75,9 @@ def _schemas(c: ApiConfig) -> dict[str, Schema]:
         "clients": _ids(f"Client ids (repeats collapsed). With `users`, at most `max_targets` "
                         f"({c.max_targets}) together.", c.max_targets),
         "users": _ids("User ids: every known device of each.", c.max_targets),
-        "device_types": _ids("Narrows the clients, users or broadcast to these device types."),
+        "device_types": _ids("Narrows the clients, users or broadcast to these device types "
+                             "(alone it names nobody: add broadcast to reach every device of "
+                             "these types)."),
         "broadcast": {"type": "boolean", "default": False,
                       "description": "Everyone connected; then no clients or users."},
     }, required=[], description="Who gets the message: clients and/or users, or a broadcast.",
@@ -251,9 +253,11 @@ def _dashboard_paths() -> dict[str, Schema]:
                           **_errors(400, 401, 403, 429)}}},
         "/dashboard/logout": {"post": {
             "tags": ["dashboard"], "operationId": "dashboardLogout", "security": _ADMIN,
+            "summary": "Log out: revokes the session cookie (refused from now on by every API "
+                       "process of the region) and clears it.",
             "parameters": [_CSRF],
             "responses": {"200": _json(_ref("schemas", "Ok"), "Logged out."),
-                          **_errors(401, 403, 429)}}},
+                          **_errors(401, 403, 429, 503)}}},
         "/dashboard/snapshot": {"get": {
             "tags": ["dashboard"], "operationId": "dashboardSnapshot", "security": _ADMIN,
             "responses": {"200": _json(_ref("schemas", "Snapshot"), "One snapshot."),
@@ -308,8 +312,15 @@ def _other_paths() -> dict[str, Schema]:
                             "schema": {"type": "string", "pattern": f"^{STATIC_NAME.pattern}$"}}],
             "responses": {"200": {"description": "The file.", "content": {
                 t: {"schema": {"type": "string"}} for t in (
-                    "text/javascript", "text/html", "text/css", "image/svg+xml", "image/png")}},
+                    "text/javascript", "text/html", "text/css", "image/svg+xml", "image/png",
+                    "image/x-icon")}},
                           "304": {"description": "Not modified."}, **_errors(404)}}},
+        "/favicon.ico": {"get": {
+            "tags": ["static"], "operationId": "favicon", "security": [],
+            "summary": "The site's icon (the demo page's and the dashboard's tab).",
+            "responses": {"200": {"description": "The icon.", "content": {
+                "image/x-icon": {"schema": {"type": "string"}}}},
+                          "304": {"description": "Not modified."}}}},
         "/healthz": {"get": {
             "tags": ["operations"], "operationId": "apiHealth", "security": [],
             "responses": {"200": _json(_obj({"status": {"const": "ok"}}), "Serving.")}}},

@@ -1,6 +1,7 @@
 """The API's static files: the browser client, the demo page and the dashboard, from the
 `zuulpush/static/` directory of the installed package. No build step: the files are served as
-they are. Only names in that directory (no subdirectories, no dot files) are served, each with
+they are, under `/static/` (and the site's icon, `favicon.ico`, at `/favicon.ico`, where browsers
+ask for it). Only names in that directory (no subdirectories, no dot files) are served, each with
 its content type, `Cache-Control: no-cache` (revalidated with `ETag`, so an upgrade is seen at
 once) and `X-Content-Type-Options: nosniff`; pages also forbid framing (`X-Frame-Options`,
 CSP `frame-ancestors`)."""
@@ -22,6 +23,7 @@ CONTENT_TYPES = {
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
     ".png": "image/png",
+    ".ico": "image/x-icon",
 }
 
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
@@ -50,6 +52,11 @@ async def _handle(request: web.Request) -> web.Response:
     return static_response(request.match_info["name"], request)
 
 
+async def _favicon(request: web.Request) -> web.Response:
+    return static_response("favicon.ico", request)
+
+
 def add_static_routes(app: web.Application) -> None:
-    """`GET /static/<name>`."""
+    """`GET /static/<name>` and `GET /favicon.ico`."""
     app.router.add_get("/static/{name}", _handle)
+    app.router.add_get("/favicon.ico", _favicon)

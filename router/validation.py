@@ -7,8 +7,9 @@ The body is one JSON object:
      "dedup_key": "..."}
 
 - `to` is required and must name somebody: at least one client or user, or `broadcast: true`
-  (which excludes clients and users). `device_types` narrows either kind. Repeated ids are
-  collapsed, first occurrence kept. At most `max_targets` clients and users together.
+  (which excludes clients and users). `device_types` narrows either kind; alone it names nobody
+  (the error says to add `broadcast`, as `zuulpush send` and the dashboard's form do). Repeated
+  ids are collapsed, first occurrence kept. At most `max_targets` clients and users together.
 - `data` is required and may be any JSON value, `null` included (a bare "something changed"
   signal); requiring the key catches a misspelt one rather than sending nothing.
 - `topic` defaults to `"default"`, `priority` to `"normal"` (lower-case labels only), `ttl` to the
@@ -151,6 +152,10 @@ def _check_addressees(target: Target) -> None:
     named = bool(target.clients or target.users)
     if target.broadcast and named:
         raise InvalidRequest("a broadcast names no clients or users", field="to.broadcast")
+    if not target.broadcast and not named and target.device_types:
+        raise InvalidRequest("'device_types' alone names nobody: add \"broadcast\": true to send "
+                             "to every device of these types, or name clients or users",
+                             field="to")
     if not target.broadcast and not named:
         raise InvalidRequest("name clients or users, or set broadcast", field="to")
 

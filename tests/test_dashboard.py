@@ -3,6 +3,7 @@ drain, the live stream; on a real loopback socket with the aiohttp client."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,14 +17,9 @@ from registry.memory import MemoryRegistry
 from router.api import ApiStats, create_api_app
 from router.auth import AuthConfig
 from router.config import ApiConfig
-from router.dashboard import (
-    COOKIE,
-    SESSION_S,
-    DashboardSources,
-    session_cookie,
-    valid_session,
-)
+from router.dashboard import COOKIE, SESSION_S, DashboardSources
 from router.memory import MemoryQueue
+from router.sessions import session_cookie, valid_session
 
 NOW_S = 1_700_000_000.0
 ADMIN = "the-admin-key"
@@ -228,6 +224,22 @@ async def test_push_is_validated_and_enqueued_as_by_the_api(dash: Dash) -> None:
     assert (await nobody.json())["error"]["field"] == "to"
 
 
+async def test_a_device_type_alone_is_refused_saying_to_add_broadcast(dash: Dash) -> None:
+    headers = {**dash.cookie(), **CSRF}
+    alone = await dash.http.post("/dashboard/push", headers=headers,
+                                 json={"to": {"device_types": ["tv"]}, "data": 1})
+    assert alone.status == 400
+    error = (await alone.json())["error"]
+    assert error["field"] == "to" and '"broadcast": true' in error["message"]
+    assert await dash.queue.take("test", 10, 0) == []
+    chosen = await dash.http.post("/dashboard/push", headers=headers, json={
+        "to": {"device_types": ["tv"], "broadcast": True}, "data": 1})
+    assert chosen.status == 202
+    [taken] = await dash.queue.take("test", 10, 0)
+    assert taken.message.target.broadcast
+    assert taken.message.target.device_types == frozenset({"tv"})
+
+
 async def test_drain_a_local_node_or_ask_through_the_registry(dash: Dash) -> None:
     headers = {**dash.cookie(), **CSRF}
     local = await dash.http.post("/dashboard/nodes/local/drain", headers=headers)
@@ -245,3 +257,29 @@ async def test_logout_clears_the_cookie(dash: Dash) -> None:
     response = await dash.http.post("/dashboard/logout", headers={**dash.cookie(), **CSRF})
     assert response.status == 200
     assert f"{COOKIE}=\"\"" in response.headers["Set-Cookie"]
+
+
+async def test_logout_revokes_that_session_and_no_other(dash: Dash) -> None:
+    mine, other = dash.cookie(), dash.cookie()
+    response = await dash.http.post("/dashboard/logout", headers={**mine, **CSRF})
+    assert response.status == 200
+    refused = await dash.http.get("/dashboard/snapshot", headers=mine)
+    assert refused.status == 401
+    assert (await refused.json())["error"]["code"] == "unauthorized"
+    assert 'id="login"' in await (await dash.http.get("/", headers=mine)).text()
+    again = await dash.http.post("/dashboard/logout", headers={**mine, **CSRF})
+    assert again.status == 401  # that session is over
+    assert (await dash.http.get("/dashboard/snapshot", headers=other)).status == 200
+    assert (await dash.http.get("/dashboard/snapshot", headers=BEARER)).status == 200
+
+
+async def test_an_event_stream_ends_once_its_session_is_logged_out(dash: Dash) -> None:
+    cookie = dash.cookie()
+    response = await dash.http.get("/dashboard/events", headers=cookie)
+    assert response.status == 200
+    first = await asyncio.wait_for(response.content.readuntil(b"event: snapshot\n"), 5)
+    assert first.endswith(b"event: snapshot\n")
+    await dash.http.post("/dashboard/logout", headers={**cookie, **CSRF})
+    rest = await asyncio.wait_for(response.content.read(), 5)  # the stream ends
+    assert rest.count(b"event: snapshot") <= 1
+    response.close()

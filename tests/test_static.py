@@ -47,3 +47,13 @@ async def test_pages_may_not_be_framed(client: TestClient[web.Request, web.Appli
     assert page.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
     script = await client.get("/static/zuulpush.js")
     assert "X-Frame-Options" not in script.headers
+
+
+async def test_the_favicon_is_served_at_the_root(
+        client: TestClient[web.Request, web.Application]) -> None:
+    response = await client.get("/favicon.ico")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "image/x-icon"
+    body = await response.read()
+    assert body[:4] == b"\x00\x00\x01\x00"  # an ICO file's header: one or more images
+    assert body == (STATIC_DIR / "favicon.ico").read_bytes()

@@ -67,6 +67,14 @@ def test_broadcast_with_device_types() -> None:
     assert message.target == Target(device_types=frozenset({"tv"}), broadcast=True)
 
 
+def test_device_types_alone_say_to_add_broadcast() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse(valid(to={"device_types": ["tv"]}))
+    assert caught.value.field == "to"
+    assert "'device_types' alone" in caught.value.message
+    assert '"broadcast": true' in caught.value.message
+
+
 def test_null_data_is_allowed_when_given() -> None:
     assert orjson.loads(parse(valid(data=None)).payload)["data"] is None
 

@@ -20,17 +20,10 @@ there also shows the clients connected in other regions, each with its node's re
 
 Across regions: a router started with `region` and `peer_regions` (`--region a --peer-region
 b=URL`) also opens each peer region's queue, on that region's Redis under the same
-`router_prefix`. A message for a client connected in region b, or connected nowhere, is stored
-here, then forwarded to region b's queue (every peer's, for a client connected nowhere), where
-region b's routers store it in b's inbox and deliver it with b's registry, which is current for
-b's own connections; a broadcast is kept and delivered here and forwarded to every peer. A
-forwarded message is never forwarded again. A device acks in the region it is connected to: the
-copies in the other regions' inboxes stay until they expire or fall off the cap, so a device that
-moves between regions may be replayed a message again (at least once; devices drop repeats by
-id). A node of a region with no peer configured is not reached from here (its clients' messages
-wait in this region's inbox; counted and logged). `router.worker` and `router.regions` have the
-details. Without peer regions a router behaves as in a one-region fleet: every node on this
-Redis.
+`router_prefix`, and forwards there what is for a client connected there (or connected nowhere),
+after storing it here; an edge with peer regions hands a client's inbox on to the region it
+connected in (`router.handoff`). `router.worker`, `router.regions` and docs/delivery.md have
+the details.
 
 Process stats: each `zuulpush api` and `zuulpush router` publishes its counter totals (the API's
 enqueued and deduped, the sum of the router's workers' expired, taken, stored and forwarded) to
@@ -72,8 +65,10 @@ from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, Me
 from router.process_stats import ProcessStats
 from router.redis_history import RedisBroadcastLog
 from router.redis_inbox import RedisInbox
+from router.redis_sessions import RedisSessionRevocations
 from router.stats_publisher import StatsPublisher
 from router.worker import RouterWorker
+from zuulpush.binding import listening
 from zuulpush.config import Components, FleetConfig, OpsConfig
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.server import EdgeServer, default_node_id
@@ -158,7 +153,8 @@ class EmbeddedApp:
         return url(request)
 
     async def start(self) -> None:
-        await self.edge.start()
+        with listening("the edge (--port)", self.config.edge.host, self.config.edge.port):
+            await self.edge.start()  # (its one OSError: its registry's outages are Unavailable)
         await self.api.start()
         self.workers.start()
         await self.exporter.start()
@@ -211,9 +207,10 @@ class ApiSite:
                              dashboard=self._dashboard, edge_url=self._edge_url)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._config.api_host, self._config.api_port,
-                           backlog=1024, ssl_context=self.tls)
-        await site.start()
+        host, port = self._config.api_host, self._config.api_port
+        site = web.TCPSite(self._runner, host, port, backlog=1024, ssl_context=self.tls)
+        with listening("the API (--api-port)", host, port):
+            await site.start()
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
@@ -246,7 +243,9 @@ class MetricsSite:
         app.router.add_get("/metrics", metrics)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._ops.metrics_host, self._ops.metrics_port).start()
+        host, port = self._ops.metrics_host, self._ops.metrics_port
+        with listening("the metrics page (--metrics-port)", host, port):
+            await web.TCPSite(self._runner, host, port).start()
         port = self._runner.addresses[0][1]
         self.url = f"http://{self._ops.metrics_host}:{port}/metrics"
 
@@ -323,12 +322,15 @@ class ApiApp:
         self.api_stats = ApiStats()
         self.process_stats = redis_process_stats(config.registry.redis_url, config.fleet)
         self.publisher = StatsPublisher(self.process_stats, self.process_record)
+        self.sessions = RedisSessionRevocations.from_url(config.registry.redis_url,  # logouts
+                                                         prefix=config.fleet.router_prefix)
         self.api = ApiSite(config.api, config.auth, self.queue,
                            TimedRegistry(self.handle.registry, self.exporter.metrics), self.inbox,
                            self.history, stats=self.api_stats, metrics=self.exporter.page,
                            dashboard=DashboardSources(
                                processes=self.process_stats.live,
-                               local_processes=lambda: [self.process_record()]))
+                               local_processes=lambda: [self.process_record()],
+                               sessions=self.sessions))
         self.exporter.watch_api(self.api_stats)
 
     @property
@@ -351,7 +353,7 @@ class ApiApp:
         await self.publisher.stop()
         await self.exporter.stop()
         await self.queue.close()
-        for seam in (self.inbox, self.history, self.process_stats):
+        for seam in (self.inbox, self.history, self.process_stats, self.sessions):
             if seam is not None:
                 await seam.close()
         await self.handle.close()
@@ -404,11 +406,11 @@ class RouterApp:
         return ProcessStats.of(self.node_id, "router", self.config.registry.region, totals)
 
     async def start(self) -> None:
+        await self.metrics_site.start()  # first: a port it cannot have fails before the rest
         await self.handle.start()
         self.workers.start()
         self.publisher.start()
         await self.exporter.start()
-        await self.metrics_site.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.metrics_site.stop()
@@ -477,7 +479,8 @@ class EdgeApp:
 
     async def start(self) -> None:
         await self.handle.start()
-        await self.edge.start()
+        with listening("the edge (--port)", self.config.edge.host, self.config.edge.port):
+            await self.edge.start()  # (its one OSError: its registry's outages are Unavailable)
         await self.exporter.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:

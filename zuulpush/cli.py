@@ -25,7 +25,6 @@ import functools
 import gc
 import logging
 import secrets
-import shlex
 import signal
 import sys
 import urllib.error
@@ -39,13 +38,11 @@ import orjson
 from router.auth import issue_token
 from zuulpush import __version__, logs
 from zuulpush.config import LOG_FORMATS, ConfigError, OpsConfig, build, load_settings
+from zuulpush.serve_banner import schemes, serve_banner
 
 if TYPE_CHECKING:
     from zuulpush.app import EdgeAppConfig
     from zuulpush.supervisor import Slot, Worker
-
-DEMO_CLIENT, DEMO_USER, DEMO_DEVICE_TYPE = "demo-device", "demo-user", "web"
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -191,11 +188,6 @@ def _api_flags(args: argparse.Namespace) -> dict[str, Any]:
                         "public_edge_url")}
 
 
-def _schemes(tls: object) -> tuple[str, str]:
-    """(http or https, ws or wss) for a listener with or without a TLS context."""
-    return ("https", "wss") if tls is not None else ("http", "ws")
-
-
 def _run_app(make: Callable[[], Any], banner: Callable[[Any], str],
              lifeline_fd: int | None = None) -> int:
     """Build the app (a ValueError is a configuration error), run it on uvloop until SIGINT or
@@ -224,9 +216,10 @@ def _serve_parser(commands: Any) -> None:
                     "(POST /v1/push) in one process with an in-memory registry, queue and "
                     "inbox, and the operator's dashboard at the API's / (log in with the admin "
                     "key). Without a secret, API key or admin key configured, makes ones for "
-                    "this run and prints them, with a device token and a curl line that pushes "
-                    "to it. The API also serves a demo page (GET /demo; --no-demo turns it "
-                    "off).")
+                    "this run and prints them, with lines to paste into another terminal: a "
+                    "device token (only when the secret was made for the run; else a zuulpush "
+                    "token line that signs with yours), listen and curl lines that push to it. "
+                    "The API also serves a demo page (GET /demo; --no-demo turns it off).")
     _common(p)
     _edge_listener(p)
     _api_listener(p)
@@ -243,7 +236,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings.setdefault("demo", True)  # the quick start, on loopback: see it work in a browser
     generated = _fill_secrets(settings)
     return _run_app(lambda: EmbeddedApp(ServeConfig.from_settings(settings)),
-                    lambda app: _banner(app, generated))
+                    lambda app: serve_banner(app, generated, config_file=args.config))
 
 
 def _fill_secrets(settings: dict[str, Any]) -> list[str]:
@@ -262,18 +255,21 @@ def _fill_secrets(settings: dict[str, Any]) -> list[str]:
 
 
 async def _start(app: Any) -> None:
-    """`app.start()`; a Redis outage while starting is a `StartError`, after what had started is
-    stopped again."""
+    """`app.start()`; a Redis outage while starting is a `StartError`, an address it cannot
+    listen on a `ConfigError` (`zuulpush.binding`), after what had started is stopped again."""
     from router.redis_common import as_outage
+    from zuulpush.binding import ListenError
 
     try:
         await app.start()
     except Exception as exc:
         outage = as_outage(exc)
-        if outage is None:
+        if outage is None and not isinstance(exc, ListenError):
             raise
         with contextlib.suppress(Exception):
             await app.stop(0.0)
+        if outage is None:
+            raise ConfigError(str(exc)) from None
         raise StartError(f"cannot start: {outage.message}") from None
 
 
@@ -310,57 +306,6 @@ async def _run_until_signal(app: Any, banner: Callable[[Any], str],
         cut.cancel()
     logging.getLogger("zuulpush").info("shutting down")
     await app.stop()
-
-
-def _banner(app: Any, generated: list[str]) -> str:
-    config = app.config
-    edge = f"{config.edge.host}:{app.edge.port}"
-    http, ws = _schemes(app.edge.tls)
-    api = f"{_schemes(app.api.tls)[0]}://{config.api.api_host}:{app.api_port}"
-    body = orjson.dumps({"to": {"clients": [DEMO_CLIENT]}, "topic": "hello",
-                         "data": {"text": "Hello from zuulpush"}}).decode()
-    lines = [
-        f"zuulpush {__version__} serving in one process (in-memory registry, queue, inbox)",
-        f"  edge: {ws}://{edge}/ws   sse: {http}://{edge}/sse",
-        f"  api:  {api}/v1/push",
-        f"  dashboard: {api}/  (log in with the admin key"
-        + (f": {config.auth.admin_key})" if "admin_key" in generated else
-           ", ZUULPUSH_ADMIN_KEY)"),
-    ]
-    if app.demo:
-        lines.append(f"  demo: open {api}/demo in a browser and push to it")
-    lines.append(f"  ready: edge={http}://{edge} api={api} node={app.edge.node_id}")
-    if generated:
-        names = ", ".join("ZUULPUSH_" + name.upper() for name in generated)
-        lines.append(f"  made for this run only (set {names} to keep them)")
-    if app.edge.tls is not None or app.api.tls is not None:
-        lines.append("  TLS: clients must trust the certificate's issuer (a self-signed "
-                     "certificate: curl --cacert FILE, zuulpush listen --cacert FILE)")
-    # A configured key is a production secret, and stdout ends up in logs: only a key made for
-    # this run is printed (as for the admin key above).
-    api_key = config.auth.api_keys[0] if "api_keys" in generated else "<api key>"
-    push = (f"  curl -X POST {api}/v1/push -H 'Authorization: Bearer "
-            f"{api_key}' -H 'Content-Type: application/json' "
-            f"-d {shlex.quote(body)}")
-    if not config.auth.secret:
-        lines += ["", "Device tokens are verified with the configured public key: sign them "
-                  "(RS256/ES256) with its private key.", "Push with:", push]
-        return "\n".join(lines)
-    token = issue_token(config.auth.secret, client_id=DEMO_CLIENT, user_id=DEMO_USER,
-                        device_type=DEMO_DEVICE_TYPE)
-    lines += [
-        "",
-        f"A device token for client {DEMO_CLIENT!r} (user {DEMO_USER!r}, type "
-        f"{DEMO_DEVICE_TYPE!r}):",
-        f"  {token}",
-        "Listen as that device over SSE:",
-        f"  curl -N '{http}://{edge}/sse?token={token}'",
-        "or over WebSocket:",
-        f"  zuulpush listen '{ws}://{edge}/ws?token={token}'",
-        "Push to it from another terminal:",
-        push,
-    ]
-    return "\n".join(lines)
 
 
 # edge
@@ -418,7 +363,7 @@ def _edge(args: argparse.Namespace) -> int:
 def _edge_banner(app: Any) -> str:
     config = app.config
     edge = f"{config.edge.host}:{app.edge.port}"
-    http, ws = _schemes(app.edge.tls)
+    http, ws = schemes(app.edge.tls)
     peers = ", ".join(sorted(config.registry.peers())) or "none"
     return "\n".join([
         f"zuulpush {__version__} edge node {app.edge.node_id} (region {config.registry.region}, "
@@ -432,6 +377,7 @@ def _supervise(settings: dict[str, Any], workers: int) -> int:
     """`zuulpush edge --workers N` (N > 1): everything a worker would refuse is refused here,
     before any fork; then `zuulpush.supervisor` runs the N workers."""
     from zuulpush.app import EdgeAppConfig
+    from zuulpush.binding import ListenError
     from zuulpush.edge.server import default_node_id, edge_tls
     from zuulpush.supervisor import STOP_GRACE_S, Supervisor
 
@@ -445,11 +391,11 @@ def _supervise(settings: dict[str, Any], workers: int) -> int:
     base = edge.node_id or default_node_id()
     supervisor = Supervisor(
         workers, base, edge.host, edge.port, functools.partial(_edge_worker, settings),
-        announce=functools.partial(_workers_banner, config, base, _schemes(tls)),
+        announce=functools.partial(_workers_banner, config, base, schemes(tls)),
         stop_timeout_s=edge.drain_window_s + edge.heartbeat_interval_s + STOP_GRACE_S)
     try:
         return supervisor.run()
-    except ValueError as exc:
+    except (ValueError, ListenError) as exc:
         raise ConfigError(str(exc)) from None
 
 
@@ -467,9 +413,9 @@ def _edge_worker(settings: dict[str, Any], slot: Slot) -> int:
     try:
         return _run_app(lambda: EdgeApp(EdgeAppConfig.from_settings(mine)), ready,
                         slot.lifeline_fd)
-    except ConfigError as exc:
+    except (ConfigError, StartError) as exc:
         print(f"zuulpush: worker {slot.node_id}: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 def _workers_banner(config: EdgeAppConfig, base: str, schemes: tuple[str, str],
@@ -516,7 +462,7 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _api_banner(app: Any) -> str:
-    api = f"{_schemes(app.api.tls)[0]}://{app.config.api.api_host}:{app.api_port}"
+    api = f"{schemes(app.api.tls)[0]}://{app.config.api.api_host}:{app.api_port}"
     return "\n".join([
         f"zuulpush {__version__} push-send API {app.node_id} on {app.config.registry.redis_url}",
         f"  api:  {api}/v1/push",
@@ -877,7 +823,9 @@ def _send_parser(commands: Any) -> None:
     p = commands.add_parser(
         "send", help="push a message through the push-send API",
         description="POST /v1/push. Name targets with --client/--user (repeatable) or "
-                    "--broadcast, narrow them with --device-type. Prints the API's JSON answer.")
+                    "--broadcast, narrow them with --device-type (alone, it names nobody: "
+                    "--broadcast --device-type tv sends to every tv). Prints the API's JSON "
+                    "answer.")
     _common(p)
     p.add_argument("--client", action="append", default=[], help="client id (repeatable)")
     p.add_argument("--user", action="append", default=[], help="user id (repeatable)")
@@ -886,7 +834,9 @@ def _send_parser(commands: Any) -> None:
     p.add_argument("--broadcast", action="store_true", help="every connected device")
     p.add_argument("--data", default="null", help="JSON payload (default null)")
     p.add_argument("--topic", default="default", help="topic (default 'default')")
-    p.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
+    p.add_argument("--priority", choices=["high", "normal", "low"], default="normal",
+                   help="the queue it waits in: high goes first, low is never starved "
+                        "(default normal)")
     p.add_argument("--ttl", type=int, help="seconds the message may wait for its device")
     p.add_argument("--dedup-key", help="drop repeats of this key within the dedup window")
     p.add_argument("--api", default=None,
@@ -915,6 +865,16 @@ def _client_tls(cafile: str | None) -> Any:
         raise ConfigError(f"--cacert {cafile}: {exc}") from None
 
 
+def _check_targets(args: argparse.Namespace) -> None:
+    """Refuse, before sending, a push that names nobody (as the API does, saying how)."""
+    if args.client or args.user or args.broadcast:
+        return
+    if args.device_type:
+        raise ConfigError("--device-type alone names nobody: add --broadcast to send to every "
+                          "device of that type, or name --client or --user")
+    raise ConfigError("name --client or --user (repeatable), or --broadcast for every device")
+
+
 def _send(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     key = args.api_key or next(iter(settings.get("api_keys", ())), None)
@@ -924,6 +884,7 @@ def _send(args: argparse.Namespace) -> int:
         data = orjson.loads(args.data)
     except orjson.JSONDecodeError as exc:
         raise ConfigError(f"--data is not JSON: {exc}") from None
+    _check_targets(args)
     to: dict[str, Any] = {"clients": args.client, "users": args.user,
                           "device_types": args.device_type, "broadcast": args.broadcast}
     body: dict[str, Any] = {"to": {k: v for k, v in to.items() if v}, "topic": args.topic,
@@ -957,11 +918,15 @@ def _listen_parser(commands: Any) -> None:
     p = commands.add_parser(
         "listen", help="connect as a device over WebSocket and print what arrives",
         description="Connect to a device URL such as ws://127.0.0.1:8080/ws?token=TOKEN, print "
-                    "each pushed message as a JSON line, ack it, and exit when the server "
-                    "closes the connection.")
+                    "each pushed message as a JSON line and ack it. Like the SDK it is built "
+                    "on, it reconnects and resumes after a drain, a connection's end of life or "
+                    "a drop (saying so on stderr); it stops, exit 1, when replaced by a newer "
+                    "connection of its client id or refused its token.")
     p.add_argument("url", help="ws:// or wss:// device URL including ?token=")
     p.add_argument("--count", type=int, help="exit after this many messages")
     p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    p.add_argument("--no-reconnect", action="store_true",
+                   help="one connection: exit when the server closes it")
     _cacert(p)
     p.set_defaults(run=_listen)
 
@@ -972,6 +937,7 @@ def _listen(args: argparse.Namespace) -> int:
     context = _client_tls(args.cacert)
     try:
         return asyncio.run(listen(args.url, count=args.count, timeout_s=args.timeout,
+                                  reconnect=not args.no_reconnect,
                                   ssl=True if context is None else context))
     except KeyboardInterrupt:
         return 0

@@ -2,20 +2,31 @@
 
 Connects to a device URL (`ws://host:port/ws?token=...`, or `http://host:port/sse?token=...` for
 Server-Sent Events; `&last_id=ID` resumes after ID), prints each pushed message as one JSON line
-on stdout, acknowledges it, and exits when the server closes the connection (printing the close
-code and reason on stderr). With `reconnect=True` it instead stays, reconnecting and resuming as
-`zuulpush.client.PushClient` does.
+on stdout and acknowledges it. With `reconnect=True` (the command's default) it stays as
+`zuulpush.client.PushClient` does: after a drain's or a lifetime's go-away (4000 with a hint), a
+dropped connection or a refused attempt it reconnects and resumes after the last message it
+printed, saying so on stderr (`zuulpush listen: reconnecting in ...`, the SDK's own log lines);
+it stops for good only when replaced by a newer connection of its client id (4003) or refused
+its token. With `reconnect=False` (`--no-reconnect`) it exits when the server closes the
+connection, printing the close code and reason on stderr.
+
+Whatever stops it for good is said once, on stderr, as `zuulpush listen: <why>` (exit status 1):
+the SDK's log line for the same stop is left out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from zuulpush.client import PushClient, PushClientError
 from zuulpush.client.transport import SslOption
+
+SDK_LOGGER = "zuulpush.client"
 
 
 def split_device_url(url: str) -> tuple[str, str, str, str | None]:
@@ -32,9 +43,11 @@ def split_device_url(url: str) -> tuple[str, str, str, str | None]:
 
 async def listen(url: str, *, count: int | None = None, timeout_s: float | None = None,
                  reconnect: bool = False, ssl: SslOption = True) -> int:
-    """Print messages until the server closes, `count` messages arrived or `timeout_s` passed.
-    `ssl` is `PushClient`'s (wss:// and https:// URLs). Returns a process exit code: 0 on a
-    normal end, 1 if the connection failed."""
+    """Print messages until the server closes (or, with `reconnect`, until the client stops for
+    good), `count` messages arrived or `timeout_s` passed. `ssl` is `PushClient`'s (wss:// and
+    https:// URLs). Returns a process exit code: 0 on a normal end, 1 if the client stopped on
+    an error (the connection failed, was refused or replaced). While it runs, the SDK's log
+    lines go to stderr (module docstring)."""
     try:
         base, transport, token, last_id = split_device_url(url)
         client = PushClient(base, token, transport=transport, last_id=last_id,
@@ -42,9 +55,10 @@ async def listen(url: str, *, count: int | None = None, timeout_s: float | None 
     except ValueError as exc:
         print(f"zuulpush listen: {exc}", file=sys.stderr)
         return 1
-    async with client:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_receive(client, count), timeout_s)
+    with _sdk_lines_on_stderr():
+        async with client:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_receive(client, count), timeout_s)
     if client.error is not None:
         print(f"zuulpush listen: {client.error}", file=sys.stderr)
         return 1
@@ -65,3 +79,32 @@ async def _receive(client: PushClient, count: int | None) -> None:
     stats = client.stats
     print(f"zuulpush listen: closed {stats.last_close_code} {stats.last_close_reason}".rstrip(),
           file=sys.stderr)
+
+
+class _NotTheStop(logging.Filter):
+    """Leaves out the SDK's record of the error that stopped it (`listen` says it itself): the
+    one whose argument is a `PushClientError`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(arg, PushClientError) for arg in args)
+
+
+@contextlib.contextmanager
+def _sdk_lines_on_stderr() -> Iterator[None]:
+    """The SDK's log lines (reconnects at INFO and up) on stderr, as `zuulpush listen: ...`, and
+    not also through the root logger, for the duration."""
+    logger = logging.getLogger(SDK_LOGGER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("zuulpush listen: %(message)s"))
+    handler.addFilter(_NotTheStop())
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate

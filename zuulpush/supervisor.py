@@ -4,9 +4,10 @@ The supervisor is the process the operator starts. It forks N workers (fork afte
 they share the loaded code; each makes its own event loop and Redis connections, after the
 fork). Worker i (1..N) is the edge node `<base>-<i>`, `base` being `node_id` or a generated id,
 listening on the same host and port with SO_REUSEPORT: the kernel spreads new connections over
-the listening sockets by a hash of their addresses. Port 0 is chosen once, by the supervisor,
-which keeps a bound (not listening) socket on it so that the port stays this fleet's while a
-worker restarts.
+the listening sockets by a hash of their addresses. The supervisor binds the port first (port
+0: chooses it) and keeps that bound, not listening, SO_REUSEPORT socket, so that the port stays
+this fleet's while a worker restarts; a port it cannot bind (another process listens there
+without SO_REUSEPORT) fails the start before any fork (`zuulpush.binding.ListenError`).
 
 - Readiness: a worker writes one line on its ready pipe once it serves; the supervisor prints
   `ready:` once all N have, and a `restarted:` line whenever a restarted worker is serving.
@@ -32,7 +33,6 @@ the workers directly as well as through the supervisor, which makes a second sig
 from __future__ import annotations
 
 import contextlib
-import errno
 import gc
 import logging
 import os
@@ -46,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import NoReturn
+
+from zuulpush.binding import ListenError, listening
 
 log = logging.getLogger("zuulpush.supervisor")
 
@@ -384,20 +386,18 @@ class Supervisor:
     # the port
 
     def _reserve_port(self) -> None:
-        """For port 0, choose the port now and keep it bound (SO_REUSEPORT, not listening: the
-        kernel gives connections only to the workers' listening sockets)."""
-        if self.port != 0:
-            return
+        """Bind the port now (port 0: choose it) and keep it bound (SO_REUSEPORT, not listening:
+        the kernel gives connections only to the workers' listening sockets); `ListenError`
+        when it cannot be bound."""
         family, kind, proto, _, address = socket.getaddrinfo(
-            self.host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
-        except OSError as exc:
+            with listening("the edge (--port)", self.host, self.port):
+                sock.bind(address)
+        except ListenError:
             sock.close()
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise ValueError(f"cannot listen on {self.host}: {exc.strerror}") from None
             raise
         self._reserved = sock
         self.port = int(sock.getsockname()[1])

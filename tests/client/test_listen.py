@@ -47,3 +47,20 @@ async def test_count_resume_and_refusal(server: Server, cid: str,
     bad = f"ws://127.0.0.1:{server.port}/ws?token=nope"
     assert await listen(bad, timeout_s=WAIT_S) == 1
     assert "token refused: Unauthorized" in capsys.readouterr().err
+
+
+async def test_with_reconnect_it_rides_out_a_goaway_and_prints_on(
+        server: Server, cid: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"ws://127.0.0.1:{server.port}/ws?token={token(cid)}"
+    task = asyncio.create_task(listen(url, count=2, timeout_s=WAIT_S * 2, reconnect=True))
+    await eventually(lambda: cid in server.app.edge.connections)
+    first = await server.push(cid, 1)
+    await eventually(lambda: _inbox_empty(server, cid))
+    old = server.app.edge.connections[cid]
+    old.goaway(Close.RECONNECT, "drain", base_delay_ms=10)
+    await eventually(lambda: server.app.edge.connections.get(cid) not in (None, old))
+    second = await server.push(cid, 2)
+    assert await asyncio.wait_for(task, WAIT_S) == 0
+    out, err = capsys.readouterr()
+    assert [orjson.loads(line)["id"] for line in out.splitlines()] == [first, second]
+    assert err.startswith("zuulpush listen: reconnecting in ") and "closed 4000" in err

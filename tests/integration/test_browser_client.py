@@ -231,3 +231,17 @@ async def test_no_demo_turns_the_page_off(serve_factory: Any,
     async with http.get(f"{server.api}/demo") as response:
         assert response.status == 404
         assert (await response.json())["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("path", ["/demo", "/"])
+async def test_the_pages_load_without_a_404_and_have_an_icon(
+        browser: Browser, server: ServerProcess, path: str) -> None:
+    page = await browser.new_page()
+    missing: list[str] = []
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    await page.goto(f"{server.api}{path}", wait_until="networkidle", timeout=WAIT_MS)
+    # What a browser's tab asks for (headless Chromium may not): the site's icon.
+    icon = await page.evaluate(
+        "fetch('/favicon.ico').then(async r => [r.status, r.headers.get('content-type')])")
+    assert icon == [200, "image/x-icon"]
+    assert missing == [], missing

@@ -118,6 +118,37 @@ async def test_send_command_reports_api_errors(server: ServerProcess) -> None:
     assert orjson.loads(stderr)["error"]["code"] == "forbidden"
 
 
+@pytest.mark.parametrize("targets", [["--device-type", "tv"], [],
+                                     ["--device-type", "tv", "--device-type", "phone"]])
+async def test_send_without_anybody_named_is_refused_saying_how(targets: list[str]) -> None:
+    # Refused before anything is sent (nothing listens on the --api address).
+    code, stdout, stderr = await run(zuulpush("send", "--api", "http://127.0.0.1:9", *targets),
+                                     clean_env(ZUULPUSH_API_KEYS=API_KEY))
+    assert (code, stdout) == (2, "")
+    [line] = stderr.splitlines()
+    assert line.startswith("zuulpush: ") and "--broadcast" in line, line
+    if targets:
+        assert "--device-type alone" in line
+
+
+async def test_send_broadcast_with_a_device_type_reaches_that_type_only(
+        server: ServerProcess, ids: Ids) -> None:
+    tv_type, phone_type = ids("tv"), ids("phone")  # types of this test's own: nobody else's
+    tv_token = server.token(ids("tv-1"), device_type=tv_type)
+    phone_token = server.token(ids("phone-1"), device_type=phone_type)
+    async with (ws_connect(ws_url(server.edge, token=tv_token)) as tv,
+                ws_connect(ws_url(server.edge, token=phone_token)) as phone):
+        code, stdout, stderr = await run(zuulpush(
+            "send", "--api", server.api, "--broadcast", "--device-type", tv_type,
+            "--data", '"for tvs"'), clean_env(ZUULPUSH_API_KEYS=API_KEY))
+        assert code == 0, stderr
+        sent = orjson.loads(stdout)["id"]
+        assert (await ws_recv_json(tv))["id"] == sent
+        async with push_api(server.api, server.api_key) as api:
+            later = await api.send("for the phone", clients=[ids("phone-1")])
+        assert (await ws_recv_json(phone))["id"] == later  # the broadcast never came first
+
+
 async def banner_line(server: ServerProcess, prefix: str) -> str:
     """The banner line starting with `prefix` (the banner may still be arriving)."""
     for _ in range(100):
@@ -130,9 +161,10 @@ async def banner_line(server: ServerProcess, prefix: str) -> str:
 
 async def test_banner_curl_lines_work_as_printed(
         serve_factory: Callable[..., ServerProcess]) -> None:
-    # No API key configured: the banner prints the one made for this run (a configured one it
-    # never prints; tests/integration/test_security.py).
-    server = serve_factory(ZUULPUSH_API_KEYS="")
+    # No secret or API key configured: the banner prints a device token and the key made for
+    # this run (configured ones it never uses to print anything; tests/integration/
+    # test_security.py, test_pasted_lines.py).
+    server = serve_factory(ZUULPUSH_API_KEYS="", ZUULPUSH_SECRET="")
     listen = shlex.split(await banner_line(server, "curl -N "))
     push = shlex.split(await banner_line(server, "curl -X POST "))
     assert listen[0] == push[0] == "curl"

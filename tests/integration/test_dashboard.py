@@ -216,3 +216,29 @@ async def test_in_a_fleet_the_api_reads_the_nodes_records_and_drains_through_the
             await until(lambda n: n["state"] == "draining", http)
     finally:
         stop_all(servers)
+
+
+async def test_the_push_form_refuses_a_device_type_alone_and_broadcasts_when_chosen(
+        server: ServerProcess, browser: Browser, ids: Callable[[str], str]) -> None:
+    """As `POST /v1/push` and `zuulpush send`: device types narrow the clients, users or
+    broadcast named; alone they name nobody, and the form shows the API's 400 saying to add
+    broadcast. With "everyone" chosen, the push is a broadcast to those types."""
+    tv_type, phone_type = ids("tv"), ids("phone")  # types of this test's own: nobody else's
+    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    await log_in(page, server.api)
+    async with devices(server, [(ids("tv-1"), tv_type), (ids("phone-1"), phone_type)]) as (
+            tv, phone):
+        await page.fill("#push-target", "", timeout=WAIT_MS)
+        await page.fill("#push-device-types", tv_type, timeout=WAIT_MS)
+        await page.click("#push button[type=submit]", timeout=WAIT_MS)
+        await page.wait_for_selector("#push-result.error:has-text('400')", timeout=WAIT_MS)
+        assert '"broadcast": true' in await page.text_content("#push-result", timeout=WAIT_MS)
+
+        await page.select_option("#push-kind", "broadcast", timeout=WAIT_MS)
+        await page.click("#push button[type=submit]", timeout=WAIT_MS)
+        await page.wait_for_selector("#push-result.ok:has-text('accepted')", timeout=WAIT_MS)
+        message = await ws_recv_json(tv)
+        assert message["topic"] == "dashboard"
+        async with push_api(server.api, server.api_key) as api:
+            later = await api.send("for the phone", clients=[ids("phone-1")])
+        assert (await ws_recv_json(phone))["id"] == later  # the broadcast never came first

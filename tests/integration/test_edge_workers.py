@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from websockets.protocol import State
 
 from registry.redis import RedisRegistry
 from tests.support.certs import make_certificate
-from tests.support.redis_servers import RedisServer
+from tests.support.redis_servers import RedisServer, free_port
 
 from .clients import ws_connect, ws_url
 from .servers import EDGE, ROOT, ServerProcess, start_server
@@ -211,21 +210,21 @@ async def test_a_killed_supervisor_leaves_no_worker_behind(
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_workers_that_cannot_listen_fail_the_start(
-        tmp_path: Path, redis_server: RedisServer, redis_prefix: str) -> None:
-    with socket.socket() as taken:  # a listener without SO_REUSEPORT: nobody may join it
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ZUULPUSH_")}
-        env |= fleet_env(redis_server, redis_prefix, ZUULPUSH_SECRET="s" * 32)
-        done = subprocess.run(
-            [sys.executable, "-m", "zuulpush", "edge", "--workers", "2", "--port", str(port),
-             "--log-level", "info"], cwd=ROOT, env=env, capture_output=True, text=True,
-            timeout=60)
+def test_workers_that_cannot_start_fail_the_start(tmp_path: Path, redis_prefix: str) -> None:
+    # Their Redis is not up: each worker says so in one line and exits 1. (A port that another
+    # process holds fails before any fork: tests/integration/test_busy_port.py.)
+    nobody = RedisServer(free_port(), tmp_path)  # never started: nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZUULPUSH_")}
+    env |= fleet_env(nobody, redis_prefix, ZUULPUSH_SECRET="s" * 32)
+    done = subprocess.run(
+        [sys.executable, "-m", "zuulpush", "edge", "--workers", "2", "--port", "0",
+         "--log-level", "info"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=60)
     assert done.returncode == 1, done.stderr
     assert "ready:" not in done.stdout
     assert "before all workers were ready" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert re.search(r"zuulpush: worker \S+: cannot start: Redis unreachable", done.stderr)
     pids = [int(pid) for pid in re.findall(r"worker \S+ forked: pid (\d+)", done.stderr)]
     assert all(gone(pid) for pid in pids)
 

@@ -124,11 +124,17 @@ async function drain(nodeId) {
     ? `drain requested: ${nodeId} (${result.answer.via})` : errorText(result);
 }
 
+function commaList(id) {
+  return $(id).value.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
 function pushBody() {
+  // As POST /v1/push and `zuulpush send`: device types narrow the clients, users or broadcast
+  // named; alone they name nobody, and the API's 400 says to choose "everyone (broadcast)".
   const kind = $("push-kind").value;
-  const ids = $("push-target").value.split(",").map((s) => s.trim()).filter(Boolean);
-  const to = kind === "broadcast" ? {broadcast: true}
-    : kind === "device_types" ? {broadcast: true, device_types: ids} : {[kind]: ids};
+  const to = kind === "broadcast" ? {broadcast: true} : {[kind]: commaList("push-target")};
+  const types = commaList("push-device-types");
+  if (types.length) to.device_types = types;
   const text = $("push-data").value;
   let data;
   try { data = JSON.parse(text); } catch { data = text; }
