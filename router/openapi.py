@@ -26,7 +26,7 @@ from router.config import ApiConfig
 from router.dashboard import COOKIE, CSRF_HEADER, SESSION_S
 from router.demo import DEMO_TOKEN_TTL_S, MAX_TEXT
 from router.static import NAME as STATIC_NAME
-from router.validation import DEFAULT_INBOX_PAGE, DEFAULT_TOPIC, MAX_ID_CHARS
+from router.validation import DEFAULT_INBOX_PAGE, DEFAULT_TOPIC, MAX_DATA_DEPTH, MAX_ID_CHARS
 
 DEFAULTS = ApiConfig()
 EDGE_SERVER = "http://127.0.0.1:8080"
@@ -88,7 +88,9 @@ def _schemas(c: ApiConfig) -> dict[str, Schema]:
     push = _obj({
         "to": _ref("schemas", "Target"),
         "topic": {**_ID, "default": DEFAULT_TOPIC},
-        "data": {"description": "Any JSON value, null included; required."},
+        "data": {"description": f"Any JSON value, null included; required. Arrays and "
+                                f"objects in it nest at most {MAX_DATA_DEPTH} levels (400 "
+                                f"naming `data` past it)."},
         "priority": {"type": "string", "enum": ["high", "normal", "low"], "default": "normal"},
         "ttl": {"type": "integer", "minimum": 1, "maximum": c.max_ttl_s,
                 "default": c.default_ttl_s,
