@@ -66,7 +66,10 @@ Decisions:
   `zuulpush.metrics` reads them; this package knows nothing of Prometheus.
 - Every error is JSON, `{"error": {"code", "message", "field"?}}`, with its HTTP status: our own
   errors, aiohttp's (404 unknown path, 405 wrong method with `Allow`) and, for anything
-  unexpected, a 500 without details (logged here).
+  unexpected, a 500 without details (logged here). A body whose chunked framing is broken, or
+  that the sender abandons, is a 400 naming `body` (`BodyUnreadable`, the connection then
+  closed), never a 500. Requests the HTTP parser refuses before any route sees them are
+  answered (and their logging throttled) by the listener, `router.malformed`.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from registry.base import NodeInfo, Registry
 from router.auth import AuthConfig, DeviceIdentity, TokenVerifier, bearer, check_key
@@ -101,6 +105,7 @@ from router.dashboard import DashboardSources, add_dashboard_routes
 from router.demo import EdgeUrl, add_demo_routes
 from router.errors import (
     Forbidden,
+    InvalidRequest,
     InvalidToken,
     PayloadTooLarge,
     RateLimited,
@@ -110,6 +115,7 @@ from router.errors import (
     ZuulpushError,
 )
 from router.ids import IdGenerator
+from router.malformed import reason
 from router.openapi import add_openapi_route
 from router.ratelimit import KeyRates
 from router.redis_common import as_outage
@@ -153,6 +159,14 @@ class ApiStats:
     def totals(self) -> dict[str, int]:
         """Messages enqueued and deduplicated since start, all priorities (the dashboard's)."""
         return {"enqueued": sum(self.enqueued.values()), "deduped": sum(self.deduped.values())}
+
+class BodyUnreadable(InvalidRequest):
+    """A request body whose framing is broken (a bad chunk) or that broke off: 400 naming
+    `body`, and the connection closes after the answer (what follows on it is not a request)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="body")
+
 
 _HTTP_CODES = {
     404: "not_found",
@@ -386,18 +400,26 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The whole body, or PayloadTooLarge as soon as it is known to exceed `max_bytes`."""
+    """The whole body, or PayloadTooLarge as soon as it is known to exceed `max_bytes`;
+    InvalidRequest naming `body` when its framing is malformed or the sender goes away."""
     too_large = PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    # Read here rather than by request.read(): each route has its own limit.
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        # Read here rather than by request.read(): each route has its own limit.
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large
+            chunks.append(chunk)
+    except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. a bad chunk size
+        # Nothing more is read from this body: aiohttp must not try to (and log that it failed).
+        request.content.feed_eof()
+        raise BodyUnreadable(f"request body is malformed: {reason(exc)}") from None
+    except ConnectionResetError:  # the sender went away mid-body: answered to nobody, no bug
+        raise BodyUnreadable("request body was cut off") from None
     return b"".join(chunks)
 
 
@@ -434,7 +456,10 @@ def _error_response(exc: ZuulpushError) -> web.Response:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, Unavailable | RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-    return _json(exc.body(), status=exc.http_status, headers=headers)
+    response = _json(exc.body(), status=exc.http_status, headers=headers)
+    if isinstance(exc, BodyUnreadable):
+        response.force_close()
+    return response
 
 
 def _http_error_response(exc: web.HTTPException) -> web.Response:

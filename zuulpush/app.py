@@ -66,6 +66,7 @@ from router.base import BroadcastLog, Inbox, MessageQueue, NodeChannel
 from router.config import ApiConfig, RouterConfig
 from router.dashboard import DashboardSources
 from router.demo import EdgeUrl, demo_available, edge_url_for
+from router.malformed import JsonErrorsSite, RefusalLog, Refusals
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.process_stats import ProcessStats
 from router.redis_channel import RedisNodeChannel
@@ -183,7 +184,7 @@ class ApiSite:
                              "to (or turn the demo off)")
         self._dashboard = dashboard
         self._edge_url = edge_url
-        self._stats = stats
+        self._stats = ApiStats() if stats is None else stats
         self._metrics = metrics
         self._config = config
         self._auth = auth
@@ -204,10 +205,12 @@ class ApiSite:
                              dashboard=self._dashboard, edge_url=self._edge_url)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._config.api_host, self._config.api_port,
-                           backlog=1024, ssl_context=self.tls)
+        refusals = Refusals(self._stats.count_error, RefusalLog())  # `router.malformed`
+        site = JsonErrorsSite(self._runner, self._config.api_host, self._config.api_port,
+                              refusals=refusals, backlog=1024, ssl_context=self.tls,
+                              access_log=None)
         await site.start()
-        self.port = self._runner.addresses[0][1]
+        self.port = site.port
 
     async def stop(self) -> None:
         """Stop accepting and finish the requests in flight (each one enqueues or fails)."""
