@@ -2,10 +2,12 @@
 
     POST /v1/push    Authorization: Bearer <api key>; body as in `router.validation`
                      202 {"id": "...", "targets": N}
-                     202 {"id": "...", "targets": 0, "duplicate": true} for a repeated dedup_key
+                     202 {"id": "<the original's>", "targets": 0, "duplicate": true} for a
+                     repeated dedup_key
     POST /v1/push/batch  Authorization: Bearer <api key>; {"messages": [<push body>, ...]}
                      202 {"results": [{"id", "targets"} | {"id", "targets": 0, "duplicate": true}
                                       | {"error": {"code", "message"}}, ...]}, one per message
+                     (a duplicate's id is the original's)
     GET  /v1/inbox?after=ID&limit=N   device token (`Authorization: Bearer` or `?token=`)
                      200 {"messages": [<message objects exactly as devices get them over
                      WebSocket/SSE>, ...], "more": bool}: the token's own client's inbox,
@@ -27,8 +29,10 @@ Decisions:
   nodes hold now. Resolution happens here, before enqueueing, so the queued message names clients
   only and a worker does no user lookups.
 - A duplicate (the dedup_key was put within the dedup window) is still a success, 202, because the
-  push the sender meant is accepted: only a retry of it is dropped. Its `id` is the one this
-  request was given and nothing is sent under it; the queue does not remember the first id.
+  push the sender meant is accepted: only a retry of it is dropped. Its `id` is the ORIGINAL
+  message's (the one enqueued under the key and delivered, whichever API process took it), so a
+  sender can match a retry to what was sent; nothing is sent for the retry (`targets` 0). In a
+  batch, a repeat of a key put earlier in the same batch names that earlier message.
 - A batch is all or nothing on input: every message is validated (and resolved) before any is
   enqueued, and one bad message is a 400 naming it (`messages[3].ttl`), with nothing enqueued.
   Its limits: `max_batch` messages, `max_batch_payload_bytes` for the body, `max_payload_bytes`
@@ -96,6 +100,7 @@ from router.base import (
     Message,
     MessageQueue,
     Priority,
+    PutResult,
     Target,
     merge_replay,
 )
@@ -286,10 +291,10 @@ class _PushHandler:
         self._charge(key, len(messages))
         resolved = await self._resolve(messages)
         put = await self._queue.put_many([message for message, _ in resolved])
-        for (message, _), queued in zip(resolved, put, strict=False):
-            self._stats.count_put(message, queued)
-        results = [_result(message, targets, queued)
-                   for (message, targets), queued in zip(resolved, put, strict=False)]
+        for (message, _), result in zip(resolved, put, strict=False):
+            self._stats.count_put(message, not result.duplicate)
+        results = [_result(targets, result)
+                   for (_, targets), result in zip(resolved, put, strict=False)]
         if len(put) < len(resolved):  # the queue filled up: the rest were not enqueued
             full = Unavailable("message queue is full or unreachable", retry_after_s=1.0)
             refused = {"error": full.body()["error"]}
@@ -298,9 +303,9 @@ class _PushHandler:
 
     async def _put(self, message: Message, targets: int) -> dict[str, Any]:
         """Enqueue one resolved message; its result object."""
-        queued = await self._queue.put(message)
-        self._stats.count_put(message, queued)
-        return _result(message, targets, queued)
+        result = await self._queue.put(message)
+        self._stats.count_put(message, not result.duplicate)
+        return _result(targets, result)
 
     async def _resolve(self, messages: list[Message]) -> list[tuple[Message, int]]:
         """Each message as queued (targeted: clients resolved, users gone) and its target count,
@@ -326,11 +331,12 @@ class _PushHandler:
         return out
 
 
-def _result(message: Message, targets: int, queued: bool) -> dict[str, Any]:
-    """The answer for one message the queue took (`queued`) or dropped as a duplicate."""
-    if not queued:
-        return {"id": message.id, "targets": 0, "duplicate": True}
-    return {"id": message.id, "targets": targets}
+def _result(targets: int, put: PutResult) -> dict[str, Any]:
+    """The answer for one message the queue took, or dropped as a duplicate: then with the
+    original message's id and no targets (nothing more is sent)."""
+    if put.duplicate:
+        return {"id": put.id, "targets": 0, "duplicate": True}
+    return {"id": put.id, "targets": targets}
 
 
 class _InboxHandler:

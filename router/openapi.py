@@ -98,13 +98,20 @@ def _schemas(c: ApiConfig) -> dict[str, Schema]:
                                f"(default setting {c.max_ttl_s}); absent: `default_ttl_s` "
                                f"({c.default_ttl_s})."},
         "dedup_key": {"oneOf": [_ID, {"type": "null"}],
-                      "description": "A repeat within the dedup window is answered "
-                                     "`duplicate: true` and not sent."},
+                      "description": "A repeat within the dedup window (`dedup_window_s`) is "
+                                     "not sent: it is answered `duplicate: true` with the id of "
+                                     "the original message (the one sent)."},
     }, required=["to", "data"], description=(
         f"One push. The whole body is at most `max_payload_bytes` ({c.max_payload_bytes}) "
         f"bytes (413 past it)."))
-    accepted = _obj({"id": {"type": "string"}, "targets": {"type": "integer", "minimum": 0},
-                     "duplicate": {"const": True}}, required=["id", "targets"])
+    accepted = _obj({
+        "id": {"type": "string", "description": "The message's id; for a duplicate, the "
+                                                "original message's."},
+        "targets": {"type": "integer", "minimum": 0, "description": "Devices the message was "
+                    "resolved to (a broadcast: connections reached); 0 for a duplicate."},
+        "duplicate": {"const": True, "description": "Present when the dedup_key was put within "
+                      "the dedup window: nothing is sent, `id` is the original's."}},
+        required=["id", "targets"])
     error = _obj({"error": _obj({"code": {"type": "string"}, "message": {"type": "string"},
                                  "field": {"type": "string"}}, required=["code", "message"])},
                  description="Every error answer: `field` names the culprit when there is one "

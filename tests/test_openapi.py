@@ -75,6 +75,8 @@ def test_limits_are_the_configs_defaults() -> None:
     assert SCHEMAS["Id"]["maxLength"] == MAX_ID_CHARS
     assert f"at most {MAX_DATA_DEPTH} levels" in SCHEMAS["PushRequest"]["properties"]["data"][
         "description"]
+    # A duplicate's id is the original message's (the queue's PutResult).
+    assert "original" in SCHEMAS["PushAccepted"]["properties"]["id"]["description"]
     ack_ids = SCHEMAS["InboxAck"]["oneOf"][0]["properties"]["ids"]
     assert ack_ids["maxItems"] == c.max_inbox_page
     limit = next(p for p in SPEC["paths"]["/v1/inbox"]["get"]["parameters"]
