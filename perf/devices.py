@@ -9,7 +9,9 @@ zero key). An SSE device counts `data:` events.
 A `Fleet` (the parent's side) starts the client processes, each on its own loopback source
 address, and talks to them over pipes: `connect()` opens every device as fast as the clients can
 (at most `concurrency` handshakes in flight per process), `report()` sums what they have
-received. Every wait is bounded.
+received. A connect the edge sheds (503) is tried again after the answer's `Retry-After` (at
+most `MAX_RETRY_AFTER_S`), up to `attempts` tries in all; a device still shed then, or refused
+otherwise, counts as failed. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import asyncio
 import base64
 import multiprocessing as mp
 import os
+import random
+import re
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -26,6 +30,9 @@ from typing import Any
 _UPGRADE = ("GET /ws?token={token} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
 _SSE = "GET /sse?token={token} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+_RETRY_AFTER = re.compile(rb"\r\nretry-after:\s*(\d+)", re.IGNORECASE)
+MAX_RETRY_AFTER_S = 30.0
+"""The longest a shed device waits before its next try, whatever the edge's Retry-After."""
 
 
 @dataclass(slots=True)
@@ -40,18 +47,23 @@ class Tally:
 
 
 class Device(asyncio.Protocol):
-    """One device connection: handshake, then count messages (and answer pings, ack)."""
+    """One device connection: handshake, then count messages (and answer pings, ack).
 
-    __slots__ = ("_ack", "_buf", "_sse", "_tally", "opened", "request", "transport")
+    `opened` is answered with the handshake's outcome: True (upgraded, or the SSE stream is
+    open), False (refused otherwise, or closed first), or for a shed connect (503) the seconds
+    its `Retry-After` asks to wait (1.0 without one)."""
 
-    def __init__(self, request: bytes, tally: Tally, opened: asyncio.Future[bool], *,
+    __slots__ = ("_ack", "_buf", "_sse", "_tally", "open", "opened", "request", "transport")
+
+    def __init__(self, request: bytes, tally: Tally, opened: asyncio.Future[bool | float], *,
                  ack: bool, sse: bool) -> None:
         self.request = request
         self._tally = tally
         self._ack = ack
         self._sse = sse
         self._buf = b""
-        self.opened: asyncio.Future[bool] | None = opened
+        self.open = False  # the handshake succeeded
+        self.opened: asyncio.Future[bool | float] | None = opened
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,7 +71,8 @@ class Device(asyncio.Protocol):
         self.transport.write(self.request)  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._tally.closed += 1
+        if self.open:  # closed after it opened (a refused or shed attempt is not counted)
+            self._tally.closed += 1
         if self.opened is not None and not self.opened.done():
             self.opened.set_result(False)
         self.opened = None
@@ -71,9 +84,10 @@ class Device(asyncio.Protocol):
             if end < 0:
                 self._buf = buf
                 return
-            ok = buf.startswith(b"HTTP/1.1 200" if self._sse else b"HTTP/1.1 101")
+            outcome = _outcome(buf[:end + 2], self._sse)
+            self.open = outcome is True
             if not self.opened.done():
-                self.opened.set_result(ok)
+                self.opened.set_result(outcome)
             self.opened = None
             buf = buf[end + 4:]
         self._buf = self._sse_events(buf) if self._sse else self._frames(buf)
@@ -131,6 +145,17 @@ class Device(asyncio.Protocol):
                                  + payload)
 
 
+def _outcome(head: bytes, sse: bool) -> bool | float:
+    """What an answer's head means for a device: True open, a float the Retry-After (seconds)
+    of a shed connect, False anything else."""
+    if head.startswith(b"HTTP/1.1 200" if sse else b"HTTP/1.1 101"):
+        return True
+    if not head.startswith(b"HTTP/1.1 503"):
+        return False
+    retry_after = _RETRY_AFTER.search(head)
+    return float(retry_after.group(1)) if retry_after else 1.0
+
+
 # one client process
 
 def _client_main(pipe: Connection, host: str, port: int, source: str, tokens: list[str],
@@ -148,54 +173,75 @@ async def _client(pipe: Connection, host: str, port: int, source: str, tokens: l
     template = _SSE if sse else _UPGRADE
     devices: list[Device] = []
     commands: asyncio.Queue[Any] = asyncio.Queue()
-    loop.add_reader(pipe.fileno(), lambda: commands.put_nowait(pipe.recv()))
+
+    def read_command() -> None:
+        try:
+            commands.put_nowait(pipe.recv())
+        except (EOFError, OSError):  # the parent is gone (killed, or died): end, not spin
+            loop.remove_reader(pipe.fileno())
+            commands.put_nowait("gone")
+
+    loop.add_reader(pipe.fileno(), read_command)
     pipe.send("ready")
     while True:
         command = await commands.get()
         if command == "connect":
             started = time.time()
-            opened, failed = await _open_all(loop, host, port, source, tokens, template, tally,
-                                             options, devices)
-            pipe.send({"opened": opened, "failed": failed, "started": started,
+            opened, failed, sheds = await _open_all(loop, host, port, source, tokens, template,
+                                                    tally, options, devices)
+            pipe.send({"opened": opened, "failed": failed, "sheds": sheds, "started": started,
                        "done": time.time()})
         elif command == "report":
             pipe.send({"messages": tally.messages, "first_at": tally.first_at,
                        "last_at": tally.last_at, "acks": tally.acks, "closed": tally.closed})
-        elif command == "quit":
+        elif command in ("quit", "gone"):
             for device in devices:
                 if device.transport is not None:
                     device.transport.abort()
             await asyncio.sleep(0.1)
-            pipe.send("bye")
+            if command == "quit":
+                pipe.send("bye")
             return
 
 
 async def _open_all(loop: asyncio.AbstractEventLoop, host: str, port: int, source: str,
                     tokens: list[str], template: str, tally: Tally, options: dict[str, Any],
-                    devices: list[Device]) -> tuple[int, int]:
+                    devices: list[Device]) -> tuple[int, int, int]:
+    """Open a device per token; (opened, failed, shed answers received on the way)."""
     sem = asyncio.Semaphore(options["concurrency"])
     timeout_s = options["connect_timeout_s"]
+    sheds = 0
 
-    async def one(token: str) -> bool:
+    async def attempt(token: str) -> bool | float:
         async with sem:
             key = base64.b64encode(os.urandom(16)).decode()
             request = template.format(token=token, host=host, key=key).encode()
-            opened: asyncio.Future[bool] = loop.create_future()
+            opened: asyncio.Future[bool | float] = loop.create_future()
             device = Device(request, tally, opened, ack=options["ack"], sse=template is _SSE)
             try:
                 await asyncio.wait_for(loop.create_connection(
                     lambda: device, host, port, local_addr=(source, 0)), timeout_s)
-                ok = await asyncio.wait_for(opened, timeout_s)
+                outcome = await asyncio.wait_for(opened, timeout_s)
             except (OSError, TimeoutError):
-                ok = False
-            if ok:
+                outcome = False
+            if outcome is True:
                 devices.append(device)
             elif device.transport is not None:
                 device.transport.abort()
-            return ok
+            return outcome
+
+    async def one(token: str) -> bool:
+        nonlocal sheds
+        for _ in range(options["attempts"]):
+            outcome = await attempt(token)
+            if isinstance(outcome, bool):
+                return outcome
+            sheds += 1  # shed: wait as told (a little jitter on the whole seconds), then again
+            await asyncio.sleep(min(outcome, MAX_RETRY_AFTER_S) * random.uniform(1.0, 1.1))
+        return False
 
     results = await asyncio.gather(*(one(t) for t in tokens))
-    return sum(results), len(results) - sum(results)
+    return sum(results), len(results) - sum(results), sheds
 
 
 # the parent's side
@@ -205,10 +251,10 @@ class Fleet:
 
     def __init__(self, host: str, port: int, tokens: list[list[str]], *, transport: str = "ws",
                  ack: bool = False, concurrency: int = 200, connect_timeout_s: float = 30.0,
-                 source_base: int = 1) -> None:
+                 attempts: int = 5, source_base: int = 1) -> None:
         ctx = mp.get_context("spawn")
         options = {"transport": transport, "ack": ack, "concurrency": concurrency,
-                   "connect_timeout_s": connect_timeout_s}
+                   "connect_timeout_s": connect_timeout_s, "attempts": attempts}
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
         for i, chunk in enumerate(tokens):
@@ -223,12 +269,14 @@ class Fleet:
             _recv(pipe, 120.0)
 
     def connect(self, timeout_s: float = 300.0) -> dict[str, Any]:
-        """Open every device (all processes at once); opened, failed, wall seconds."""
+        """Open every device (all processes at once); opened, failed, shed answers on the way
+        (`sheds`), wall seconds."""
         for pipe in self.pipes:
             pipe.send("connect")
         reports = [_recv(pipe, timeout_s) for pipe in self.pipes]
         return {"opened": sum(r["opened"] for r in reports),
                 "failed": sum(r["failed"] for r in reports),
+                "sheds": sum(r["sheds"] for r in reports),
                 "seconds": max(r["done"] for r in reports) - min(r["started"] for r in reports)}
 
     def report(self) -> dict[str, Any]:

@@ -20,6 +20,15 @@ in-memory inbox's store of each message and the edge's writes: in `serve` they a
 
 Devices do not ack unless `--ack` (then each message is acked by id; acks cost server CPU too).
 
+Every device asked for must connect, or there is nothing to compare: the `zuulpush serve` it
+starts sheds nothing for the benchmark (`--accept-rate 0 --shed-loop-lag-ms 0`, no lifetimes, a
+60 s handshake deadline; `--server-arg` comes after and may set any of them back), a connect
+that is shed anyway is tried again after its `Retry-After` (`--connect-attempts` tries in all),
+and if some device still has no connection the run stops with a message saying how many did,
+before measuring anything. One `serve` holds at most its connection ceiling (90% of the file
+descriptors it may open less a twentieth: 17,100 at the usual 20,000), so more `--devices` are
+refused before anything starts; the client processes hold `--per-process` each.
+
     python perf/fanout.py --devices 15000
     python perf/fanout.py --devices 15000 --ack --phases storm push
     python perf/fanout.py --profile /tmp/prof   # py-spy record -r 500 -f raw per phase
@@ -30,6 +39,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,13 +58,19 @@ sys.path.insert(0, str(ROOT))
 from perf.devices import Fleet, split  # noqa: E402
 from perf.serving import start_serve, stop  # noqa: E402
 from router.auth import issue_token  # noqa: E402
+from zuulpush.edge.shedding import derive_ceilings  # noqa: E402
 
 SECRET = "fanout-benchmark-secret-0123456789abcdef"
 API_KEY = "fanout"
+BENCHMARK_LIMITS = ["--accept-rate", "0", "--shed-loop-lag-ms", "0", "--lifetime-max-s", "0"]
+"""What the benchmark's own `zuulpush serve` is started with: it sheds no connect."""
+CLIENT_FD_RESERVE = 200
+"""File descriptors a client process keeps for itself besides its devices' sockets."""
 
 
 def main() -> None:
     args = _args()
+    _check(args)
     server = None
     if args.edge:
         host, port = args.edge.split(":")
@@ -61,8 +78,10 @@ def main() -> None:
     else:
         banner: list[str] = []
         env = {"ZUULPUSH_SECRET": SECRET, "ZUULPUSH_API_KEYS": API_KEY,
-               "ZUULPUSH_HEARTBEAT_INTERVAL_S": str(args.heartbeat_s)}
-        server, host, port = start_serve(env, args.server_arg, banner=banner)
+               "ZUULPUSH_HEARTBEAT_INTERVAL_S": str(args.heartbeat_s),
+               "ZUULPUSH_HANDSHAKE_TIMEOUT_S": "60"}
+        server, host, port = start_serve(env, [*BENCHMARK_LIMITS, *args.server_arg],
+                                         banner=banner)
         api = banner[0].split("api=")[1].split()[0].split("://")[1]
         pid, secret = server.pid, SECRET
         args.api_key = API_KEY
@@ -72,6 +91,31 @@ def main() -> None:
         if server is not None:
             stop(server)
     print(json.dumps(result, indent=2))
+
+
+def _check(args: argparse.Namespace) -> None:
+    """SystemExit, before anything starts, for a run that cannot have all its devices."""
+    fd_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = None if fd_limit == resource.RLIM_INFINITY else fd_limit
+    if limit is not None and args.per_process + CLIENT_FD_RESERVE > limit:
+        raise SystemExit(f"--per-process {args.per_process}: a client process may open {limit} "
+                         f"files here; give at most {limit - CLIENT_FD_RESERVE} "
+                         "(more processes share the devices)")
+    ceiling, _ = derive_ceilings(limit, 0, 0)
+    if not args.edge and args.devices > ceiling:
+        raise SystemExit(f"--devices {args.devices}: one zuulpush serve holds at most {ceiling} "
+                         f"connections here (file-descriptor limit {limit}); give fewer "
+                         "--devices, raise the limit (ulimit -n), or measure a fleet's edge "
+                         "with --edge")
+    if args.profile and not _py_spy().exists():
+        raise SystemExit("--profile needs py-spy beside this Python (pip install py-spy, or "
+                         "pip install -e '.[perf]')")
+
+
+def _py_spy() -> Path:
+    beside = Path(sys.executable).with_name("py-spy")
+    found = shutil.which("py-spy")
+    return beside if beside.exists() or found is None else Path(found)
 
 
 def _args() -> argparse.Namespace:
@@ -92,6 +136,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--heartbeat-s", type=float, default=60.0,
                    help="server heartbeat interval (pings are answered)")
     p.add_argument("--timeout-s", type=float, default=120.0, help="bound on each phase")
+    p.add_argument("--connect-attempts", type=int, default=5,
+                   help="tries per device: a shed connect is tried again after its Retry-After")
     p.add_argument("--profile", help="py-spy record -r 500 -f raw each phase to PREFIX-<phase>")
     p.add_argument("--server-arg", action="append", default=[])
     p.add_argument("--edge", help="host:port of a running edge (default: start zuulpush serve)")
@@ -113,15 +159,25 @@ def _run(args: argparse.Namespace, host: str, port: int, api: str, pid: int,
     dpu = args.devices_per_user
     tokens = [issue_token(secret, client_id=f"c{i}", user_id=f"u{i // dpu}",
                           device_type="phone", ttl_s=3600) for i in range(args.devices)]
-    fleet = Fleet(host, port, split(tokens, args.per_process), ack=args.ack)
+    fleet = Fleet(host, port, split(tokens, args.per_process), ack=args.ack,
+                  attempts=args.connect_attempts)
     try:
         connected = fleet.connect()
+        if connected["opened"] < args.devices:
+            raise SystemExit(
+                f"connected {connected['opened']} of {args.devices} devices "
+                f"({connected['failed']} without a connection after up to "
+                f"{args.connect_attempts} tries; {connected['sheds']} shed answers on the way): "
+                "nothing measured. The server must take every device: loosen its limits "
+                "(--server-arg, or a running server's own settings with --edge), allow more "
+                "--connect-attempts, or give fewer --devices.")
         time.sleep(1.0)  # registrations and replays of the last ones settle
         sender = Sender(api, args.api_key, args.senders)
         idle = _idle(proc, args.idle_s)
         out: dict[str, Any] = {
             "devices": args.devices, "connected": connected["opened"],
-            "failed": connected["failed"], "client_processes": len(fleet.procs),
+            "failed": connected["failed"], "shed_retried": connected["sheds"],
+            "connect_s": round(connected["seconds"], 2), "client_processes": len(fleet.procs),
             "devices_per_user": dpu, "acks": args.ack, "data_bytes": args.data_bytes,
             "idle_cpu_per_s": round(idle, 5)}
         data = "x" * args.data_bytes
@@ -254,9 +310,8 @@ class Sender:
 def _profiler(prefix: str | None, name: str, pid: int) -> subprocess.Popen[bytes] | None:
     if not prefix:
         return None
-    py_spy = Path(sys.executable).with_name("py-spy")
     profiler = subprocess.Popen(
-        [str(py_spy), "record", "-r", "500", "-f", "raw", "-o", f"{prefix}-{name}.txt",
+        [str(_py_spy()), "record", "-r", "500", "-f", "raw", "-o", f"{prefix}-{name}.txt",
          "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attached
     return profiler

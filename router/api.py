@@ -2,10 +2,12 @@
 
     POST /v1/push    Authorization: Bearer <api key>; body as in `router.validation`
                      202 {"id": "...", "targets": N}
-                     202 {"id": "...", "targets": 0, "duplicate": true} for a repeated dedup_key
+                     202 {"id": "<the original's>", "targets": 0, "duplicate": true} for a
+                     repeated dedup_key
     POST /v1/push/batch  Authorization: Bearer <api key>; {"messages": [<push body>, ...]}
                      202 {"results": [{"id", "targets"} | {"id", "targets": 0, "duplicate": true}
                                       | {"error": {"code", "message"}}, ...]}, one per message
+                     (a duplicate's id is the original's)
     GET  /v1/inbox?after=ID&limit=N   device token (`Authorization: Bearer` or `?token=`)
                      200 {"messages": [<message objects exactly as devices get them over
                      WebSocket/SSE>, ...], "more": bool}: the token's own client's inbox,
@@ -27,8 +29,10 @@ Decisions:
   nodes hold now. Resolution happens here, before enqueueing, so the queued message names clients
   only and a worker does no user lookups.
 - A duplicate (the dedup_key was put within the dedup window) is still a success, 202, because the
-  push the sender meant is accepted: only a retry of it is dropped. Its `id` is the one this
-  request was given and nothing is sent under it; the queue does not remember the first id.
+  push the sender meant is accepted: only a retry of it is dropped. Its `id` is the ORIGINAL
+  message's (the one enqueued under the key and delivered, whichever API process took it), so a
+  sender can match a retry to what was sent; nothing is sent for the retry (`targets` 0). In a
+  batch, a repeat of a key put earlier in the same batch names that earlier message.
 - A batch is all or nothing on input: every message is validated (and resolved) before any is
   enqueued, and one bad message is a 400 naming it (`messages[3].ttl`), with nothing enqueued.
   Its limits: `max_batch` messages, `max_batch_payload_bytes` for the body, `max_payload_bytes`
@@ -73,7 +77,10 @@ Decisions:
   `zuulpush.metrics` reads them; this package knows nothing of Prometheus.
 - Every error is JSON, `{"error": {"code", "message", "field"?}}`, with its HTTP status: our own
   errors, aiohttp's (404 unknown path, 405 wrong method with `Allow`) and, for anything
-  unexpected, a 500 without details (logged here).
+  unexpected, a 500 without details (logged here). A body whose chunked framing is broken, or
+  that the sender abandons, is a 400 naming `body` (`BodyUnreadable`, the connection then
+  closed), never a 500. Requests the HTTP parser refuses before any route sees them are
+  answered (and their logging throttled) by the listener, `router.malformed`.
 """
 
 from __future__ import annotations
@@ -89,6 +96,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from registry.base import NodeInfo, Registry
 from router.auth import AuthConfig, DeviceIdentity, TokenVerifier, bearer, check_key
@@ -99,6 +107,7 @@ from router.base import (
     Message,
     MessageQueue,
     Priority,
+    PutResult,
     Target,
     merge_replay,
 )
@@ -109,6 +118,7 @@ from router.demo import EdgeUrl, add_demo_routes
 from router.errors import (
     AuthThrottled,
     Forbidden,
+    InvalidRequest,
     InvalidToken,
     PayloadTooLarge,
     RateLimited,
@@ -118,6 +128,7 @@ from router.errors import (
     ZuulpushError,
 )
 from router.ids import IdGenerator
+from router.malformed import reason
 from router.openapi import add_openapi_route
 from router.ratelimit import KeyRates
 from router.redis_common import as_outage
@@ -165,6 +176,14 @@ class ApiStats:
     def totals(self) -> dict[str, int]:
         """Messages enqueued and deduplicated since start, all priorities (the dashboard's)."""
         return {"enqueued": sum(self.enqueued.values()), "deduped": sum(self.deduped.values())}
+
+class BodyUnreadable(InvalidRequest):
+    """A request body whose framing is broken (a bad chunk) or that broke off: 400 naming
+    `body`, and the connection closes after the answer (what follows on it is not a request)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="body")
+
 
 _HTTP_CODES = {
     404: "not_found",
@@ -285,10 +304,10 @@ class _PushHandler:
         self._charge(key, len(messages))
         resolved = await self._resolve(messages)
         put = await self._queue.put_many([message for message, _ in resolved])
-        for (message, _), queued in zip(resolved, put, strict=False):
-            self._stats.count_put(message, queued)
-        results = [_result(message, targets, queued)
-                   for (message, targets), queued in zip(resolved, put, strict=False)]
+        for (message, _), result in zip(resolved, put, strict=False):
+            self._stats.count_put(message, not result.duplicate)
+        results = [_result(targets, result)
+                   for (_, targets), result in zip(resolved, put, strict=False)]
         if len(put) < len(resolved):  # the queue filled up: the rest were not enqueued
             full = Unavailable("message queue is full or unreachable", retry_after_s=1.0)
             refused = {"error": full.body()["error"]}
@@ -297,9 +316,9 @@ class _PushHandler:
 
     async def _put(self, message: Message, targets: int) -> dict[str, Any]:
         """Enqueue one resolved message; its result object."""
-        queued = await self._queue.put(message)
-        self._stats.count_put(message, queued)
-        return _result(message, targets, queued)
+        result = await self._queue.put(message)
+        self._stats.count_put(message, not result.duplicate)
+        return _result(targets, result)
 
     async def _resolve(self, messages: list[Message]) -> list[tuple[Message, int]]:
         """Each message as queued (targeted: clients resolved, users gone) and its target count,
@@ -325,11 +344,12 @@ class _PushHandler:
         return out
 
 
-def _result(message: Message, targets: int, queued: bool) -> dict[str, Any]:
-    """The answer for one message the queue took (`queued`) or dropped as a duplicate."""
-    if not queued:
-        return {"id": message.id, "targets": 0, "duplicate": True}
-    return {"id": message.id, "targets": targets}
+def _result(targets: int, put: PutResult) -> dict[str, Any]:
+    """The answer for one message the queue took, or dropped as a duplicate: then with the
+    original message's id and no targets (nothing more is sent)."""
+    if put.duplicate:
+        return {"id": put.id, "targets": 0, "duplicate": True}
+    return {"id": put.id, "targets": targets}
 
 
 class _InboxHandler:
@@ -399,18 +419,26 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The whole body, or PayloadTooLarge as soon as it is known to exceed `max_bytes`."""
+    """The whole body, or PayloadTooLarge as soon as it is known to exceed `max_bytes`;
+    InvalidRequest naming `body` when its framing is malformed or the sender goes away."""
     too_large = PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    # Read here rather than by request.read(): each route has its own limit.
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        # Read here rather than by request.read(): each route has its own limit.
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large
+            chunks.append(chunk)
+    except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. a bad chunk size
+        # Nothing more is read from this body: aiohttp must not try to (and log that it failed).
+        request.content.feed_eof()
+        raise BodyUnreadable(f"request body is malformed: {reason(exc)}") from None
+    except ConnectionResetError:  # the sender went away mid-body: answered to nobody, no bug
+        raise BodyUnreadable("request body was cut off") from None
     return b"".join(chunks)
 
 
@@ -447,7 +475,10 @@ def _error_response(exc: ZuulpushError) -> web.Response:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, Unavailable | RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-    return _json(exc.body(), status=exc.http_status, headers=headers)
+    response = _json(exc.body(), status=exc.http_status, headers=headers)
+    if isinstance(exc, BodyUnreadable):
+        response.force_close()
+    return response
 
 
 def _http_error_response(exc: web.HTTPException) -> web.Response:

@@ -114,6 +114,20 @@ class Taken:
 
 
 @dataclass(frozen=True, slots=True)
+class PutResult:
+    """What `MessageQueue.put` did with one message: enqueued it (`id` is the message's own), or
+    dropped it as a `duplicate` of a dedup key put within the window (`id` is then the ORIGINAL
+    message's: the one enqueued under that key, which is what gets delivered). Truthy when
+    enqueued, as the `bool` that `put` returned before."""
+
+    id: str
+    duplicate: bool = False
+
+    def __bool__(self) -> bool:
+        return not self.duplicate
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """What an edge node receives: one message for some of its clients, or for all of them
     (`broadcast`, narrowed to `device_types` when any are given)."""
@@ -170,17 +184,20 @@ def merge_replay(
 class MessageQueue(Protocol):
     """Priority queues of accepted messages, shared by all router workers."""
 
-    async def put(self, message: Message) -> bool:
-        """Enqueue. Returns False, and enqueues nothing, if `message.dedup_key` was already put
-        within the dedup window. Messages of one priority are taken in the order they were put.
-        Raises `Unavailable` when the queue is full or unreachable."""
+    async def put(self, message: Message) -> PutResult:
+        """Enqueue; `PutResult(message.id)`. If `message.dedup_key` was already put within the
+        dedup window, enqueues nothing and returns `PutResult(original_id, duplicate=True)`:
+        the id of the message enqueued under that key (the window runs from that put), the same
+        for every repeat, whichever process put either. Messages of one priority are taken in
+        the order they were put. Raises `Unavailable` when the queue is full or unreachable."""
         ...
 
-    async def put_many(self, messages: Sequence[Message]) -> list[bool]:
-        """`put` each message in order, in one step where the store allows: True enqueued, False
-        duplicate, one per message. When the queue fills up part way (or, for a batch taking
-        several round trips, becomes unreachable), the result is shorter: the messages past it
-        were not enqueued. Raises `Unavailable` when it takes none."""
+    async def put_many(self, messages: Sequence[Message]) -> list[PutResult]:
+        """`put` each message in order, in one step where the store allows: one result per
+        message (a repeat of a key put earlier in the same call names that earlier message).
+        When the queue fills up part way (or, for a batch taking several round trips, becomes
+        unreachable), the result is shorter: the messages past it were not enqueued. Raises
+        `Unavailable` when it takes none."""
         ...
 
     async def take(self, consumer: str, max_n: int, timeout_s: float,

@@ -143,9 +143,9 @@ class _Demo:
         body = orjson.dumps({"to": {"clients": [identity.client_id]}, "topic": DEMO_TOPIC,
                              "data": {"text": text}, "ttl": 60})
         message = parse_push(body, config=self._config, ids=self._ids, now_ms=self._clock_ms())
-        queued = await self._queue.put(message)
+        put = await self._queue.put(message)  # no dedup key: never a duplicate
         if self._on_put is not None:
-            self._on_put(message, queued)
+            self._on_put(message, not put.duplicate)
         return _json({"id": message.id, "targets": 1}, status=202)
 
     def _limit_client(self, client_id: str, now: float) -> None:

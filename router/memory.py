@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
-from router.base import Broadcast, Delivery, Message, Priority, Taken
+from router.base import Broadcast, Delivery, Message, Priority, PutResult, Taken
 from router.clock import ClockMs, wall_ms
 from router.errors import Unavailable
 from router.memory_box import SortedBox
@@ -84,29 +84,31 @@ class MemoryQueue:
         self._max_depth = max_depth
         self._fifos: dict[Priority, deque[Message]] = {p: deque() for p in Priority}
         self._put_at: dict[Priority, deque[float]] = {p: deque() for p in Priority}  # clock()
-        # dedup key -> expiry; the deque holds the same pairs in expiry order for sweeping
-        self._seen: dict[str, float] = {}
+        # dedup key -> (expiry, id of the message put under it); the deque holds the keys with
+        # their expiries in expiry order, for sweeping
+        self._seen: dict[str, tuple[float, str]] = {}
         self._expiries: deque[tuple[float, str]] = deque()
         self._ready = asyncio.Event()
         self._closed = False
 
-    async def put(self, message: Message) -> bool:
+    async def put(self, message: Message) -> PutResult:
         if self._closed:
             raise Unavailable("message queue is closed")
         key = message.dedup_key
-        if key is not None and self._seen_recently(key):
-            return False
+        original = None if key is None else self._seen_recently(key)
+        if original is not None:
+            return PutResult(original, duplicate=True)
         if self._max_depth is not None and self._waiting() >= self._max_depth:
             raise Unavailable("message queue is full", retry_after_s=1.0)
         if key is not None:
-            self._remember(key)
+            self._remember(key, message.id)
         self._fifos[message.priority].append(message)
         self._put_at[message.priority].append(self._clock())
         self._ready.set()
-        return True
+        return PutResult(message.id)
 
-    async def put_many(self, messages: Sequence[Message]) -> list[bool]:
-        results: list[bool] = []
+    async def put_many(self, messages: Sequence[Message]) -> list[PutResult]:
+        results: list[PutResult] = []
         for message in messages:
             try:
                 results.append(await self.put(message))
@@ -173,18 +175,20 @@ class MemoryQueue:
             self._credits = dict(self._weights)
         return None
 
-    def _seen_recently(self, key: str) -> bool:
+    def _seen_recently(self, key: str) -> str | None:
+        """The id of the message put under `key` within the window, if any."""
         now = self._clock()
         # Expiries are appended in clock order, so the expired ones are all at the left.
         while self._expiries and self._expiries[0][0] <= now:
             expiry, old = self._expiries.popleft()
-            if self._seen.get(old) == expiry:
+            if self._seen.get(old, (None,))[0] == expiry:
                 del self._seen[old]
-        return key in self._seen
+        seen = self._seen.get(key)
+        return None if seen is None else seen[1]
 
-    def _remember(self, key: str) -> None:
+    def _remember(self, key: str, message_id: str) -> None:
         expiry = self._clock() + self._window_s
-        self._seen[key] = expiry
+        self._seen[key] = (expiry, message_id)
         self._expiries.append((expiry, key))
 
 

@@ -27,7 +27,7 @@ from router.dashboard import COOKIE, CSRF_HEADER, SESSION_S
 from router.demo import DEMO_TOKEN_TTL_S, MAX_TEXT
 from router.ids import ID_FORMAT
 from router.static import NAME as STATIC_NAME
-from router.validation import DEFAULT_INBOX_PAGE, DEFAULT_TOPIC, MAX_ID_CHARS
+from router.validation import DEFAULT_INBOX_PAGE, DEFAULT_TOPIC, MAX_DATA_DEPTH, MAX_ID_CHARS
 
 DEFAULTS = ApiConfig()
 EDGE_SERVER = "http://127.0.0.1:8080"
@@ -91,7 +91,9 @@ def _schemas(c: ApiConfig) -> dict[str, Schema]:
     push = _obj({
         "to": _ref("schemas", "Target"),
         "topic": {**_ID, "default": DEFAULT_TOPIC},
-        "data": {"description": "Any JSON value, null included; required."},
+        "data": {"description": f"Any JSON value, null included; required. Arrays and "
+                                f"objects in it nest at most {MAX_DATA_DEPTH} levels (400 "
+                                f"naming `data` past it)."},
         "priority": {"type": "string", "enum": ["high", "normal", "low"], "default": "normal"},
         "ttl": {"type": "integer", "minimum": 1, "maximum": c.max_ttl_s,
                 "default": c.default_ttl_s,
@@ -99,13 +101,20 @@ def _schemas(c: ApiConfig) -> dict[str, Schema]:
                                f"(default setting {c.max_ttl_s}); absent: `default_ttl_s` "
                                f"({c.default_ttl_s})."},
         "dedup_key": {"oneOf": [_ID, {"type": "null"}],
-                      "description": "A repeat within the dedup window is answered "
-                                     "`duplicate: true` and not sent."},
+                      "description": "A repeat within the dedup window (`dedup_window_s`) is "
+                                     "not sent: it is answered `duplicate: true` with the id of "
+                                     "the original message (the one sent)."},
     }, required=["to", "data"], description=(
         f"One push. The whole body is at most `max_payload_bytes` ({c.max_payload_bytes}) "
         f"bytes (413 past it)."))
-    accepted = _obj({"id": {"type": "string"}, "targets": {"type": "integer", "minimum": 0},
-                     "duplicate": {"const": True}}, required=["id", "targets"])
+    accepted = _obj({
+        "id": {"type": "string", "description": "The message's id; for a duplicate, the "
+                                                "original message's."},
+        "targets": {"type": "integer", "minimum": 0, "description": "Devices the message was "
+                    "resolved to (a broadcast: connections reached); 0 for a duplicate."},
+        "duplicate": {"const": True, "description": "Present when the dedup_key was put within "
+                      "the dedup window: nothing is sent, `id` is the original's."}},
+        required=["id", "targets"])
     error = _obj({"error": _obj({"code": {"type": "string"}, "message": {"type": "string"},
                                  "field": {"type": "string"}}, required=["code", "message"])},
                  description="Every error answer: `field` names the culprit when there is one "

@@ -5,9 +5,11 @@ lives in one Redis Cluster slot:
 
     {zp:q}:high, {zp:q}:normal, {zp:q}:low   one stream per priority; entry fields
                                              `m` (the message's metadata, compact JSON) and
-                                             `p` (its payload bytes, as sent)
+                                             `p` (its payload bytes, as sent), laid out by
+                                             `router.redis_queue_layout`
     {zp:q}:credits                           hash: the weighted round's credit left per priority
-    {zp:q}:d:<dedup key>                     "1" with PX = the dedup window
+    {zp:q}:d:<dedup key>                     the id of the message put under the key, with
+                                             PX = the dedup window
 
 Why one slot: dedup and enqueue are one atomic script (a duplicate is never half-enqueued, and
 no window exists between "seen" and "queued"), a take is one script over all three streams, and
@@ -16,9 +18,13 @@ Redis primary; one primary XADDs and XREADGROUPs well beyond 50,000 messages/s, 
 region's API and routers need. A fleet that outgrows it runs several queues (prefixes).
 
 Put. The PUT script takes many messages in one call and, for each in order, refuses a dedup key
-seen within the window (False: enqueues nothing), stops at a full queue (`max_depth` entries in
-the three streams, counting taken and not yet done ones: that message and the later ones are
-refused, `Unavailable`, 503), else remembers the key (`SET PX window`) and XADDs. A single `put`
+seen within the window (a duplicate: enqueues nothing, and answers the id stored under the key,
+the original message's), stops at a full queue (`max_depth` entries in the three streams,
+counting taken and not yet done ones: that message and the later ones are refused,
+`Unavailable`, 503), else remembers the key (`SET <its id> PX window`) and XADDs. The original's
+id costs no round trip: the key's GET replaces the EXISTS that dedup needs anyway. A key written
+by a version before this one holds "1" and no id: its repeats answer their own id, as then. A
+single `put`
 is coalesced: the puts made in one turn of the event loop (an API serving many requests at once)
 go to Redis as one script call, answered each on its own, so a busy API pays one round trip per
 turn instead of one per request; an idle one still sends each put at once.
@@ -64,13 +70,13 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
 from redis.exceptions import ResponseError
 
 from registry.redis_client import Client, connect
 from registry.redis_layout import check_prefix
 from registry.redis_lua import Lua
-from router.base import Message, Priority, Taken, Target
+from router import redis_queue_layout as layout
+from router.base import Message, Priority, PutResult, Taken
 from router.errors import Unavailable
 from router.memory import DEFAULT_WEIGHTS
 from router.redis_common import block_ms, idle, run_script, unavailable, unless_closed
@@ -80,9 +86,10 @@ DONE_ITEMS = 1000
 
 # KEYS: high, normal, low, then the dedup keys of the messages that have one
 # ARGV: window_ms, max_depth (0: none), then per message: stream index (1-3), index of its dedup
-#       key in KEYS (0: none), meta, payload
-# Returns one 1 (enqueued) or 0 (duplicate within the window) per message, stopping short at the
-# first message that found the queue full.
+#       key in KEYS (0: none), meta, payload, its id (empty without a dedup key)
+# Returns per message 1 (enqueued) or, for a duplicate within the window, the id stored under
+# its key (the original message's), stopping short at the first message that found the queue
+# full.
 PUT = Lua("queue_put_many", r"""
 local window, max = ARGV[1], tonumber(ARGV[2])
 local n = 0
@@ -90,14 +97,15 @@ if max > 0 then
   n = redis.call('XLEN', KEYS[1]) + redis.call('XLEN', KEYS[2]) + redis.call('XLEN', KEYS[3])
 end
 local out = {}
-for i = 3, #ARGV, 4 do
+for i = 3, #ARGV, 5 do
   local dedup = tonumber(ARGV[i + 1])
-  if dedup > 0 and redis.call('EXISTS', KEYS[dedup]) == 1 then
-    out[#out + 1] = 0
+  local original = dedup > 0 and redis.call('GET', KEYS[dedup])
+  if original then
+    out[#out + 1] = original
   elseif max > 0 and n >= max then
     break
   else
-    if dedup > 0 then redis.call('SET', KEYS[dedup], '1', 'PX', window) end
+    if dedup > 0 then redis.call('SET', KEYS[dedup], ARGV[i + 4], 'PX', window) end
     redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'm', ARGV[i + 2], 'p', ARGV[i + 3])
     n = n + 1
     out[#out + 1] = 1
@@ -264,7 +272,7 @@ class RedisQueue:
         self._weights = [weights[p] for p in Priority]
         self._max_depth = max_depth or 0
         self._groups_made = False
-        self._coalesced: list[tuple[Message, asyncio.Future[bool]]] = []
+        self._coalesced: list[tuple[Message, asyncio.Future[PutResult]]] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._owns_client = False
         self._closed = asyncio.Event()
@@ -279,21 +287,21 @@ class RedisQueue:
     def dedup_key(self, key: str) -> str:
         return self._dedup_prefix + key
 
-    async def put(self, message: Message) -> bool:
+    async def put(self, message: Message) -> PutResult:
         """Coalesced with the other puts of this turn of the event loop (module docstring)."""
         if self._closed.is_set():
             raise Unavailable("message queue is closed")
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[bool] = loop.create_future()
+        answer: asyncio.Future[PutResult] = loop.create_future()
         self._coalesced.append((message, answer))
         if len(self._coalesced) == 1:
             loop.call_soon(self._send_coalesced)
         return await answer
 
-    async def put_many(self, messages: Sequence[Message]) -> list[bool]:
+    async def put_many(self, messages: Sequence[Message]) -> list[PutResult]:
         if self._closed.is_set():
             raise Unavailable("message queue is closed")
-        results: list[bool] = []
+        results: list[PutResult] = []
         for start in range(0, len(messages), PUT_ITEMS):
             chunk = messages[start:start + PUT_ITEMS]
             try:
@@ -314,7 +322,7 @@ class RedisQueue:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _answer(self, batch: list[tuple[Message, asyncio.Future[bool]]]) -> None:
+    async def _answer(self, batch: list[tuple[Message, asyncio.Future[PutResult]]]) -> None:
         """Put `batch` as `put_many` does; answer each put's future."""
         error: Exception = _full()
         try:
@@ -329,19 +337,21 @@ class RedisQueue:
             else:
                 answer.set_exception(error)
 
-    async def _put_now(self, messages: Sequence[Message]) -> list[bool]:
+    async def _put_now(self, messages: Sequence[Message]) -> list[PutResult]:
         """One PUT script call: a result per message, shorter if the queue filled up."""
         keys = list(self.streams)
         args: list[Any] = [self._window_ms, self._max_depth]
         for message in messages:
-            dedup = 0
+            dedup, own_id = 0, ""
             if message.dedup_key is not None:
                 keys.append(self.dedup_key(message.dedup_key))
-                dedup = len(keys)
-            args += (int(message.priority) + 1, dedup, encode_meta(message), message.payload)
+                dedup, own_id = len(keys), message.id
+            meta = layout.encode_meta(message)
+            args += (int(message.priority) + 1, dedup, meta, message.payload, own_id)
         with unavailable("message queue"):
             results = await run_script(self._client, PUT, keys, args)
-        return [bool(r) for r in results]
+        return [layout.put_result(m, answer)
+                for m, answer in zip(messages, results, strict=False)]
 
     async def take(self, consumer: str, max_n: int, timeout_s: float,
                    done: Sequence[str] = ()) -> list[Taken]:
@@ -354,7 +364,7 @@ class RedisQueue:
         if max_n <= 0:
             await self.done(consumer, done)
             return []
-        pairs = _done_pairs(done)
+        pairs = layout.done_pairs(done)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout_s)
         with unavailable("message queue"):
@@ -371,7 +381,7 @@ class RedisQueue:
     async def done(self, consumer: str, receipts: Sequence[str]) -> None:
         if not receipts:
             return
-        pairs = _done_pairs(receipts)
+        pairs = layout.done_pairs(receipts)
         with unavailable("message queue"):
             for start in range(0, len(pairs), 2 * DONE_ITEMS):
                 await self._script(DONE, [self._group, *pairs[start:start + 2 * DONE_ITEMS]])
@@ -405,7 +415,7 @@ class RedisQueue:
         entries, after = await self._script(
             TAKE, [self._group, consumer, max_n, *self._weights, claim_ms, *done_pairs],
             keys=[*self.streams, self.credits_key])
-        taken = [_taken(entries[i:i + 4]) for i in range(0, len(entries), 4)]
+        taken = [layout.taken(entries[i:i + 4]) for i in range(0, len(entries), 4)]
         return taken, after
 
     async def _wait_for_new(self, after: list[bytes], wait_s: float) -> bool:
@@ -441,44 +451,5 @@ class RedisQueue:
         self._groups_made = True
 
 
-def encode_meta(message: Message) -> bytes:
-    """Every field of `message` but its payload, as compact JSON. `forwarded_from` is written
-    only when set, so what one region's API enqueues reads the same as before regions."""
-    target = message.target
-    fields = [
-        message.id, message.topic, message.ts_ms, int(message.priority), message.ttl_s,
-        target.clients, target.users, sorted(target.device_types), target.broadcast,
-        message.dedup_key]
-    if message.forwarded_from is not None:
-        fields.append(message.forwarded_from)
-    return orjson.dumps(fields)
-
-
-def decode_message(meta: bytes, payload: bytes) -> Message:
-    """The message `encode_meta` and its payload were made from."""
-    fields = orjson.loads(meta)
-    (id_, topic, ts_ms, priority, ttl_s, clients, users, device_types, broadcast,
-     dedup_key) = fields[:10]
-    forwarded_from = fields[10] if len(fields) > 10 else None
-    target = Target(tuple(clients), tuple(users), frozenset(device_types), broadcast)
-    return Message(id_, topic, payload, ts_ms, Priority(priority), ttl_s, target, dedup_key,
-                   forwarded_from)
-
-
 def _full() -> Unavailable:
     return Unavailable("message queue is full", retry_after_s=1.0)
-
-
-def _done_pairs(receipts: Sequence[str]) -> list[str]:
-    """(stream index, entry id) pairs of the DONE and TAKE scripts, flat."""
-    pairs: list[str] = []
-    for receipt in receipts:
-        priority, _, entry_id = receipt.partition(":")
-        pairs += (str(int(priority) + 1), entry_id)
-    return pairs
-
-
-def _taken(fields: list[bytes]) -> Taken:
-    stream, entry_id, meta, payload = fields
-    priority = int(stream) - 1
-    return Taken(decode_message(meta, payload), f"{priority}:{entry_id.decode()}")

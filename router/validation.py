@@ -11,7 +11,10 @@ The body is one JSON object:
   (the error says to add `broadcast`, as `zuulpush send` and the dashboard's form do). Repeated
   ids are collapsed, first occurrence kept. At most `max_targets` clients and users together.
 - `data` is required and may be any JSON value, `null` included (a bare "something changed"
-  signal); requiring the key catches a misspelt one rather than sending nothing.
+  signal); requiring the key catches a misspelt one rather than sending nothing. Arrays and
+  objects in it nest at most `MAX_DATA_DEPTH` levels (`[]` is one level, `{"a": []}` two): well
+  below what the JSON encoder of the device payload (orjson, about 254 levels) can write, so a
+  deeper one is an `InvalidRequest` naming `data`, never an encoder error.
 - `topic` defaults to `"default"`, `priority` to `"normal"` (lower-case labels only), `ttl` to the
   configured default (a whole number of seconds, 1 to `max_ttl_s`; `true` is not a number).
 - `dedup_key` is optional; `null` means none.
@@ -45,6 +48,8 @@ from router.errors import InvalidRequest, PayloadTooLarge, TooManyMessages
 from router.ids import ID_FORMAT, IdGenerator, is_message_id
 
 MAX_ID_CHARS = 256
+MAX_DATA_DEPTH = 128
+"""Levels of arrays and objects `data` may nest (module docstring)."""
 DEFAULT_TOPIC = "default"
 DEFAULT_INBOX_PAGE = 100
 _TOP_LEVEL = frozenset({"to", "topic", "data", "priority", "ttl", "dedup_key"})
@@ -56,7 +61,8 @@ _PRIORITIES = {p.label: p for p in Priority}
 
 def parse_push(body: bytes, *, config: ApiConfig, ids: IdGenerator, now_ms: int) -> Message:
     """The message `body` asks for, stamped `now_ms` with a fresh id; raises `InvalidRequest`."""
-    return _message(_decode(body, config.max_payload_bytes), config, ids, now_ms)
+    return _message(_decode(body, config.max_payload_bytes), config, ids, now_ms,
+                    deep=_may_nest_deep(body))
 
 
 def parse_batch(
@@ -72,14 +78,17 @@ def parse_batch(
     if len(items) > config.max_batch:
         raise TooManyMessages(f"at most {config.max_batch} messages in a batch",
                               field="messages")
-    return [_batch_item(raw, f"messages[{i}]", config, ids, now_ms) for i, raw in enumerate(items)]
+    deep = _may_nest_deep(body)
+    return [_batch_item(raw, f"messages[{i}]", config, ids, now_ms, deep)
+            for i, raw in enumerate(items)]
 
 
-def _batch_item(raw: Any, field: str, config: ApiConfig, ids: IdGenerator, now_ms: int) -> Message:
+def _batch_item(raw: Any, field: str, config: ApiConfig, ids: IdGenerator, now_ms: int,
+                deep: bool) -> Message:
     if not isinstance(raw, dict):
         raise InvalidRequest("each message must be a JSON object", field=field)
     try:
-        message = _message(raw, config, ids, now_ms)
+        message = _message(raw, config, ids, now_ms, deep=deep)
     except InvalidRequest as exc:
         raise type(exc)(exc.message, field=f"{field}.{exc.field}") from None
     if len(message.payload) > config.max_payload_bytes:
@@ -89,12 +98,16 @@ def _batch_item(raw: Any, field: str, config: ApiConfig, ids: IdGenerator, now_m
     return message
 
 
-def _message(request: dict[str, Any], config: ApiConfig, ids: IdGenerator, now_ms: int) -> Message:
+def _message(request: dict[str, Any], config: ApiConfig, ids: IdGenerator, now_ms: int, *,
+             deep: bool) -> Message:
+    """The message of one push object; `deep`: its `data` may nest past MAX_DATA_DEPTH."""
     _reject_unknown(request, _TOP_LEVEL, prefix="")
     if "to" not in request:
         raise InvalidRequest("'to' is required", field="to")
     if "data" not in request:
         raise InvalidRequest("'data' is required (it may be null)", field="data")
+    if deep:
+        _check_depth(request["data"])
     return Message.create(
         id=ids.new(now_ms),
         topic=_topic(request.get("topic", DEFAULT_TOPIC)),
@@ -117,6 +130,27 @@ def _decode(body: bytes, max_bytes: int) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise InvalidRequest("request body must be a JSON object", field="body")
     return request
+
+
+def _may_nest_deep(body: bytes) -> bool:
+    """False when no value in `body` can nest past MAX_DATA_DEPTH: it opens too few arrays and
+    objects (counted in C, brackets in strings too), which spares most bodies the walk."""
+    return body.count(b"[") + body.count(b"{") > MAX_DATA_DEPTH
+
+
+def _check_depth(data: Any) -> None:
+    """InvalidRequest naming `data` when it nests deeper than MAX_DATA_DEPTH; a walk one level
+    at a time (no recursion), over arrays and objects only, stopping as soon as it is too deep."""
+    level = [data] if isinstance(data, list | dict) else []
+    for _ in range(MAX_DATA_DEPTH):
+        if not level:
+            return
+        level = [child for value in level
+                 for child in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(child, list | dict)]
+    if level:
+        raise InvalidRequest(f"'data' nests arrays and objects deeper than {MAX_DATA_DEPTH} "
+                             "levels", field="data")
 
 
 def _reject_unknown(obj: dict[str, Any], known: frozenset[str], *, prefix: str) -> None:

@@ -15,7 +15,7 @@ from registry.memory import MemoryRegistry
 from registry.redis import RedisRegistry
 from router.api import ApiStats, create_api_app
 from router.auth import AuthConfig
-from router.base import Message, MessageQueue, Priority, Target
+from router.base import Message, MessageQueue, Priority, PutResult, Target
 from router.config import ApiConfig
 from router.errors import Unavailable
 from router.memory import MemoryQueue
@@ -147,7 +147,7 @@ async def test_duplicate_dedup_key_is_accepted_but_not_queued(api: Api) -> None:
     assert (first_status, first["targets"]) == (202, 1)
     assert "duplicate" not in first
     assert second_status == 202
-    assert (second["targets"], second["duplicate"]) == (0, True)
+    assert second == {"id": first["id"], "targets": 0, "duplicate": True}  # the original's id
     assert [m.id for m in await api.queued()] == [first["id"]]
 
 
@@ -250,7 +250,7 @@ class BrokenQueue(MemoryQueue):
         super().__init__(600.0)
         self.error = error
 
-    async def put(self, message: Message) -> bool:
+    async def put(self, message: Message) -> PutResult:
         raise self.error
 
 
@@ -316,7 +316,8 @@ async def test_batch_repeated_dedup_key_is_a_duplicate_within_the_batch(api: Api
     status, body = await api.batch({"messages": messages})
     assert status == 202
     assert [r.get("duplicate", False) for r in body["results"]] == [False, True, False]
-    assert body["results"][1]["targets"] == 0
+    assert body["results"][1] == {"id": body["results"][0]["id"], "targets": 0,
+                                  "duplicate": True}
     assert len(await api.queued()) == 2
 
 

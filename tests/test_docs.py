@@ -258,3 +258,10 @@ def test_operator_metrics_exist(doc: Path) -> None:
     for name in set(re.findall(r"\b(zuulpush_[a-z_]+)", doc.read_text())):
         base = re.sub(r"_(total|bucket|count|sum)$", "", name)
         assert name in families or base in families, (doc.name, name)
+
+
+def test_push_api_states_the_data_nesting_limit() -> None:
+    from router.validation import MAX_DATA_DEPTH
+
+    section = README.split("\n## Push-send API\n", 1)[1].split("\n## ", 1)[0]
+    assert f"nest at most {MAX_DATA_DEPTH} levels" in " ".join(section.split())

@@ -19,7 +19,7 @@ from router.auth import AuthConfig
 from router.config import ApiConfig
 from router.memory import MemoryInbox, MemoryQueue
 from router.openapi import DOCUMENT, EDGE_TAG, build
-from router.validation import MAX_ID_CHARS
+from router.validation import MAX_DATA_DEPTH, MAX_ID_CHARS
 from zuulpush.edge.request import ADMIN, Route
 
 SPEC = build()
@@ -73,6 +73,10 @@ def test_limits_are_the_configs_defaults() -> None:
     assert SCHEMAS["Target"]["properties"]["clients"]["maxItems"] == c.max_targets
     assert SCHEMAS["BatchRequest"]["properties"]["messages"]["maxItems"] == c.max_batch
     assert SCHEMAS["Id"]["maxLength"] == MAX_ID_CHARS
+    assert f"at most {MAX_DATA_DEPTH} levels" in SCHEMAS["PushRequest"]["properties"]["data"][
+        "description"]
+    # A duplicate's id is the original message's (the queue's PutResult).
+    assert "original" in SCHEMAS["PushAccepted"]["properties"]["id"]["description"]
     ack_ids = SCHEMAS["InboxAck"]["oneOf"][0]["properties"]["ids"]
     assert ack_ids["maxItems"] == c.max_inbox_page
     limit = next(p for p in SPEC["paths"]["/v1/inbox"]["get"]["parameters"]

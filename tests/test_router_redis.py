@@ -19,7 +19,7 @@ from redis.crc import key_slot
 
 from registry.redis_client import Client, connect
 from registry.redis_layout import tag
-from router.base import Delivery, InboxEntry, Message, Priority, Target
+from router.base import Delivery, InboxEntry, Message, Priority, PutResult, Target
 from router.errors import Unavailable
 from router.redis_channel import RedisNodeChannel
 from router.redis_inbox import RedisInbox
@@ -126,7 +126,9 @@ async def test_dedup_holds_across_two_clients(redis_server: RedisServer, redis_p
     second = RedisQueue.from_url(redis_server.url, prefix=redis_prefix, dedup_window_s=WINDOW_S)
     results = await asyncio.gather(*(q.put(message(dedup_key="order-7{x}"))
                                      for q in (first, second) for _ in range(10)))
-    assert sorted(results) == [False] * 19 + [True]
+    [enqueued] = [r for r in results if not r.duplicate]
+    assert [r for r in results if r.duplicate] == [PutResult(enqueued.id, duplicate=True)] * 19
+    assert await first._client.get(first.dedup_key("order-7{x}")) == enqueued.id.encode()
     pttl = await first._client.pttl(first.dedup_key("order-7{x}"))
     assert 0 < pttl <= WINDOW_S * 1000
     assert sum((await second.depth()).values()) == 1
@@ -138,7 +140,7 @@ async def test_a_full_queue_stops_put_many_part_way(client: Client, redis_prefix
     queue = RedisQueue(client, prefix=redis_prefix, dedup_window_s=WINDOW_S, max_depth=3)
     await queue.put(message())
     batch = [message(dedup_key="a"), message(), message(dedup_key="b"), message()]
-    assert await queue.put_many(batch) == [True, True]
+    assert await queue.put_many(batch) == [PutResult(batch[0].id), PutResult(batch[1].id)]
     assert not await client.exists(queue.dedup_key("b"))  # refused: its key was not kept
     with pytest.raises(Unavailable, match="full"):
         await queue.put_many(batch[2:])
@@ -153,8 +155,10 @@ async def test_puts_of_one_loop_turn_go_to_redis_as_one_script_call(
         before = await _script_calls(queue._client)
         sent = [message(dedup_key="d" if i % 10 == 0 else None) for i in range(100)]
         results = await asyncio.gather(*(queue.put(m) for m in sent))
+        # One call still, with each repeat's original id in it: the GET replaced an EXISTS.
         assert await _script_calls(queue._client) - before == 1
-        assert results == [i % 10 != 0 or i == 0 for i in range(100)]
+        assert results == [PutResult(m.id) if i % 10 or i == 0
+                           else PutResult(sent[0].id, duplicate=True) for i, m in enumerate(sent)]
         taken = await queue.take("w", 200, 0)
         assert [t.message.id for t in taken][1:] == [
             m.id for i, m in enumerate(sent) if results[i]]
@@ -189,6 +193,18 @@ async def test_a_coalesced_put_on_an_unreachable_redis_is_unavailable(
         assert [type(r) for r in results] == [Unavailable] * 3
     finally:
         await queue.close()
+
+
+async def test_a_dedup_key_from_an_older_version_still_dedups_naming_the_repeat(
+    client: Client, redis_prefix: str
+) -> None:
+    """Keys written before they held the original's id hold "1" (a fleet part way through an
+    upgrade): a repeat is still dropped, answered with its own id as it was then."""
+    queue = RedisQueue(client, prefix=redis_prefix, dedup_window_s=WINDOW_S)
+    await client.set(queue.dedup_key("old"), b"1", px=60_000)
+    repeat = message(dedup_key="old")
+    assert await queue.put(repeat) == PutResult(repeat.id, duplicate=True)
+    assert await queue.depth() == {p: 0 for p in Priority}
 
 
 async def _script_calls(client: Client) -> int:

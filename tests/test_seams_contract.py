@@ -31,6 +31,7 @@ from router.base import (
     MessageQueue,
     NodeChannel,
     Priority,
+    PutResult,
     Target,
 )
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
@@ -235,7 +236,7 @@ async def test_queue_is_fifo_within_a_priority(seams: Seams) -> None:
     queue = seams.queue()
     sent = [message() for _ in range(5)]
     for m in sent:
-        assert await queue.put(m)
+        assert await queue.put(m) == PutResult(m.id)
     taken = await queue.take("w1", 10, 0)
     assert [t.message for t in taken] == sent
 
@@ -246,7 +247,9 @@ async def test_queue_put_many_keeps_order_and_drops_duplicates_within_it(seams: 
     await queue.put(first)
     batch = [message(), message(dedup_key="seen"), message(dedup_key="k"),
              message(dedup_key="k"), message(Priority.HIGH)]
-    assert await queue.put_many(batch) == [True, False, True, False, True]
+    assert await queue.put_many(batch) == [
+        PutResult(batch[0].id), PutResult(first.id, duplicate=True), PutResult(batch[2].id),
+        PutResult(batch[2].id, duplicate=True), PutResult(batch[4].id)]
     assert await queue.put_many([]) == []
     taken = [t.message for t in await queue.take("w1", 10, 0)]
     assert taken == [batch[4], first, batch[0], batch[2]]
@@ -318,25 +321,52 @@ async def test_queue_never_starves_low_even_one_at_a_time(seams: Seams) -> None:
 
 async def test_queue_dedup_within_window(seams: Seams) -> None:
     queue = seams.queue()
-    assert await queue.put(message(dedup_key="k"))
-    assert not await queue.put(message(dedup_key="k"))
-    assert await queue.put(message(dedup_key="other"))
-    assert len(await queue.take("w1", 10, 0)) == 2
+    first, other = message(dedup_key="k"), message(dedup_key="other")
+    assert await queue.put(first) == PutResult(first.id)
+    assert await queue.put(message(dedup_key="k")) == PutResult(first.id, duplicate=True)
+    assert await queue.put(other) == PutResult(other.id)
+    assert [t.message for t in await queue.take("w1", 10, 0)] == [first, other]
+
+
+async def test_queue_duplicate_names_the_original_message_every_time(seams: Seams) -> None:
+    """A repeat answers the id of the message that was enqueued under the key (the one that is
+    delivered), however often it comes and whichever way it is put, so a sender can match the
+    two; `bool()` of a result still says whether it was enqueued."""
+    queue = seams.queue()
+    original = message(dedup_key="order-7")
+    assert await queue.put(original)
+    for _ in range(3):
+        repeat = await queue.put(message(dedup_key="order-7"))
+        assert (repeat.id, repeat.duplicate, bool(repeat)) == (original.id, True, False)
+    [from_batch] = await queue.put_many([message(dedup_key="order-7")])
+    assert from_batch == PutResult(original.id, duplicate=True)
+    assert [t.message for t in await queue.take("w1", 10, 0)] == [original]
+
+
+async def test_queue_concurrent_puts_of_one_key_name_the_one_enqueued(seams: Seams) -> None:
+    queue = seams.queue()
+    sent = [message(dedup_key="once") for _ in range(5)]
+    results = await asyncio.gather(*(queue.put(m) for m in sent))
+    [taken] = [t.message for t in await queue.take("w1", 10, 0)]
+    assert sorted(results, key=lambda r: r.duplicate) == [PutResult(taken.id)] + [
+        PutResult(taken.id, duplicate=True)] * 4
 
 
 async def test_queue_dedup_key_free_again_after_window(seams: Seams) -> None:
     queue = seams.queue()
-    assert await queue.put(message(dedup_key="k"))
+    first, later = message(dedup_key="k"), message(dedup_key="k")
+    assert await queue.put(first) == PutResult(first.id)
     await seams.elapse(seams.window_s / 2)
-    assert not await queue.put(message(dedup_key="k"))
+    assert await queue.put(message(dedup_key="k")) == PutResult(first.id, duplicate=True)
     await seams.elapse(seams.window_s / 2 + seams.slack_s)
-    assert await queue.put(message(dedup_key="k"))
+    assert await queue.put(later) == PutResult(later.id)
+    assert await queue.put(message(dedup_key="k")) == PutResult(later.id, duplicate=True)
 
 
 async def test_queue_without_dedup_key_never_dedups(seams: Seams) -> None:
     queue = seams.queue()
-    assert await queue.put(message())
-    assert await queue.put(message())
+    sent = [message(), message()]
+    assert [await queue.put(m) for m in sent] == [PutResult(m.id) for m in sent]
 
 
 async def test_queue_depth_counts_waiting_only(seams: Seams) -> None:

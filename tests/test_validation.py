@@ -11,7 +11,14 @@ from router.base import Priority, Target
 from router.config import ApiConfig
 from router.errors import InvalidRequest, PayloadTooLarge
 from router.ids import IdGenerator
-from router.validation import DEFAULT_TOPIC, InboxAck, parse_batch, parse_inbox_ack, parse_push
+from router.validation import (
+    DEFAULT_TOPIC,
+    MAX_DATA_DEPTH,
+    InboxAck,
+    parse_batch,
+    parse_inbox_ack,
+    parse_push,
+)
 
 CONFIG = ApiConfig(max_payload_bytes=4096, default_ttl_s=300, max_ttl_s=3600, max_targets=5,
                    max_batch=10)
@@ -227,3 +234,60 @@ def test_inbox_ack_counts_ids_as_sent_repeats_included() -> None:
     assert caught.value.field == "ids"
     assert parse_inbox_ack(orjson.dumps({"ids": ["a", "a", "b"]}), max_ids=3,
                            max_bytes=4096) == InboxAck(ids=("a", "b"))
+
+
+# --- how deep `data` may nest --------------------------------------------------------------------
+
+
+def nested(levels: int) -> bytes:
+    """`data` as `levels` arrays and objects inside each other (a scalar at the bottom)."""
+    return b'{"a":[' * (levels // 2) + (b"[1]" if levels % 2 else b"1") + b"]}" * (levels // 2)
+
+
+def deep_push(levels: int) -> bytes:
+    return b'{"to": {"clients": ["c1"]}, "data": ' + nested(levels) + b"}"
+
+
+def test_data_nested_to_the_limit_is_accepted() -> None:
+    config = ApiConfig(max_payload_bytes=64 * 1024)
+    message = parse_push(deep_push(MAX_DATA_DEPTH), config=config, ids=IdGenerator(),
+                         now_ms=NOW_MS)
+    assert orjson.loads(message.payload)["data"] == orjson.loads(nested(MAX_DATA_DEPTH))
+
+
+# 129: one past the limit; 254 and up: where orjson.dumps (Message.create) gave up (a 500);
+# 1020: as deep as orjson.loads lets a push body go.
+@pytest.mark.parametrize("levels", [MAX_DATA_DEPTH + 1, 254, 300, 1020])
+def test_data_nested_past_the_limit_is_400_naming_data(levels: int) -> None:
+    config = ApiConfig(max_payload_bytes=64 * 1024)
+    with pytest.raises(InvalidRequest) as caught:
+        parse_push(deep_push(levels), config=config, ids=IdGenerator(), now_ms=NOW_MS)
+    assert caught.type is InvalidRequest
+    assert caught.value.field == "data"
+    assert str(MAX_DATA_DEPTH) in caught.value.message
+
+
+def test_nesting_counts_arrays_and_objects_alike() -> None:
+    config = ApiConfig(max_payload_bytes=64 * 1024)
+    wide = b"[" + b",".join([nested(MAX_DATA_DEPTH - 1)] * 3 + [b"{}"]) + b"]"
+    body = b'{"to": {"clients": ["c1"]}, "data": ' + wide + b"}"
+    assert parse_push(body, config=config, ids=IdGenerator(), now_ms=NOW_MS)
+    deeper = b"[" + wide + b"]"
+    body = b'{"to": {"clients": ["c1"]}, "data": ' + deeper + b"}"
+    with pytest.raises(InvalidRequest):
+        parse_push(body, config=config, ids=IdGenerator(), now_ms=NOW_MS)
+
+
+def test_brackets_in_strings_do_not_count_as_nesting() -> None:
+    message = parse(valid(data={"text": "[" * 500 + "{" * 500}))
+    assert orjson.loads(message.payload)["data"]["text"].startswith("[[[")
+
+
+@pytest.mark.parametrize("levels", [MAX_DATA_DEPTH + 1, 300])
+def test_batch_data_nested_past_the_limit_names_the_message(levels: int) -> None:
+    config = ApiConfig(max_payload_bytes=64 * 1024)
+    body = b'{"messages": [' + orjson.dumps(valid()) + b"," + deep_push(levels) + b"]}"
+    with pytest.raises(InvalidRequest) as caught:
+        parse_batch(body, config=config, ids=IdGenerator(), now_ms=NOW_MS)
+    assert caught.type is InvalidRequest
+    assert caught.value.field == "messages[1].data"

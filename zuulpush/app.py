@@ -61,6 +61,7 @@ from router.config import ApiConfig, RouterConfig
 from router.dashboard import DashboardSources
 from router.demo import EdgeUrl, demo_available, edge_url_for
 from router.handoff import Handoff
+from router.malformed import JsonErrorsSite, RefusalLog, Refusals
 from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.process_stats import ProcessStats
 from router.redis_history import RedisBroadcastLog
@@ -186,7 +187,7 @@ class ApiSite:
                              "to (or turn the demo off)")
         self._dashboard = dashboard
         self._edge_url = edge_url
-        self._stats = stats
+        self._stats = ApiStats() if stats is None else stats
         self._metrics = metrics
         self._config = config
         self._auth = auth
@@ -207,11 +208,13 @@ class ApiSite:
                              dashboard=self._dashboard, edge_url=self._edge_url)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
+        refusals = Refusals(self._stats.count_error, RefusalLog())  # `router.malformed`
         host, port = self._config.api_host, self._config.api_port
-        site = web.TCPSite(self._runner, host, port, backlog=1024, ssl_context=self.tls)
+        site = JsonErrorsSite(self._runner, host, port, refusals=refusals, backlog=1024,
+                              ssl_context=self.tls, access_log=None)
         with listening("the API (--api-port)", host, port):
             await site.start()
-        self.port = self._runner.addresses[0][1]
+        self.port = site.port
 
     async def stop(self) -> None:
         """Stop accepting and finish the requests in flight (each one enqueues or fails)."""

@@ -1,20 +1,17 @@
 """Headless Chromium for the browser tests: Debian's `chromium` package (installed by
 `bash scripts/test` when missing), driven by Playwright for Python with `executable_path`, so
 no browser is downloaded. Each test gets its own browser process, closed by Playwright at the
-end of the test."""
+end of the test. Tests write what they capture under their own temporary directory; the
+README's screenshots come from `scripts/docs-images`."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, async_playwright
-
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
-"""Where the tests save the screenshots the README shows."""
 
 
 def chromium_path() -> str:

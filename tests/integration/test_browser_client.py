@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,7 +18,6 @@ import pytest
 from playwright.async_api import Browser, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from .browser import DOCS_IMG
 from .servers import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -93,7 +93,7 @@ async def wait_received(page: Page, ids: list[str]) -> None:
 
 
 async def test_the_demo_page_receives_a_push_over_websocket(
-    browser: Browser, server: ServerProcess, http: aiohttp.ClientSession
+    browser: Browser, server: ServerProcess, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     page = await open_demo(browser, server)
     message_id = await push(http, server, await client_id(page), {"text": "Hello from zuulpush"})
@@ -105,8 +105,9 @@ async def test_the_demo_page_receives_a_push_over_websocket(
     await page.click("#push")
     await page.wait_for_function("window.zuulpushDemo.received.length === 2", timeout=WAIT_MS)
     assert "pushed from the page" in await page.locator("#messages").inner_text()
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(DOCS_IMG / "demo.png"), full_page=True)
+    shot = tmp_path / "demo.png"  # the README's comes from scripts/docs-images
+    await page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes().startswith(b"\x89PNG")
 
 
 async def test_with_websocket_blocked_it_falls_back_to_sse_and_receives(
