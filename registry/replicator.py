@@ -21,18 +21,15 @@ Contracts:
   retains is applied again, which recreates this region's copy of the peer's live records.
   A position that disappears while the replicator runs (this region's Redis restarted) is
   noticed when it next persists or revalidates (every `revalidate_s`), with the same result.
-- **Trimmed past our position (resync).** The peer caps its stream. If entries we had not
-  applied were trimmed (we were away too long), the next entry's sequence number shows the gap:
-  the replicator logs it, counts it in `stats.resyncs` and continues from the oldest entry the
-  peer still has. What the lost entries said reaches us again within one registry TTL: every
-  edge refreshes its registrations each third of the TTL, refreshes are replicated with their
-  full records, and a replicated refresh of a record we lack recreates it; records whose
-  unregister we lost expire here by their TTL. Node records converge by their next heartbeat.
-  Device records (user -> offline devices) of clients that did not reconnect meanwhile are not
-  recovered until they do.
+- **Trimmed past our position (resync).** If entries we had not applied were trimmed (we were
+  away too long), the next entry's sequence number shows the gap: the replicator logs it,
+  counts it (`stats.resyncs`) and goes on from the oldest entry left. What was lost comes again
+  within one registry TTL (edges refresh each third of it, and a replicated refresh carries full
+  records, recreating what we lack); records whose unregister we lost expire here. Device
+  records of clients that did not reconnect meanwhile are not recovered until they do.
 - **Peer reset.** A sequence number lower than expected, or a peer stream that ends before our
-  position, means the peer's stream was recreated (its Redis restarted without persistence):
-  the replicator starts over from the beginning of the new stream (`stats.peer_resets`).
+  position: the peer's stream was recreated (its Redis restarted empty), and the replicator
+  starts over from its beginning (`stats.peer_resets`).
 - **Partitions and outages.** When the peer (or this region's Redis) is unreachable, `run()`
   retries with capped exponential backoff and never raises; it logs once when an outage starts
   and once when it ends, never per attempt. Local writes are unaffected meanwhile (they never
@@ -40,12 +37,10 @@ Contracts:
 - **No loops.** Changes are applied to the wrapped registry, never appended to this region's
   stream; entries whose origin is this region are skipped.
 - **Arrivals.** With `on_arrivals`, after each batch is applied and before its position is
-  persisted, the callback is given the registrations the batch's register entries carried
-  (clients that connected in the peer region) and where this region located those clients
-  just before the batch was applied. It runs at least once per batch (a batch whose callback
-  raises is applied again, with the callback, from the last persisted position): a region's
-  router side uses it to send what waits here for a client that left this region to where it
-  is now (`router.handoff`).
+  persisted, the callback gets the registrations of the batch's register entries (clients that
+  connected in the peer region), at least once (a batch whose callback raises is applied again
+  from the last persisted position): the router side sends what waits here for them to where
+  they are now (`router.handoff`).
 - **One active replicator per peer.** `run()` applies only while it holds a lease in this
   region's Redis (`{prefix}:repl:lease:{peer}`, `lease_s`, renewed every third of it), so any
   number of processes may run a replicator for the same peer: one applies, the others stand by
@@ -74,7 +69,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from registry.base import Location, Registration, Registry
+from registry.base import Registration, Registry
 from registry.changes import (
     Change,
     ChangeFormatError,
@@ -88,9 +83,8 @@ from registry.replicated import ReplicatedRegistry, apply_change, records_of
 
 log = logging.getLogger(__name__)
 
-Arrivals = Callable[[str, Sequence[Registration], Mapping[str, Location]], Awaitable[None]]
-"""`on_arrivals(peer_region, registrations, before)`: clients that connected in `peer_region`,
-and where this region's registry located them before (`Registry.locate_many`)."""
+Arrivals = Callable[[str, Sequence[Registration]], Awaitable[None]]
+"""`on_arrivals(peer_region, registrations)`: clients that connected in `peer_region`."""
 
 DEFAULT_BATCH = 500
 DEFAULT_BLOCK_MS = 100
@@ -264,14 +258,13 @@ class Replicator:
         if not entries:
             return 0
         changes, last = self._read(entries)
-        arrived = [reg for change in changes if isinstance(change, Registered)
-                   for reg in change.registrations] if self._on_arrivals is not None else []
-        before = await self._local.locate_many(r.client_id for r in arrived) if arrived else {}
         self._phase = "applying changes locally"
         await self._apply(changes)
+        arrived = [reg for change in changes if isinstance(change, Registered)
+                   for reg in change.registrations]
         if arrived and self._on_arrivals is not None:
             self._phase = "handing over what waits for arrivals"
-            await self._on_arrivals(self.peer_region, arrived, before)
+            await self._on_arrivals(self.peer_region, arrived)
         self._pos = last
         await self._persist()
         return len(entries)

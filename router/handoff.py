@@ -6,13 +6,13 @@ routers stored while its registry still placed the device on its old node in A, 
 there, to a dead socket. The device, now in B, never reads A's inbox.
 
 So when A's replicator applies B's registration of a client (`registry.replicator`'s
-arrivals) that A had located on one of its own nodes (or on a node dead since, whose region it
-cannot tell), and that registration is now A's record of the client (it won: the device is in
-B, as far as A knows), `Handoff.arrived` forwards everything in A's inbox for the client to B's
-queue, as A's routers forward any message for a client in B (`Message.forwarded_from`). B's
-routers store it in B's inbox and deliver it there, live or at the device's next replay. A
-client A located nowhere, or in another region, is skipped: A's routers forwarded its messages
-themselves.
+arrivals), and that registration is now A's record of the client (it won: the device is in B,
+as far as A knows), `Handoff.arrived` forwards to B's queue what A's inbox holds for the client,
+as A's routers forward any message for a client in B (`Message.forwarded_from`), less two kinds
+of entry that B has already: those forwarded to A from elsewhere (`InboxEntry.forwarded`: their
+origin region keeps its own copy and hands it on itself), and those A's routers forwarded to B
+before (noted with `Inbox.handed_many`, as this handoff notes its own). B's routers store them
+in B's inbox and deliver them there, live or at the device's next replay.
 
 No message is missed between the two paths: a message stored in A after the handoff's read is
 looked up after the registration was applied (a router stores before it looks up), so A's
@@ -20,8 +20,8 @@ router finds the device in B and forwards it itself; one stored before is in the
 copies stay in A's inbox too, for a device that comes back (it may see them again; devices drop
 repeats by id). A client whose registration did not win here (it came back first, or
 connected elsewhere again) is left alone: its own newer registration is handled when it
-arrives. Arrivals come in batches; one pipelined read covers a batch, and the forwards go in
-one `put_many` per region.
+arrives. Arrivals come in batches; one pipelined read covers a batch (an empty inbox costs a
+lookup of a key that is not there), and the forwards go in one `put_many` per region.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from registry.base import Location, Registration, Registry
+from registry.base import Registration, Registry
 from router.base import Inbox, InboxEntry, Message, MessageQueue, Priority, Target
 from router.ids import id_time_ms
 
@@ -63,12 +63,11 @@ class Handoff:
         self._region = region
         self.stats = HandoffStats()
 
-    async def arrived(self, peer_region: str, registrations: Sequence[Registration],
-                      before: Mapping[str, Location]) -> None:
-        """`registrations` were made in `peer_region` and applied here (`before`: where this
-        region located those clients just before, unused: a client this region saw go offline
-        may have had messages delivered to its dead connection before). Raises what the
-        registry, inbox or queue raise (the replicator then applies the batch again)."""
+    async def arrived(self, peer_region: str, registrations: Sequence[Registration]) -> None:
+        """`registrations` were made in `peer_region` and applied here. Every client whose
+        record here they now are is handed on, wherever this region had it before: one it saw
+        go offline may have had messages delivered to its dead connection first. Raises what
+        the registry, inbox or queue raise (the replicator then applies the batch again)."""
         queue = self._peers.get(peer_region)
         if queue is None or not registrations:
             return

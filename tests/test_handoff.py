@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from registry.base import Location, NodeInfo, NodeState, Registration
+from registry.base import Registration
 from registry.memory import MemoryRegistry
 from router.base import InboxEntry, Priority, Target
 from router.handoff import Handoff
@@ -13,8 +13,6 @@ from router.memory import MemoryInbox, MemoryQueue
 
 NOW_MS = 1_700_000_000_000
 TTL_S = 60.0
-HERE = NodeInfo("a1", "127.0.0.1:1", "a", NodeState.ACTIVE, 1)
-THERE = NodeInfo("b1", "127.0.0.1:2", "b", NodeState.ACTIVE, 1)
 
 
 def entry(ids: IdGenerator, n: int) -> InboxEntry:
@@ -39,10 +37,9 @@ async def test_a_client_that_left_a_node_here_has_its_inbox_forwarded_to_where_i
     stored = [entry(ids, n) for n in range(3)]
     for e in stored:
         await a.inbox.add(["c1"], e)
-    old = Registration("c1", "u", "phone", "a1", 1)
     new = Registration("c1", "u", "phone", "b1", 2)
     await a.registry.register([new], TTL_S)  # what the replicator applied
-    await a.handoff.arrived("b", [new], {"c1": Location(old, HERE)})
+    await a.handoff.arrived("b", [new])
     taken = await a.peer_queue.take("t", 10, 0)
     assert [t.message.id for t in taken] == [e.id for e in stored]
     message = taken[0].message
@@ -65,9 +62,9 @@ async def test_what_was_forwarded_here_or_handed_there_already_is_not_sent_again
     await a.inbox.handed_many("b", [("c1", [sent.id])])  # a's router forwarded it already
     new = Registration("c1", "u", "phone", "b1", 2)
     await a.registry.register([new], TTL_S)
-    await a.handoff.arrived("b", [new], {})
+    await a.handoff.arrived("b", [new])
     assert await a.taken() == [mine.id]
-    await a.handoff.arrived("b", [new], {})  # applied again: handed already
+    await a.handoff.arrived("b", [new])  # applied again: handed already
     assert await a.taken() == []
 
 
@@ -76,8 +73,8 @@ async def test_a_client_whose_registration_here_is_not_the_arrival_is_left_alone
     await a.inbox.add(["back"], entry(ids, 1))
     arrival = Registration("back", "u", "phone", "b1", 2)
     await a.registry.register([Registration("back", "u", "phone", "a1", 3)], TTL_S)  # newer
-    await a.handoff.arrived("b", [arrival], {})
-    await a.handoff.arrived("nowhere", [arrival], {})  # no such peer: nothing to do
+    await a.handoff.arrived("b", [arrival])
+    await a.handoff.arrived("nowhere", [arrival])  # no such peer: nothing to do
     assert await a.taken() == []
 
 
@@ -88,5 +85,5 @@ async def test_a_long_inbox_is_forwarded_whole() -> None:
         await a.inbox.add(["c1"], e)
     new = Registration("c1", "u", "phone", "b1", 2)
     await a.registry.register([new], TTL_S)
-    await a.handoff.arrived("b", [new], {"c1": Location(new, THERE)})
+    await a.handoff.arrived("b", [new])
     assert await a.taken() == [e.id for e in stored]

@@ -45,12 +45,12 @@ import dataclasses
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from registry.base import Location, Registration, Registry
+from registry.base import Registration, Registry
 from registry.config import RegistryConfig
 from registry.factory import RegistryHandle, open_registry
 from registry.memory import MemoryRegistry
@@ -462,10 +462,9 @@ class EdgeApp:
                             for name, peer_url in peer_urls.items()}
         self.handoff: Handoff | None = None
 
-        async def arrivals(region: str, registrations: Sequence[Registration],
-                           before: Mapping[str, Location]) -> None:
+        async def arrivals(region: str, registrations: Sequence[Registration]) -> None:
             assert self.handoff is not None
-            await self.handoff.arrived(region, registrations, before)
+            await self.handoff.arrived(region, registrations)
 
         self.handle: RegistryHandle = open_registry(
             config.registry, on_arrivals=arrivals if peer_urls else None)
