@@ -34,23 +34,21 @@ Contracts:
   retries with capped exponential backoff and never raises; it logs once when an outage starts
   and once when it ends, never per attempt. Local writes are unaffected meanwhile (they never
   wait for a peer); when the link heals, the replicator catches up from its position.
-- **No loops.** Changes are applied to the wrapped registry, never appended to this region's
-  stream; entries whose origin is this region are skipped.
+- **No loops.** Changes go to the wrapped registry, never to this region's stream; entries
+  whose origin is this region are skipped.
 - **Arrivals.** With `on_arrivals`, after each batch is applied and before its position is
   persisted, the callback gets the registrations of the batch's register entries (clients that
   connected in the peer region), at least once (a batch whose callback raises is applied again
   from the last persisted position): the router side sends what waits here for them to where
   they are now (`router.handoff`).
 - **One active replicator per peer.** `run()` applies only while it holds a lease in this
-  region's Redis (`{prefix}:repl:lease:{peer}`, `lease_s`, renewed every third of it), so any
-  number of processes may run a replicator for the same peer: one applies, the others stand by
-  and take over once its lease lapses, within `lease_s` and a third of it after it dies (within
-  a third of `lease_s` after a clean `stop()`, which releases the lease). A paused leader
-  that resumes after losing its lease may apply one more batch beside the new one; that is
-  harmless, as applying is idempotent. `step()` ignores the lease (for tests and tools).
+  region's Redis (`{prefix}:repl:lease:{peer}`, `lease_s`, renewed every third of it): the
+  others stand by and take over within `lease_s` and a third after it dies (a third of
+  `lease_s` after a clean `stop()`). A paused leader that resumes after losing its lease may
+  apply one more batch beside the new one: harmless, applying is idempotent. `step()` ignores
+  the lease (for tests and tools).
 
-Run Redis with `noeviction`, or a `volatile-*` policy (the position key has no TTL):
-an evicted position only causes a replay, but evicted records are missing until refreshed.
+Run Redis with `noeviction` or a `volatile-*` policy (the position key has no TTL).
 """
 
 from __future__ import annotations
