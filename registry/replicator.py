@@ -36,11 +36,9 @@ Contracts:
   wait for a peer); when the link heals, the replicator catches up from its position.
 - **No loops.** Changes go to the wrapped registry, never to this region's stream; entries
   whose origin is this region are skipped.
-- **Arrivals.** With `on_arrivals`, after each batch is applied and before its position is
-  persisted, the callback gets the registrations of the batch's register entries (clients that
-  connected in the peer region), at least once (a batch whose callback raises is applied again
-  from the last persisted position): the router side sends what waits here for them to where
-  they are now (`router.handoff`).
+- **Arrivals.** `on_arrivals` gets each batch's registrations (clients that connected in the
+  peer region) after the batch is applied, before its position is persisted: at least once
+  (if it raises, the batch is applied again). `router.handoff` sends them what waits here.
 - **One active replicator per peer.** `run()` applies only while it holds a lease in this
   region's Redis (`{prefix}:repl:lease:{peer}`, `lease_s`, renewed every third of it): the
   others stand by and take over within `lease_s` and a third after it dies (a third of
