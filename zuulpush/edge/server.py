@@ -766,8 +766,7 @@ class EdgeServer:
                 await asyncio.sleep(0)  # a storm's batch must not hold the loop
             if conn.state is not State.REPLAYING:
                 continue  # closed meanwhile
-            if len(entries) == page_size:  # more than a page: the rest, a page at a time
-                entries = entries + await self._unacked(client_id, entries[-1].id)
+            entries = await self._whole(client_id, entries)
             replay = [Outgoing(entry.id, entry.payload) for entry in entries]
             if last_id is not None and missed:
                 after = [b for b in missed if b.id > last_id]
@@ -779,18 +778,17 @@ class EdgeServer:
             self.stats.replayed += len(replay)
             self.stats.inbox_depth.add(len(replay))
 
-    async def _unacked(self, client_id: str, last_id: str | None) -> list[InboxEntry]:
-        """The whole of a client's inbox after `last_id`, read a page at a time. All of it: a
-        replay cut short and followed by newer live pushes would make the device's next resume
-        point skip what was left out. The inbox's per-client cap bounds it."""
+    async def _whole(self, client_id: str, first: list[InboxEntry]) -> list[InboxEntry]:
+        """`first`, the first page of a client's inbox, with the rest of it, read a page at a
+        time. All of it: a replay cut short and followed by newer live pushes would make the
+        device's next resume point skip what was left out. The inbox's per-client cap bounds
+        it."""
         page_size = self.config.replay_page_size
-        entries: list[InboxEntry] = []
-        while True:
-            page = await self.inbox.after(client_id, last_id, page_size)
+        entries, page = list(first), first
+        while len(page) == page_size:
+            page = await self.inbox.after(client_id, page[-1].id, page_size)
             entries.extend(page)
-            if len(page) < page_size:
-                return entries
-            last_id = page[-1].id
+        return entries
 
     async def _missed_broadcasts(self, history: BroadcastLog, last_id: str) -> list[Broadcast]:
         """The whole broadcast history after `last_id`, a page at a time (its cap bounds it)."""
@@ -876,9 +874,8 @@ class EdgeServer:
         for start in range(0, len(conns), ADMIT_BATCH):
             batch = conns[start:start + ADMIT_BATCH]
             pages = await self.inbox.resume_many([(c.client_id, None) for c in batch], page_size)
-            for conn, entries in zip(batch, pages, strict=True):
-                if len(entries) == page_size:
-                    entries = entries + await self._unacked(conn.client_id, entries[-1].id)
+            for conn, first in zip(batch, pages, strict=True):
+                entries = await self._whole(conn.client_id, first)
                 for entry in entries:
                     conn.deliver(Outgoing(entry.id, entry.payload))
                 self.stats.redelivered += len(entries)
