@@ -59,16 +59,11 @@ class SortedBox(Generic[E]):
         if entry_id in self.entries and mark > self.marks.get(entry_id, ""):
             self.marks[entry_id] = mark
 
-    def received(self, resume_id: str, *, strict: bool = False) -> list[str]:
+    def received(self, resume_id: str) -> list[str]:
         """The ids a device resuming after `resume_id` has: that id, and those given with a
-        mark below it (with `strict`, only when that id is here, marked and stored here
-        first: `router.base.Inbox.resume_many`)."""
-        own = self.entries.get(resume_id)
-        if strict and (own is None or resume_id not in self.marks
-                       or getattr(own, "forwarded", False)):
-            return [] if own is None else [resume_id]
+        mark below it."""
         found = {i for i, mark in self.marks.items() if mark < resume_id}
-        if own is not None:
+        if resume_id in self.entries:
             found.add(resume_id)
         return list(found)
 

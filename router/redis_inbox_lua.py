@@ -13,13 +13,15 @@ from registry.redis_lua import Lua
 
 _COMMON = r"""
 local function remove(ids)
+  local n = 0
   for i = 1, #ids, 500 do
     local part = {unpack(ids, i, math.min(i + 499, #ids))}
-    redis.call('ZREM', KEYS[1], unpack(part))
+    n = n + redis.call('ZREM', KEYS[1], unpack(part))
     redis.call('HDEL', KEYS[2], unpack(part))
     redis.call('HDEL', KEYS[3], unpack(part))
     redis.call('HDEL', KEYS[4], unpack(part))
   end
+  return n
 end
 local function before(a, b)
   local n = math.min(#a, #b)
@@ -117,13 +119,7 @@ return page('-', tonumber(ARGV[2]), tonumber(ARGV[3]))
 
 # ARGV: id, strict. Removes what RESUME removes; returns how many entries that was.
 THROUGH = Lua("inbox_through", _COMMON + r"""
-local gone = received(ARGV[1], ARGV[2])
-local n = 0
-for i = 1, #gone, 500 do
-  n = n + redis.call('ZREM', KEYS[1], unpack(gone, i, math.min(i + 499, #gone)))
-end
-remove(gone)
-return n
+return remove(received(ARGV[1], ARGV[2]))
 """)
 
 # ARGV: id, mark, id, mark... Records each present entry given with its mark (a mark only rises).
