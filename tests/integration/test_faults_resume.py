@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 
 import aiohttp
 import pytest
@@ -63,12 +64,13 @@ def device_token(client_id: str) -> str:
                        device_type="phone", ttl_s=3600)
 
 
-async def with_load(fleet: FaultFleet, fault: object, pusher: Pusher | None = None) -> Pusher:
+async def with_load(fleet: FaultFleet, fault: Awaitable[None],
+                    pusher: Pusher | None = None) -> Pusher:
     pusher = pusher or Pusher(fleet.api, fleet.clients)
     load = asyncio.create_task(pusher.run())
     try:
         await asyncio.sleep(LOAD_BEFORE_S)
-        await fault  # type: ignore[misc]
+        await fault
         await asyncio.sleep(LOAD_AFTER_S)
     finally:
         pusher.stop()
@@ -168,11 +170,11 @@ async def received(fleet: FaultFleet, ids: dict[str, str]) -> bool:
 
 async def published(fleet: FaultFleet, node_id: str, ids: set[str]) -> bool:
     """Whether every id of `ids` is in a delivery published to `node_id`'s channel."""
-    channel = RedisNodeChannel(Redis.from_url(fleet.redis.url))
+    redis = Redis.from_url(fleet.redis.url)
     try:
-        entries = await channel._client.xrange(channel.key(node_id))
+        entries = await redis.xrange(RedisNodeChannel(redis).key(node_id))
     finally:
-        await channel._client.aclose()
+        await redis.aclose()
     text = b"".join(fields[b"h"] for _, fields in entries)
     return all(message_id.encode() in text for message_id in ids)
 
