@@ -20,6 +20,7 @@ from router.process_stats import (
     ProcessStats,
     ProcessStatsStore,
 )
+from router.tasks import cancel_and_wait
 
 log = logging.getLogger("zuulpush")
 
@@ -52,8 +53,7 @@ class StatsPublisher:
         """End the loop; remove the record (best effort: it expires anyway)."""
         if self._task is None:
             return
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task], what="stats publisher")
         self._task = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._store.remove(self._record().process_id),

@@ -40,7 +40,6 @@ the API port, and for `zuulpush router` on `metrics_host:metrics_port` when that
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import ssl
@@ -68,6 +67,7 @@ from router.redis_history import RedisBroadcastLog
 from router.redis_inbox import RedisInbox
 from router.redis_sessions import RedisSessionRevocations
 from router.stats_publisher import StatsPublisher
+from router.tasks import cancel_and_wait
 from router.worker import RouterWorker
 from zuulpush.binding import listening
 from zuulpush.config import Components, FleetConfig, OpsConfig
@@ -277,11 +277,10 @@ class Workers:
         for worker in self.workers:
             worker.stop()
         _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
-        for task in pending:
-            log.warning("a router worker did not finish its batch within %.1f s", grace_s)
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if pending:
+            log.warning("%d router worker(s) did not finish their batch within %.1f s",
+                        len(pending), grace_s)
+            await cancel_and_wait(pending, what="router worker")
         self._tasks = []
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
 import re
@@ -56,6 +55,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from router.api import ApiStats
 from router.base import MessageQueue, Priority
+from router.tasks import cancel_and_wait
 from router.worker import RouterWorker, WorkerStats
 from zuulpush.edge.shedding import LoopLag
 from zuulpush.tally import DEPTH_BOUNDS, LATENCY_BOUNDS_MS, Buckets
@@ -333,9 +333,7 @@ class Exporter:
     async def stop(self) -> None:
         """A last copy; in multi-process mode, this process's live gauges go."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task], what="metrics sampler")
             self._task = None
         if self._lag_timer is not None:
             self._lag_timer.cancel()

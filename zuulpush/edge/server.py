@@ -72,6 +72,7 @@ from router.base import (
 from router.clock import ClockMs, wall_ms
 from router.errors import AuthThrottled, Forbidden, InvalidToken, Unauthorized, ZuulpushError
 from router.ids import id_time_ms
+from router.tasks import cancel_and_wait
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.given import GivenLedger
 from zuulpush.edge.lifetime import Lifetime
@@ -327,9 +328,7 @@ class EdgeServer:
             self._ack_timer.cancel()
             self._ack_timer = None
         await self._flush_registry_work()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, what="edge task")
         with contextlib.suppress(Exception):
             await self.registry.remove_node(self.node_id)
         await self._server.wait_closed()
