@@ -97,7 +97,10 @@ async def embedded() -> AsyncIterator[Embedded]:
     settings = load_settings(None, {
         "port": 0, "api_port": 0, "secret": SECRET, "api_keys": API_KEY,
         "admin_key": ADMIN_KEY, "heartbeat_interval_s": HEARTBEAT_S,
-        "handshake_timeout_s": HANDSHAKE_TIMEOUT_S}, environ={})
+        "handshake_timeout_s": HANDSHAKE_TIMEOUT_S,
+        # The app shares this test's loop, so the loop lag it would shed on is the test's own
+        # clients' (a busy CI machine shed an SSE connect once); shedding has tests of its own.
+        "shed_loop_lag_ms": 0}, environ={})
     app = EmbeddedApp(ServeConfig.from_settings(settings))
     await asyncio.wait_for(app.start(), 10)
     host = app.config.edge.host
