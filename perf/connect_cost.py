@@ -35,10 +35,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.tokens import issue_token  # noqa: E402
 from perf.devices import Fleet, split  # noqa: E402
 from perf.fanout import _cpu, _idle, _profiler, _stop_profiler  # noqa: E402
 from perf.serving import start_serve, stop  # noqa: E402
-from router.auth import issue_token  # noqa: E402
 
 SECRET = "connect-cost-benchmark-secret-0123456789"
 UNSHED = ["--accept-rate", "1000000", "--accept-burst", "1000000",

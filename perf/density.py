@@ -382,7 +382,7 @@ def _warm_up(args: argparse.Namespace, host: str, port: int, secret: str, n: int
 # the devices
 
 def _token(secret: str, client_id: str) -> str:
-    from router.auth import issue_token
+    from core.tokens import issue_token
     return issue_token(secret, client_id=client_id, user_id=f"user-{client_id}",
                        device_type="phone", ttl_s=3600)
 

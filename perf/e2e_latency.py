@@ -44,7 +44,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router.auth import issue_token  # noqa: E402
+from core.tokens import issue_token  # noqa: E402
 
 DRAIN_IDLE_S = 5.0
 """After the last send, wait until every sent id arrived, or none arrived for this long."""

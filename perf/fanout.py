@@ -55,9 +55,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.tokens import issue_token  # noqa: E402
 from perf.devices import Fleet, split  # noqa: E402
 from perf.serving import start_serve, stop  # noqa: E402
-from router.auth import issue_token  # noqa: E402
 from zuulpush.edge.shedding import derive_ceilings  # noqa: E402
 
 SECRET = "fanout-benchmark-secret-0123456789abcdef"

@@ -45,7 +45,7 @@ from locust import FastHttpUser, User, constant, constant_throughput, events, ta
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from router.auth import issue_token
+from core.tokens import issue_token
 
 DEFAULT_EDGE = "http://127.0.0.1:8080"
 DEFAULT_API = "http://127.0.0.1:8081"

@@ -84,11 +84,11 @@ def best_us(fn: Callable[[], None], n: int) -> float:
 
 
 async def edge_costs() -> dict[str, float]:
+    from core.ids import IdGenerator
+    from core.tokens import AuthConfig, TokenVerifier, issue_token
     from registry.memory import MemoryRegistry
-    from router.auth import AuthConfig, TokenVerifier, issue_token
     from router.base import Delivery
-    from router.ids import IdGenerator
-    from router.memory import MemoryInbox, MemoryNodeChannel
+    from router.stores.memory import MemoryInbox, MemoryNodeChannel
     from zuulpush.edge.config import EdgeConfig
     from zuulpush.edge.protocol import EdgeConnection
     from zuulpush.edge.server import EdgeServer
@@ -152,7 +152,7 @@ async def edge_costs() -> dict[str, float]:
 def unit_costs() -> dict[str, float]:
     from prometheus_client import CollectorRegistry, Counter, Histogram
 
-    from router.ids import IdGenerator, id_time_ms
+    from core.ids import IdGenerator, id_time_ms
     from zuulpush.tally import LATENCY_BOUNDS_MS, Buckets
 
     registry = CollectorRegistry()

@@ -50,9 +50,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.tokens import issue_token  # noqa: E402
 from perf.rawws import answer_pings  # noqa: E402
 from perf.serving import start_serve, stop  # noqa: E402
-from router.auth import issue_token  # noqa: E402
 from zuulpush.client.backoff import Backoff  # noqa: E402
 
 SECRET = "reconnect-storm-benchmark-secret-0123456789"

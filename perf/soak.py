@@ -38,9 +38,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.tokens import issue_token
 from perf.devices import _UPGRADE, Device, Tally
 from perf.serving import start_serve, stop
-from router.auth import issue_token
 
 SECRET = "soak-secret-0123456789abcdef0123456789"
 API_KEY = "soak"

@@ -32,8 +32,8 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.tokens import issue_token  # noqa: E402
 from perf.devices import Fleet, split  # noqa: E402
-from router.auth import issue_token  # noqa: E402
 from zuulpush.app import EmbeddedApp, ServeConfig  # noqa: E402
 from zuulpush.config import load_settings  # noqa: E402
 

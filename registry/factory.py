@@ -16,12 +16,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.redis.client import connect
 from registry.base import Registry
 from registry.changes import ChangeLog
 from registry.config import RegistryConfig
 from registry.memory import MemoryRegistry
 from registry.redis import RedisRegistry
-from registry.redis_client import connect
 from registry.replicated import ReplicatedRegistry
 from registry.replicator import Arrivals, Replicator
 

@@ -71,7 +71,7 @@ read need clocks within a few seconds of each other (NTP), which is small beside
 TTLs of minutes. Redis TTLs only reclaim memory: a client's key expires with its device part (or
 its registration, if that lasts longer), and node records with their heartbeat TTL.
 
-Clients. `connect(url)` (`registry.redis_client`) makes the client for `from_url`:
+Clients. `connect(url)` (`core.redis.client`) makes the client for `from_url`:
 `redis://host:port/db` (also `rediss://`, `unix://`) for one server,
 `redis+cluster://host:port[,host:port...]` for a Redis Cluster.
 
@@ -91,9 +91,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
+from core.redis.client import Client, connect
 from registry import redis_lua as lua
 from registry.base import Device, Location, NodeInfo, Registration
-from registry.redis_client import Client, connect
 from registry.redis_layout import (
     Decoder,
     Keys,
@@ -299,11 +299,11 @@ class RedisRegistry:
 
     async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> bool:
         keys = [self._keys.node_set, self._keys.node(node.node_id)]
-        return bool(await self._eval(lua.NODE_PUT, keys,
+        return bool(await self._eval(lua.RECORD_PUT, keys,
                                      [node.node_id, encode_node(node), _ms(ttl_s)]))
 
     async def remove_node(self, node_id: str) -> None:
-        await self._eval(lua.NODE_DELETE, [self._keys.node_set, self._keys.node(node_id)],
+        await self._eval(lua.RECORD_DELETE, [self._keys.node_set, self._keys.node(node_id)],
                          [node_id])
 
     async def nodes(self) -> list[NodeInfo]:
@@ -312,7 +312,7 @@ class RedisRegistry:
         records = await self._mget([self._keys.node(n) for n in node_ids])
         gone = [n for n, raw in zip(node_ids, records, strict=True) if raw is None]
         if gone:
-            await self._eval(lua.NODE_PRUNE,
+            await self._eval(lua.RECORD_PRUNE,
                              [self._keys.node_set, *(self._keys.node(n) for n in gone)], gone)
         return [decode_node(raw) for raw in records if raw is not None]
 

@@ -16,8 +16,7 @@ that Redis orders equal versions exactly as Python orders the `str` node ids.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+from core.redis.lua import RECORD_DELETE, RECORD_PRUNE, RECORD_PUT, Lua
 
 _RECORDS = r"""
 local SEP = '\255'
@@ -29,18 +28,6 @@ local function bytes_gt(a, b)
   return #a > #b
 end
 """
-
-@dataclass(frozen=True, slots=True)
-class Lua:
-    """One script: its source and the SHA1 that EVALSHA names it by."""
-
-    name: str
-    source: str
-    sha: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
-
 
 # KEYS: client1, client2, ...
 # ARGV: now, live_until, pending, renew_before (15-digit ms), px_ms, head1, head2, ...
@@ -175,31 +162,5 @@ end
 return n
 """)
 
-# KEYS: node set, node record   ARGV: node_id, record, ttl_ms
-NODE_PUT = Lua("node_put", r"""
-local had = redis.call('EXISTS', KEYS[2])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('SADD', KEYS[1], ARGV[1])
-return had
-""")
-
-# KEYS: node set, node record   ARGV: node_id
-NODE_DELETE = Lua("node_delete", r"""
-redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[1], ARGV[1])
-return 0
-""")
-
-# KEYS: node set, record1, record2, ...   ARGV: node_id1, node_id2, ...
-# Removes from the set the nodes whose record is (still) gone.
-NODE_PRUNE = Lua("node_prune", r"""
-for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('SREM', KEYS[1], ARGV[i - 1])
-  end
-end
-return 0
-""")
-
-ALL = (REGISTER, CONFIRM, REFRESH, UNREGISTER, INDEX_ADD, INDEX_READ, INDEX_PRUNE, NODE_PUT,
-       NODE_DELETE, NODE_PRUNE)
+ALL = (REGISTER, CONFIRM, REFRESH, UNREGISTER, INDEX_ADD, INDEX_READ, INDEX_PRUNE, RECORD_PUT,
+       RECORD_DELETE, RECORD_PRUNE)

@@ -3,13 +3,13 @@
 A `Message` is accepted by the push-send API, put on a `MessageQueue`, taken by a router worker,
 kept in each target client's `Inbox` until acked, and handed as a `Delivery` over the `NodeChannel`
 to every edge node that holds one of its clients. Each seam has an in-memory implementation
-(`router.memory`) and, from the Redis issue on, a Redis one; one contract suite tests both.
+(`router.stores.memory`) and, from the Redis issue on, a Redis one; one contract suite tests both.
 
 A broadcast reaches nodes, not inboxes: the worker keeps it in the capped, TTL-bound
 `BroadcastLog`, from which a device that resumes after an id gets the broadcasts it missed.
 
 Delivery is at least once: a device may see a message twice (after a reconnect) and drops the
-repeat by `id`. Message ids are time-ordered (`router.ids`), so "after id X" is a string compare.
+repeat by `id`. Message ids are time-ordered (`core.ids`), so "after id X" is a string compare.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ class ApiConfig:
     With `api_tls_cert_file` (and `api_tls_key_file`, or the key in the same file) the API serves
     https:// only (`zuulpush.tls`).
 
-    `demo` adds the demo page (`router.demo`): a device token for anyone who asks, so off by
+    `demo` adds the demo page (`router.pages.demo`): a device token for anyone who asks, so off by
     default; `zuulpush serve` turns it on unless it is set. `public_edge_url` is the edge's URL
     as a browser reaches it (`https://push.example.com`), for the demo page; empty: `serve`
     derives it from the edge's address and port, `zuulpush api` has no demo without it.
@@ -26,7 +26,7 @@ class ApiConfig:
     process. A rate of 0 (the default): no limit. With a rate, `api_key_burst` must be at least
     `max_batch`, or a full batch could never pass.
 
-    Brute-force brakes (`router.auth_throttle`), per source address and API process: a source
+    Brute-force brakes (`core.auth_throttle`), per source address and API process: a source
     may fail `api_key_failures_max` times in a row with a wrong API key on the push routes, and
     `dashboard_failures_max` times with a wrong admin key on the dashboard (its login, or a
     bearer admin key); then its attempts of that kind are answered 429 with `Retry-After`,

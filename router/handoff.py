@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import orjson
 
+from core.ids import id_time_ms
 from registry.base import Registration, Registry
 from router.base import Inbox, InboxEntry, Message, MessageQueue, Priority, Target
-from router.ids import id_time_ms
 
 log = logging.getLogger("zuulpush.router")
 

@@ -42,10 +42,10 @@ from typing import Any
 
 import orjson
 
+from core.errors import InvalidRequest, PayloadTooLarge, TooManyMessages
+from core.ids import ID_FORMAT, IdGenerator, is_message_id
 from router.base import Message, Priority, Target
 from router.config import ApiConfig
-from router.errors import InvalidRequest, PayloadTooLarge, TooManyMessages
-from router.ids import ID_FORMAT, IdGenerator, is_message_id
 
 MAX_ID_CHARS = 256
 MAX_DATA_DEPTH = 128

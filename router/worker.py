@@ -69,6 +69,8 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from core.clock import ClockMs, wall_ms
+from core.errors import Unavailable
 from registry.base import Location, NodeInfo, NodeState, Registry
 from router.base import (
     Broadcast,
@@ -82,9 +84,7 @@ from router.base import (
     Priority,
     Taken,
 )
-from router.clock import ClockMs, wall_ms
 from router.config import RouterConfig
-from router.errors import Unavailable
 from router.node_cache import NodeCache
 from router.regions import Regions
 
@@ -125,7 +125,7 @@ class WorkerStats:
     forwarded: Counter[str] = field(default_factory=Counter)  # messages handed on, by peer region
 
     def totals(self) -> dict[str, int]:
-        """The counters a router publishes for dashboards (`router.process_stats`)."""
+        """The counters a router publishes for dashboards (`router.pages.process_stats`)."""
         return {"taken": self.taken, "expired": self.expired, "stored": self.stored,
                 "forwarded": sum(self.forwarded.values())}
 

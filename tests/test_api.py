@@ -10,17 +10,17 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from core.errors import Unavailable
+from core.tokens import AuthConfig
 from registry.base import NodeInfo, NodeState, Registration
 from registry.memory import MemoryRegistry
 from registry.redis import RedisRegistry
-from router.api import ApiStats, create_api_app
-from router.auth import AuthConfig
+from router.api.app import ApiStats, create_api_app
 from router.base import Message, MessageQueue, Priority, PutResult, Target
 from router.config import ApiConfig
-from router.errors import Unavailable
-from router.memory import MemoryQueue
-from router.redis_queue import RedisQueue
 from router.resolve import count_broadcast, resolve_clients
+from router.stores.memory import MemoryQueue
+from router.stores.redis_queue import RedisQueue
 from tests.support.redis_servers import RedisServer
 
 NOW_MS = 1_700_000_000_000

@@ -12,12 +12,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from core.ratelimit import KeyRates, TokenBucket
+from core.tokens import AuthConfig, check_key
 from registry.memory import MemoryRegistry
-from router.api import ApiStats, create_api_app
-from router.auth import AuthConfig, check_key
+from router.api.app import ApiStats, create_api_app
 from router.config import ApiConfig
-from router.memory import MemoryQueue
-from router.ratelimit import KeyRates, TokenBucket
+from router.stores.memory import MemoryQueue
 from zuulpush.metrics import Exporter, Metrics
 
 KEYS = ("key-zero-secret", "key-one-secret")

@@ -1,4 +1,4 @@
-"""`router.auth_throttle`: failed authentications per source address, on a fake clock (the
+"""`core.auth_throttle`: failed authentications per source address, on a fake clock (the
 clock is a number passed in; nothing sleeps)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from router.auth_throttle import MAX_SOURCES, FailureLimiter, source_of
-from router.errors import AuthThrottled, RateLimited
+from core.auth_throttle import MAX_SOURCES, FailureLimiter, source_of
+from core.errors import AuthThrottled, RateLimited
 from zuulpush.edge.config import EdgeConfig
 
 T0 = 5000.0

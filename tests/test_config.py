@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from router.auth import AuthConfig
+from core.tokens import AuthConfig
 from zuulpush.config import ConfigError, build, load_settings
 from zuulpush.edge.config import EdgeConfig
 

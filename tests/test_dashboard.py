@@ -1,5 +1,5 @@
-"""`router.dashboard` on the API app: login and session cookie, admin key, CSRF header, push and
-drain, the live stream; on a real loopback socket with the aiohttp client."""
+"""`router.pages.dashboard` on the API app: login and session cookie, admin key, CSRF header, push
+and drain, the live stream; on a real loopback socket with the aiohttp client."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from core.tokens import AuthConfig
 from registry.base import NodeInfo, NodeState, Registration
 from registry.memory import MemoryRegistry
-from router.api import ApiStats, create_api_app
-from router.auth import AuthConfig
+from router.api.app import ApiStats, create_api_app
 from router.config import ApiConfig
-from router.dashboard import COOKIE, SESSION_S, DashboardSources
-from router.memory import MemoryQueue
-from router.sessions import session_cookie, valid_session
+from router.pages.dashboard import COOKIE, SESSION_S, DashboardSources
+from router.pages.sessions import session_cookie, valid_session
+from router.stores.memory import MemoryQueue
 
 NOW_S = 1_700_000_000.0
 ADMIN = "the-admin-key"

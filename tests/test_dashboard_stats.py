@@ -1,10 +1,11 @@
-"""`router.dashboard_stats`: the dashboard's snapshot from node records and counters, no I/O."""
+"""`router.pages.dashboard_stats`: the dashboard's snapshot from node records and counters, no
+I/O."""
 
 from __future__ import annotations
 
 from registry.base import NodeInfo, NodeState
-from router.dashboard_stats import Rates, Sample, merge_nodes, snapshot
-from router.process_stats import ProcessStats
+from router.pages.dashboard_stats import Rates, Sample, merge_nodes, snapshot
+from router.pages.process_stats import ProcessStats
 
 
 def node(node_id: str, connections: int = 0, *, state: NodeState = NodeState.ACTIVE,

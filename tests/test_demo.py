@@ -1,4 +1,5 @@
-"""The demo page's routes (`router.demo`) on aiohttp's test client, with the in-memory queue."""
+"""The demo page's routes (`router.pages.demo`) on aiohttp's test client, with the in-memory
+queue."""
 
 from __future__ import annotations
 
@@ -11,17 +12,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from core.tokens import AuthConfig, TokenVerifier, issue_token
 from registry.memory import MemoryRegistry
-from router.api import create_api_app
-from router.auth import AuthConfig, TokenVerifier, issue_token
+from router.api.app import create_api_app
 from router.config import ApiConfig
-from router.demo import (
+from router.pages.demo import (
     DEMO_TOKEN_TTL_S,
     PUSH_INTERVAL_S,
     TOKEN_BURST,
     edge_url_for,
 )
-from router.memory import MemoryQueue
+from router.stores.memory import MemoryQueue
 
 SECRET = "demo-test-secret-0123456789abcdef0123"
 KEY = "demo-api-key"

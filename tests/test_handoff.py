@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import orjson
 
+from core.ids import IdGenerator
 from registry.base import Registration
 from registry.memory import MemoryRegistry
 from router.base import InboxEntry, Priority, Target
 from router.handoff import Handoff
-from router.ids import IdGenerator
-from router.memory import MemoryInbox, MemoryQueue
+from router.stores.memory import MemoryInbox, MemoryQueue
 
 NOW_MS = 1_700_000_000_000
 TTL_S = 60.0

@@ -10,12 +10,12 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from core.tokens import AuthConfig, issue_token
 from registry.memory import MemoryRegistry
-from router.api import create_api_app
-from router.auth import AuthConfig, issue_token
+from router.api.app import create_api_app
 from router.base import Broadcast, InboxEntry, Message, Priority, Target
 from router.config import ApiConfig
-from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryQueue
+from router.stores.memory import MemoryBroadcastLog, MemoryInbox, MemoryQueue
 
 NOW_MS = 1_700_000_000_000
 SECRET = "inbox-api-test-secret-of-at-least-32-bytes"
@@ -29,7 +29,7 @@ def token(client_id: str, *, ttl_s: int = 3600, secret: str = SECRET) -> str:
 
 
 def mid(n: int) -> str:
-    """A well-formed message id (`router.ids`), in order of `n`."""
+    """A well-formed message id (`core.ids`), in order of `n`."""
     return f"{'0' * 21}M{n:04d}"
 
 

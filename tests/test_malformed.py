@@ -1,4 +1,4 @@
-"""`router.malformed`'s logic without sockets: the log throttle (time passed in) and the words
+"""`router.api.malformed`'s logic without sockets: the log throttle (time passed in) and the words
 an answer gives for what the parser refused."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from aiohttp.http_exceptions import (
     TransferEncodingError,
 )
 
-from router.malformed import RefusalLog, Refusals, reason
+from router.api.malformed import RefusalLog, Refusals, reason
 
 
 def test_one_line_per_interval_the_rest_counted_into_the_next() -> None:
@@ -32,7 +32,7 @@ def test_refusals_count_each_and_log_when_due(caplog: pytest.LogCaptureFixture) 
     now = [0.0]
     refusals = Refusals(counted.append, RefusalLog(interval_s=10.0), clock_s=lambda: now[0])
     exc = BadHttpMessage("Content-Length overflow:\n\n  b'Content-Length: 1'\n  ^")
-    with caplog.at_level("WARNING", logger="router.malformed"):
+    with caplog.at_level("WARNING", logger="router.api.malformed"):
         for t in (0.0, 1.0, 2.0, 10.0):
             now[0] = t
             assert refusals.refused(400, "10.0.0.1", exc) == \

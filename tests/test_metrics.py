@@ -14,13 +14,13 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.ids import IdGenerator
 from registry.base import Registration
 from registry.memory import MemoryRegistry
-from router.api import ApiStats
+from router.api.app import ApiStats
 from router.base import Message, Priority, Target
 from router.config import RouterConfig
-from router.ids import IdGenerator
-from router.memory import MemoryInbox, MemoryNodeChannel, MemoryQueue
+from router.stores.memory import MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.worker import RouterWorker
 from tests.edge.test_edge_protocol import NOW_MS, Edge
 from zuulpush.metrics import CONTENT_TYPE, Exporter, Metrics, add_buckets

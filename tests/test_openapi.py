@@ -1,4 +1,4 @@
-"""The OpenAPI document (`router.openapi`) stays true to the app: every route of
+"""The OpenAPI document (`router.api.openapi`) stays true to the app: every route of
 `create_api_app` is in it and nothing else (the edge's admin routes apart), its limits are
 `ApiConfig`'s defaults, the documented errors are there, and it validates as OpenAPI 3.1."""
 
@@ -13,12 +13,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
+from core.tokens import AuthConfig
 from registry.memory import MemoryRegistry
-from router.api import create_api_app
-from router.auth import AuthConfig
+from router.api.app import create_api_app
+from router.api.openapi import DOCUMENT, EDGE_TAG, build
 from router.config import ApiConfig
-from router.memory import MemoryInbox, MemoryQueue
-from router.openapi import DOCUMENT, EDGE_TAG, build
+from router.stores.memory import MemoryInbox, MemoryQueue
 from router.validation import MAX_DATA_DEPTH, MAX_ID_CHARS
 from zuulpush.edge.request import ADMIN, Route
 
@@ -107,7 +107,7 @@ GUARDED = [("/v1/push", "post"), ("/v1/push/batch", "post"), ("/dashboard/login"
            ("/dashboard/nodes/{node_id}/drain", "post"), ("/admin/status", "get"),
            ("/admin/drain", "post"), ("/admin/clients/{client_id}", "get"),
            ("/admin/clients/{client_id}/close", "post")]
-"""Every operation the brute-force brake guards (router.throttle_middleware, the edge's admin
+"""Every operation the brute-force brake guards (router.api.throttle, the edge's admin
 key): each may answer 429 `auth_throttled` with Retry-After."""
 
 

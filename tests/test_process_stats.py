@@ -1,4 +1,5 @@
-"""`router.process_stats` and its stores: the record's encoding, one contract suite run against
+"""`router.pages.process_stats` and its stores: the record's encoding, one contract suite run
+against
 the in-memory store, one real Redis and a real Redis Cluster (`redis_server`, `redis_cluster`
 under a per-test prefix), what only the Redis store shows (its keys, one slot, pruning the
 index), and `StatsPublisher` riding out a real Redis outage (a private `redis_factory` server,
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 import pytest
 from redis.crc import key_slot
 
-from registry.redis_client import connect
-from router.errors import Unavailable
-from router.process_stats import (
+from core.errors import Unavailable
+from core.redis.client import connect
+from router.pages.process_stats import (
     MemoryProcessStats,
     ProcessStats,
     ProcessStatsStore,
@@ -26,8 +27,8 @@ from router.process_stats import (
     encode,
     merge_processes,
 )
-from router.redis_process_stats import RedisProcessStats
-from router.stats_publisher import REMOVE_TIMEOUT_S, StatsPublisher
+from router.pages.stats_publisher import REMOVE_TIMEOUT_S, StatsPublisher
+from router.stores.redis_process_stats import RedisProcessStats
 from tests.support.redis_servers import RedisCluster, RedisServer
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,10 +1,10 @@
-"""`router.ratelimit.TokenBucket`: the edge's accept rate and the demo page's rates."""
+"""`core.ratelimit.TokenBucket`: the edge's accept rate and the demo page's rates."""
 
 from __future__ import annotations
 
 import pytest
 
-from router.ratelimit import TokenBucket
+from core.ratelimit import TokenBucket
 
 T0 = 1000.0
 

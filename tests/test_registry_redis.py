@@ -24,10 +24,11 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from core.redis.client import pack_with_hiredis
+from core.redis.keys import tag, untag
 from registry.base import Device, NodeInfo, NodeState, Registration
 from registry.redis import PIPELINE_ITEMS, SCRIPT_ITEMS, RedisRegistry, connect
-from registry.redis_client import pack_with_hiredis
-from registry.redis_layout import Keys, tag, untag
+from registry.redis_layout import Keys
 from tests.support.redis_servers import RedisCluster as ClusterServers
 from tests.support.redis_servers import RedisServer
 

@@ -23,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from core.redis.client import connect
 from registry.base import Device, NodeInfo, NodeState, Registration, Registry
 from registry.changes import (
     ChangeFormatError,
@@ -38,7 +39,6 @@ from registry.changes import (
 )
 from registry.memory import MemoryRegistry
 from registry.redis import RedisRegistry
-from registry.redis_client import connect
 from registry.replicated import LOCK_STRIPES, ReplicatedRegistry, apply_change
 from registry.replicator import START, Position, Replicator, lease_key_of, position_key_of
 from tests.support.redis_servers import RedisCluster, RedisServer

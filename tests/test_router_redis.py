@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
-from registry.redis_client import Client, connect
-from registry.redis_layout import tag
+from core.errors import Unavailable
+from core.redis.client import Client, connect
+from core.redis.keys import tag
 from router.base import Delivery, InboxEntry, Message, Priority, PutResult, Target
-from router.errors import Unavailable
-from router.redis_channel import RedisNodeChannel
-from router.redis_inbox import RedisInbox
-from router.redis_queue import RedisQueue
+from router.stores.redis_channel import RedisNodeChannel
+from router.stores.redis_inbox import RedisInbox
+from router.stores.redis_queue import RedisQueue
 from tests.support.redis_servers import RedisCluster, RedisServer, free_port
 
 WINDOW_S = 60.0

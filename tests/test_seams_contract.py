@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import pytest
 
-from registry.redis_client import Client, connect
+from core.redis.client import Client, connect
 from router.base import (
     Broadcast,
     BroadcastLog,
@@ -34,11 +34,11 @@ from router.base import (
     PutResult,
     Target,
 )
-from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
-from router.redis_channel import RedisNodeChannel
-from router.redis_history import RedisBroadcastLog
-from router.redis_inbox import RedisInbox
-from router.redis_queue import RedisQueue
+from router.stores.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
+from router.stores.redis_channel import RedisNodeChannel
+from router.stores.redis_history import RedisBroadcastLog
+from router.stores.redis_inbox import RedisInbox
+from router.stores.redis_queue import RedisQueue
 from tests.support.redis_servers import RedisCluster, RedisServer
 
 WINDOW_S = 60.0

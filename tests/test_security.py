@@ -37,12 +37,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from core.tokens import AuthConfig, TokenVerifier
 from registry.memory import MemoryRegistry
-from router.api import create_api_app
-from router.auth import AuthConfig, TokenVerifier
+from router.api.app import create_api_app
 from router.base import InboxEntry
 from router.config import ApiConfig
-from router.memory import MemoryInbox, MemoryQueue
+from router.stores.memory import MemoryInbox, MemoryQueue
 from tests.edge.test_edge_auth import claims, handmade, public_pem
 from tests.edge.test_edge_protocol import (
     NOW_MS,

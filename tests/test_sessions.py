@@ -1,4 +1,4 @@
-"""`router.sessions`: the dashboard's session cookie (pure), and one contract suite for
+"""`router.pages.sessions`: the dashboard's session cookie (pure), and one contract suite for
 `SessionRevocations` run against the in-memory store, one real Redis and a real Redis Cluster
 (`redis_server`, `redis_cluster`, under a per-test prefix); then what only the Redis store shows
 (its keys and their TTL, one slot) and an unreachable Redis. Nothing is mocked."""
@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import pytest
 from redis.crc import key_slot
 
-from registry.redis_client import connect
-from router.errors import Unavailable
-from router.redis_sessions import RedisSessionRevocations
-from router.sessions import (
+from core.errors import Unavailable
+from core.redis.client import connect
+from router.pages.sessions import (
     REVOCATION_MARGIN_S,
     MemorySessionRevocations,
     Session,
@@ -23,6 +22,7 @@ from router.sessions import (
     read_session,
     session_cookie,
 )
+from router.stores.redis_sessions import RedisSessionRevocations
 from tests.support.redis_servers import RedisCluster, RedisServer
 
 pytestmark = pytest.mark.timeout(60)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from router.tasks import cancel_and_wait
+from core.tasks import cancel_and_wait
 
 
 async def test_a_task_that_swallows_its_first_cancellation_still_ends() -> None:

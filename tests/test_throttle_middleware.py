@@ -1,4 +1,4 @@
-"""The API's brute-force brake (`router.throttle_middleware`) on the app `create_api_app` makes,
+"""The API's brute-force brake (`router.api.throttle`) on the app `create_api_app` makes,
 on a real loopback socket with the aiohttp client and a clock moved by hand: what counts as a
 failure (a wrong key; not a missing one, not the dashboard's CSRF refusal), what is guarded
 (the push routes, the dashboard's login and its bearer admin key; not the session cookie, not
@@ -15,12 +15,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from core.tokens import AuthConfig
 from registry.memory import MemoryRegistry
-from router.api import ApiStats, create_api_app
-from router.auth import AuthConfig
+from router.api.app import ApiStats, create_api_app
 from router.config import ApiConfig
-from router.dashboard import COOKIE, session_cookie
-from router.memory import MemoryInbox, MemoryQueue
+from router.pages.dashboard import COOKIE, session_cookie
+from router.stores.memory import MemoryInbox, MemoryQueue
 from zuulpush.metrics import Exporter, Metrics
 
 KEY, ADMIN = "the-api-key", "the-admin-key"

@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
+from core.errors import InvalidRequest, PayloadTooLarge
+from core.ids import IdGenerator
 from router.base import Priority, Target
 from router.config import ApiConfig
-from router.errors import InvalidRequest, PayloadTooLarge
-from router.ids import IdGenerator
 from router.validation import (
     DEFAULT_TOPIC,
     MAX_DATA_DEPTH,

@@ -15,9 +15,9 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import InvalidRequest
+from core.ids import IdGenerator
 from router.config import ApiConfig
-from router.errors import InvalidRequest
-from router.ids import IdGenerator
 from router.validation import parse_batch, parse_inbox_ack, parse_inbox_query, parse_push
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 import pytest
 
+from core.errors import Unavailable
 from registry.base import Location, NodeInfo, NodeState, Registration
 from registry.memory import MemoryRegistry
 from router import worker as worker_module
 from router.base import Broadcast, Delivery, InboxEntry, Message, Priority, Taken, Target
 from router.config import RouterConfig
-from router.errors import Unavailable
-from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.regions import Regions, Route
+from router.stores.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
 from router.worker import RouterWorker, WorkerStats
 
 NOW_MS = 1_700_000_000_000

@@ -27,8 +27,8 @@ the details.
 
 Process stats: each `zuulpush api` and `zuulpush router` publishes its counter totals (the API's
 enqueued and deduped, the sum of the router's workers' expired, taken, stored and forwarded) to
-its region's Redis every few seconds, with a TTL (`router.process_stats`,
-`router.stats_publisher`); every API's dashboard sums them, so these numbers are the region's,
+its region's Redis every few seconds, with a TTL (`router.pages.process_stats`,
+`router.pages.stats_publisher`); every API's dashboard sums them, so these numbers are the region's,
 not one process's. A process that cannot publish logs it once and serves on.
 
 Metrics: each process has one `zuulpush.metrics.Exporter`, watching what the process runs (the
@@ -49,25 +49,25 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from core.tasks import cancel_and_wait
+from core.tokens import AuthConfig, TokenVerifier
 from registry.base import Registration, Registry
 from registry.config import RegistryConfig
 from registry.factory import RegistryHandle, open_registry
 from registry.memory import MemoryRegistry
-from router.api import ApiStats, MetricsPage, create_api_app
-from router.auth import AuthConfig, TokenVerifier
+from router.api.app import ApiStats, MetricsPage, create_api_app
+from router.api.malformed import JsonErrorsSite, RefusalLog, Refusals
 from router.base import BroadcastLog, Inbox, MessageQueue, NodeChannel
 from router.config import ApiConfig, RouterConfig
-from router.dashboard import DashboardSources
-from router.demo import EdgeUrl, demo_available, edge_url_for
 from router.handoff import Handoff
-from router.malformed import JsonErrorsSite, RefusalLog, Refusals
-from router.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
-from router.process_stats import ProcessStats
-from router.redis_history import RedisBroadcastLog
-from router.redis_inbox import RedisInbox
-from router.redis_sessions import RedisSessionRevocations
-from router.stats_publisher import StatsPublisher
-from router.tasks import cancel_and_wait
+from router.pages.dashboard import DashboardSources
+from router.pages.demo import EdgeUrl, demo_available, edge_url_for
+from router.pages.process_stats import ProcessStats
+from router.pages.stats_publisher import StatsPublisher
+from router.stores.memory import MemoryBroadcastLog, MemoryInbox, MemoryNodeChannel, MemoryQueue
+from router.stores.redis_history import RedisBroadcastLog
+from router.stores.redis_inbox import RedisInbox
+from router.stores.redis_sessions import RedisSessionRevocations
 from router.worker import RouterWorker
 from zuulpush.binding import listening
 from zuulpush.config import Components, FleetConfig, OpsConfig
@@ -144,7 +144,7 @@ class EmbeddedApp:
 
     @property
     def demo(self) -> bool:
-        """Whether the API serves the demo page (`router.demo`)."""
+        """Whether the API serves the demo page (`router.pages.demo`)."""
         return demo_available(self.config.api, self.config.auth)
 
     def _edge_url(self, request: web.Request) -> str:
@@ -208,7 +208,7 @@ class ApiSite:
                              dashboard=self._dashboard, edge_url=self._edge_url)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        refusals = Refusals(self._stats.count_error, RefusalLog())  # `router.malformed`
+        refusals = Refusals(self._stats.count_error, RefusalLog())  # `router.api.malformed`
         host, port = self._config.api_host, self._config.api_port
         site = JsonErrorsSite(self._runner, host, port, refusals=refusals, backlog=1024,
                               ssl_context=self.tls, access_log=None)
@@ -340,7 +340,7 @@ class ApiApp:
         return self.api.port
 
     def process_record(self) -> ProcessStats:
-        """This API's counters as it publishes them (`router.process_stats`)."""
+        """This API's counters as it publishes them (`router.pages.process_stats`)."""
         return ProcessStats.of(self.node_id, "api", self.config.registry.region,
                                self.api_stats.totals())
 
@@ -401,7 +401,7 @@ class RouterApp:
 
     def process_record(self) -> ProcessStats:
         """The sum of this process's workers' counters, as it publishes them
-        (`router.process_stats`)."""
+        (`router.pages.process_stats`)."""
         totals: Counter[str] = Counter()
         for worker in self.workers.workers:
             totals.update(worker.stats.totals())

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from router.auth import issue_token
+from core.tokens import issue_token
 from zuulpush import __version__, logs
 from zuulpush.config import LOG_FORMATS, ConfigError, OpsConfig, build, load_settings
 from zuulpush.serve_banner import schemes, serve_banner
@@ -257,7 +257,7 @@ def _fill_secrets(settings: dict[str, Any]) -> list[str]:
 async def _start(app: Any) -> None:
     """`app.start()`; a Redis outage while starting is a `StartError`, an address it cannot
     listen on a `ConfigError` (`zuulpush.binding`), after what had started is stopped again."""
-    from router.redis_common import as_outage
+    from core.redis.common import as_outage
     from zuulpush.binding import ListenError
 
     try:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core.tokens import AuthConfig
 from registry.config import RegistryConfig
-from router.auth import AuthConfig
 from router.config import ApiConfig, RouterConfig
 from zuulpush.edge.config import EdgeConfig
 

@@ -1,6 +1,6 @@
 """The edge's errors, each carrying its wire answer.
 
-    router.errors.ZuulpushError            (API errors: 400 InvalidRequest, 401 Unauthorized and
+    core.errors.ZuulpushError            (API errors: 400 InvalidRequest, 401 Unauthorized and
     │                                      InvalidToken, 403, 404, 413, 503 Unavailable)
     └── EdgeError
         ├── HandshakeRejected              an HTTP answer before any upgrade: `http_status`
@@ -13,12 +13,12 @@
             │                              1008, 1009)
             └── InboundRateExceeded        1008: a device sent faster than its inbound rate
 
-A bad device token raises `router.errors.InvalidToken` (401) before any upgrade.
+A bad device token raises `core.errors.InvalidToken` (401) before any upgrade.
 """
 
 from __future__ import annotations
 
-from router.errors import ZuulpushError
+from core.errors import ZuulpushError
 
 
 class EdgeError(ZuulpushError):

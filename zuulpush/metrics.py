@@ -53,9 +53,9 @@ from prometheus_client import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from router.api import ApiStats
+from core.tasks import cancel_and_wait
+from router.api.app import ApiStats
 from router.base import MessageQueue, Priority
-from router.tasks import cancel_and_wait
 from router.worker import RouterWorker, WorkerStats
 from zuulpush.edge.shedding import LoopLag
 from zuulpush.tally import DEPTH_BOUNDS, LATENCY_BOUNDS_MS, Buckets

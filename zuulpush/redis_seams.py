@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from router.config import RouterConfig
-from router.redis_channel import RedisNodeChannel
-from router.redis_history import RedisBroadcastLog
-from router.redis_inbox import RedisInbox
-from router.redis_process_stats import RedisProcessStats
-from router.redis_queue import RedisQueue
+from router.stores.redis_channel import RedisNodeChannel
+from router.stores.redis_history import RedisBroadcastLog
+from router.stores.redis_inbox import RedisInbox
+from router.stores.redis_process_stats import RedisProcessStats
+from router.stores.redis_queue import RedisQueue
 from zuulpush.config import FleetConfig
 
 

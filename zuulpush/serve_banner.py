@@ -17,7 +17,7 @@ What is printed depends on what was made for this run (`generated`, `zuulpush.cl
   `ZUULPUSH_SECRET`, or `--config FILE` when serve read one), and a listen line that makes its
   token with it (`$(zuulpush token ...)`).
 - Made API key: the curl line that pushes to `demo-device` carries it, and an `export
-  ZUULPUSH_API_KEY=...` line sets it for the demo page's push API line (`zuulpush/static/
+  ZUULPUSH_API_KEY=...` line sets it for the demo page's push API line (`router/pages/static/
   demo.html`), which reads `$ZUULPUSH_API_KEY`.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from router.auth import issue_token
+from core.tokens import issue_token
 from zuulpush import __version__
 
 DEMO_CLIENT, DEMO_USER, DEMO_DEVICE_TYPE = "demo-device", "demo-user", "web"

@@ -369,7 +369,7 @@ class Fleet:
     def token(self, client_id: str, user_id: str = "user", device_type: str = "phone",
               ttl_s: int = 24 * 3600) -> str:
         """A device token signed with this fleet's secret (valid in both regions)."""
-        from router.auth import issue_token
+        from core.tokens import issue_token
 
         return issue_token(self.secrets.secret, client_id=client_id, user_id=user_id,
                            device_type=device_type, ttl_s=ttl_s)

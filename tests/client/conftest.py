@@ -24,7 +24,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from router.auth import issue_token
+from core.tokens import issue_token
 from zuulpush.app import EmbeddedApp, ServeConfig
 from zuulpush.config import load_settings
 

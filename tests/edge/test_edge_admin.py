@@ -9,8 +9,8 @@ import orjson
 import pytest
 from wsproto.frame_protocol import Opcode
 
-from router.errors import Forbidden, Unauthorized
-from router.ids import IdGenerator
+from core.errors import Forbidden, Unauthorized
+from core.ids import IdGenerator
 from tests.edge.test_edge_protocol import NOW_MS, Edge, request
 from tests.edge.test_edge_request import rejected, run
 from zuulpush.edge.request import Accept, Route

@@ -1,4 +1,4 @@
-"""Unit tests of `router.auth`: device tokens (HS256, RS256, ES256) and backend API keys.
+"""Unit tests of `core.tokens`: device tokens (HS256, RS256, ES256) and backend API keys.
 
 Tokens the library would refuse to make (alg none, HS256 keyed with a public key) are built by
 hand, byte by byte, as an attacker would.
@@ -18,8 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from router.auth import AuthConfig, DeviceIdentity, TokenVerifier, bearer, check_key, issue_token
-from router.errors import Forbidden, InvalidToken, Unauthorized
+from core.errors import Forbidden, InvalidToken, Unauthorized
+from core.tokens import AuthConfig, DeviceIdentity, TokenVerifier, bearer, check_key, issue_token
 
 SECRET = "auth-test-secret-of-at-least-32-bytes"
 OTHER_SECRET = "another-secret-of-at-least-32-bytes!"

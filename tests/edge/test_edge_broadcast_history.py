@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from router.base import Broadcast, InboxEntry, merge_replay
-from router.memory import MemoryBroadcastLog
+from router.stores.memory import MemoryBroadcastLog
 from tests.edge.test_edge_protocol import M1, M2, M3, M4, M5, M6, NOW_MS, Edge, payload
 from zuulpush.edge.state import State
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol
 
-from router.auth import AuthConfig, TokenVerifier, issue_token
-from router.errors import ZuulpushError
+from core.errors import ZuulpushError
+from core.tokens import AuthConfig, TokenVerifier, issue_token
 from zuulpush.edge.request import Accept, check_head_size, decide
 from zuulpush.edge.wsframes import Close, CloseReceived, Event, FrameReader, Message, Ping, Pong
 from zuulpush.errors import FrameViolation

@@ -23,11 +23,11 @@ import orjson
 import pytest
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
+from core.tokens import AuthConfig, TokenVerifier, issue_token
 from registry.base import Registration
 from registry.memory import MemoryRegistry
-from router.auth import AuthConfig, TokenVerifier, issue_token
 from router.base import BroadcastLog, Delivery, InboxEntry
-from router.memory import MemoryInbox, MemoryNodeChannel
+from router.stores.memory import MemoryInbox, MemoryNodeChannel
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.protocol import HELD_MAX, EdgeConnection, shed_answer
 from zuulpush.edge.server import EdgeServer
@@ -43,7 +43,7 @@ WS_ACCEPT = base64.b64encode(
 HEARTBEAT_S = 30.0
 HANDSHAKE_S = 10.0
 M1, M2, M3, M4, M5, M6, M7, M8, M9 = (f"{'0' * 24}M{n}" for n in range(1, 10))
-"""Message ids as devices resume from them (well formed, `router.ids`), in id order."""
+"""Message ids as devices resume from them (well formed, `core.ids`), in id order."""
 
 
 # fakes

@@ -11,9 +11,9 @@ import hashlib
 
 import pytest
 
-from router.auth import AuthConfig, TokenVerifier, issue_token
-from router.auth_throttle import FailureLimiter
-from router.errors import AuthThrottled, Forbidden, InvalidToken, Unauthorized
+from core.auth_throttle import FailureLimiter
+from core.errors import AuthThrottled, Forbidden, InvalidToken, Unauthorized
+from core.tokens import AuthConfig, TokenVerifier, issue_token
 from zuulpush.edge.request import (
     ADMIN,
     COOKIE_NAME,
@@ -349,7 +349,7 @@ def test_admin_drain_is_405_for_get_naming_post() -> None:
     assert exc.http_status == 405 and ("allow", "POST") in exc.headers
 
 
-# the admin key's brute-force brake (router.auth_throttle)
+# the admin key's brute-force brake (core.auth_throttle)
 
 ADMIN_PATHS = [(b"POST", "/admin/drain"), (b"GET", "/admin/status"),
                (b"GET", "/admin/clients/c1"), (b"POST", "/admin/clients/c1/close")]

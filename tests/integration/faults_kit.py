@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import aiohttp
 import pytest
 
-from router.redis_inbox import RedisInbox
+from router.stores.redis_inbox import RedisInbox
 from tests.support.balancer import BalancerProcess
 from tests.support.redis_servers import RedisServer
 from tests.support.sdk_devices import DeviceProcess, start_devices, stop_devices

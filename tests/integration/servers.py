@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from router.auth import issue_token
+from core.tokens import issue_token
 from zuulpush.app import EmbeddedApp
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""`zuulpush/static/zuulpush.js` and the demo page in headless Chromium, against a real
+"""`router/pages/static/zuulpush.js` and the demo page in headless Chromium, against a real
 `zuulpush serve`: WebSocket delivery, the fall-back to SSE when WebSocket is blocked, resuming
 without loss or repeats after the edge drops the connection, and stopping when replaced (4003).
 

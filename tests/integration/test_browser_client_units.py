@@ -1,5 +1,5 @@
 """The browser client's sans-I/O parts (`Backoff`, `ReconnectPolicy`, `Deduper`,
-`parseRetryAfter` in zuulpush/static/zuulpush.js), run in headless Chromium: the module is
+`parseRetryAfter` in router/pages/static/zuulpush.js), run in headless Chromium: the module is
 imported from the API of a live `zuulpush serve`, and each check returns its findings to Python.
 The connection behaviour itself is tested end to end in test_browser_client.py."""
 

@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 from websockets.asyncio.client import ClientConnection
 
 from registry.redis import RedisRegistry
-from router.redis_inbox import RedisInbox
+from router.stores.redis_inbox import RedisInbox
 from tests.support.redis_servers import RedisServer
 
 from .clients import PushApi, push_api, ws_connect, ws_url

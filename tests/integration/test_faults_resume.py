@@ -29,9 +29,9 @@ import pytest
 import websockets
 from redis.asyncio import Redis
 
+from core.tokens import issue_token
 from registry.redis import RedisRegistry
-from router.auth import issue_token
-from router.redis_channel import RedisNodeChannel
+from router.stores.redis_channel import RedisNodeChannel
 
 from .faults_kit import (
     LOAD_AFTER_S,

@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
-from router.malformed import LOG_INTERVAL_S
+from router.api.malformed import LOG_INTERVAL_S
 
 from .clients import raw_connection, read_to_eof
 from .servers import ServerProcess, start_server, stop_all

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from playwright.async_api import Browser
 
-from router.auth import AuthConfig, TokenVerifier
+from core.tokens import AuthConfig, TokenVerifier
 from tests.support.procs import wait_or_kill
 
 from .clients import WAIT_S, push_api, ws_connect, ws_url

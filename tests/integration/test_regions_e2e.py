@@ -20,8 +20,8 @@ import orjson
 import pytest
 
 from registry.redis import RedisRegistry
-from router.redis_history import RedisBroadcastLog
-from router.redis_inbox import RedisInbox
+from router.stores.redis_history import RedisBroadcastLog
+from router.stores.redis_inbox import RedisInbox
 from tests.support.redis_servers import RedisServer
 
 from .clients import PushApi, push_api, ws_connect, ws_url

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from router.openapi import EDGE_TAG, build
+from router.api.openapi import EDGE_TAG, build
 
 from .servers import ServerProcess, start_server, stop_all
 

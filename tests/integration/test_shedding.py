@@ -17,9 +17,9 @@ import pytest
 import uvloop
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
+from core.tokens import AuthConfig, TokenVerifier
 from registry.memory import MemoryRegistry
-from router.auth import AuthConfig, TokenVerifier
-from router.memory import MemoryInbox, MemoryNodeChannel
+from router.stores.memory import MemoryInbox, MemoryNodeChannel
 from zuulpush.client.transport import TRANSPORTS, ConnectFailed
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.server import EdgeServer, listener_status

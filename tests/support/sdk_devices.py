@@ -6,7 +6,7 @@ The device side (run as its own process, on uvloop):
         --prefix herd-0- --count 1000 [--ramp-per-s 500] [--idle-timeout-s 12.5]
 
 starts `count` `zuulpush.client.PushClient`s (WebSocket, auto-ack, the SDK's default backoff),
-client ids `<prefix><i>`, each with its own token (`router.auth.issue_token` with the secret),
+client ids `<prefix><i>`, each with its own token (`core.tokens.issue_token` with the secret),
 at most `ramp-per-s` a second; prints `ready: clients=N` once all are started (not connected);
 then answers one command per stdin line with one JSON line on stdout:
 
@@ -51,7 +51,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from router.auth import issue_token
+from core.tokens import issue_token
 from tests.support.lag import LagSampler
 from tests.support.procs import wait_or_kill
 from zuulpush.client import ClientState, Message, PushClient

@@ -5,7 +5,7 @@ inbox), from a router that took over another's batch, or from another region's i
 remembers the last `capacity` ids it let through (insertion order, oldest forgotten first).
 
 Why no "every id at or below the last one is a repeat" rule, although ids sort by time
-(router/ids.py): they are strictly ordered only within one process. In a fleet, API processes
+(core/ids.py): they are strictly ordered only within one process. In a fleet, API processes
 on different hosts make ids that order by their clocks, so such a rule would silently drop every
 message from a host whose clock runs behind. A repeat is cheap (the contract is at least once);
 a silent drop is not. The resume point already makes the server skip everything up to the last

@@ -28,7 +28,7 @@ class EdgeConfig:
     open `/ws` and `/sse`, each `scheme://host[:port]` as browsers send it (or `null`); empty,
     or with `*` in it: any. Requests without an `Origin` (native apps) always pass.
 
-    The admin API's brute-force brake (`router.auth_throttle`), per source address and node: a
+    The admin API's brute-force brake (`core.auth_throttle`), per source address and node: a
     source may send a wrong admin key `edge_admin_failures_max` times in a row, then its admin
     requests are answered 429 with `Retry-After`, unchecked, until a failure has drained (they
     drain at `edge_admin_failures_max` per `edge_admin_failures_window_s`); 0: no brake."""

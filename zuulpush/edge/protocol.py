@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, cast
 
 import h11
 
+from core.auth_throttle import source_of
+from core.errors import ZuulpushError
 from registry.base import Registration, new_version
-from router.auth_throttle import source_of
-from router.errors import ZuulpushError
 from zuulpush.edge import admin, fasthead, inbound, sse, wsframes
 from zuulpush.edge.answers import CORS, http_error
 from zuulpush.edge.request import ONE_SHOT, Accept, Headers, Route, check_head_size, decide

@@ -20,7 +20,7 @@ Routes:
 
 The admin key is checked before the client id is looked at, so a caller without it learns
 nothing about who is connected; the client id is the path segment, percent-decoded. Wrong admin
-keys are braked per source address (`admin_throttle`, `router.auth_throttle`): a source over its
+keys are braked per source address (`admin_throttle`, `core.auth_throttle`): a source over its
 limit is refused 429 `auth_throttled` with `Retry-After` before its key is looked at; a missing
 key (401) or a right one uses none of the budget.
 
@@ -55,10 +55,10 @@ from urllib.parse import unquote, unquote_plus
 
 from wsproto.utilities import generate_accept_token
 
-from router.auth import DeviceIdentity, TokenVerifier, bearer, check_key
-from router.auth_throttle import FailureLimiter
-from router.errors import Forbidden, InvalidToken
-from router.ids import ID_FORMAT, is_message_id
+from core.auth_throttle import FailureLimiter
+from core.errors import Forbidden, InvalidToken
+from core.ids import ID_FORMAT, is_message_id
+from core.tokens import DeviceIdentity, TokenVerifier, bearer, check_key
 from zuulpush.errors import CookieOriginRefused, HandshakeRejected, OriginRefused
 
 COOKIE_NAME = "zuulpush_token"
@@ -302,7 +302,7 @@ def _token(params: dict[str, str], headers: Headers) -> tuple[str, bool]:
 
 def _last_id(params: dict[str, str], headers: Headers) -> str | None:
     """The resume point: a message id, or None. Anything else is refused, never compared: a
-    resume removes what the device has from its inbox by the id (`router.ids.is_message_id`)."""
+    resume removes what the device has from its inbox by the id (`core.ids.is_message_id`)."""
     value = params.get("last_id") or _text(_header(headers, b"last-event-id"))
     if not value:
         return None

@@ -57,9 +57,13 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.auth_throttle import FailureLimiter
+from core.clock import ClockMs, wall_ms
+from core.errors import AuthThrottled, Forbidden, InvalidToken, Unauthorized, ZuulpushError
+from core.ids import id_time_ms
+from core.tasks import cancel_and_wait
+from core.tokens import TokenVerifier
 from registry.base import NodeInfo, NodeState, Registration, Registry
-from router.auth import TokenVerifier
-from router.auth_throttle import FailureLimiter
 from router.base import (
     Broadcast,
     BroadcastLog,
@@ -69,10 +73,6 @@ from router.base import (
     NodeChannel,
     merge_replay,
 )
-from router.clock import ClockMs, wall_ms
-from router.errors import AuthThrottled, Forbidden, InvalidToken, Unauthorized, ZuulpushError
-from router.ids import id_time_ms
-from router.tasks import cancel_and_wait
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.given import GivenLedger
 from zuulpush.edge.lifetime import Lifetime

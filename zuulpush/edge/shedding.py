@@ -30,7 +30,7 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-from router.ratelimit import TokenBucket
+from core.ratelimit import TokenBucket
 
 MAX_RETRY_AFTER_S = 60
 LAG_SAMPLE_S = 0.05

@@ -10,16 +10,16 @@ slot:
 `revoke` is one SET with PX, `is_revoked` one EXISTS: Redis expires the keys, no clocks are
 compared and nothing is left behind.
 
-Errors. An unreachable Redis raises `router.errors.Unavailable`.
+Errors. An unreachable Redis raises `core.errors.Unavailable`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from registry.redis_client import Client, connect
-from registry.redis_layout import check_prefix
-from router.redis_common import unavailable
+from core.redis.client import Client, connect
+from core.redis.common import unavailable
+from core.redis.keys import check_prefix
 
 
 class RedisSessionRevocations:

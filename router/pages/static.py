@@ -1,5 +1,5 @@
 """The API's static files: the browser client, the demo page and the dashboard, from the
-`zuulpush/static/` directory of the installed package. No build step: the files are served as
+`router/pages/static/` directory of the installed package. No build step: the files are served as
 they are, under `/static/` (and the site's icon, `favicon.ico`, at `/favicon.ico`, where browsers
 ask for it). Only names in that directory (no subdirectories, no dot files) are served, each with
 its content type, `Cache-Control: no-cache` (revalidated with `ETag`, so an upgrade is seen at
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-STATIC_DIR = Path(str(importlib.resources.files("zuulpush"))) / "static"
+STATIC_DIR = Path(str(importlib.resources.files("router.pages"))) / "static"
 
 CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",

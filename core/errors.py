@@ -10,7 +10,7 @@
     ├── NotFound                      404
     ├── RateLimited                   429: retry after `retry_after_s` (API key and demo limits)
     │   └── AuthThrottled             429 `auth_throttled`: too many failed authentications from
-    │                                 one source address (`router.auth_throttle`), by `role`
+    │                                 one source address (`core.auth_throttle`), by `role`
     └── Unavailable                   503, transient: retry after `retry_after_s`
 
 The edge adds its own branch in `zuulpush.errors` (handshake answers and WebSocket close codes).
@@ -95,7 +95,7 @@ class RateLimited(ZuulpushError):
 
 
 class AuthThrottled(RateLimited):
-    """A source address over its limit of failed authentications (`router.auth_throttle`): the
+    """A source address over its limit of failed authentications (`core.auth_throttle`): the
     attempt is refused without its credential being looked at. `role` names the limit
     (`api_key`, `dashboard`, `edge_admin`); `headers` is the `Retry-After` the edge's own error
     answer carries (the API adds it for every `RateLimited`)."""

@@ -15,12 +15,13 @@
     POST /v1/inbox/ack   device token; {"ids": [...]} or {"through": ID}
                      200 {"removed": N}
     GET  /demo, POST /demo/token, POST /demo/push   the demo page, only with `demo` on
-                     (`router.demo`)
-    GET  /static/<name>  the browser client and pages (`router.static`)
+                     (`router.pages.demo`)
+    GET  /static/<name>  the browser client and pages (`router.pages.static`)
     GET  /openapi.json   the OpenAPI description of these routes and the edge's admin API
-                     (`router.openapi`)
+                     (`router.api.openapi`)
     GET  /healthz    200 {"status": "ok"}
-    GET  /, /dashboard/...   the operator's dashboard, behind the admin key (`router.dashboard`)
+    GET  /, /dashboard/...   the operator's dashboard, behind the admin key
+    (`router.pages.dashboard`)
     GET  /metrics    the page `metrics` returns (only when the app is given one; no key)
 
 Decisions:
@@ -50,7 +51,7 @@ Decisions:
   next pull passes the last id as `after`. What a pull returns is marked given
   (`Inbox.pull`), and `{"through": ID}` removes `ID` and what was given before it, never a
   message stored later with an older id (docs/delivery.md). `after` and `through` must be
-  message ids (`router.ids.is_message_id`): "zzz" would sort after every id.
+  message ids (`core.ids.is_message_id`): "zzz" would sort after every id.
 - Broadcasts are in no inbox. With a broadcast history, a pull WITH `after` also returns the
   broadcasts kept after that id that reach the token's device type, merged with the inbox in id
   order, each id once: exactly what the edge replays to a device resuming with that last id, so a
@@ -60,16 +61,16 @@ Decisions:
 - The body is parsed as JSON whatever the Content-Type says: senders (and curl) often omit it.
 - The API key is checked before the body is read; the size limit (413, naming it) before parsing,
   from Content-Length when given and while reading otherwise.
-- Each API key has its own rate (`api_key_rate_per_s`, `api_key_burst`; `router.ratelimit`
+- Each API key has its own rate (`api_key_rate_per_s`, `api_key_burst`; `core.ratelimit`
   `KeyRates`): a push costs one token, a batch one per message. A key whose bucket is empty is
   refused 429 before its body is read; a batch is charged once it is valid (invalid input costs
   nothing), and refused 429 when its key has fewer tokens than it has messages. The answer's
   `Retry-After` says when the request could pass. A key is known by its position in `api_keys`
   (`ApiStats.rate_limited`, the metric's `key` label); the key itself is never logged or
   labelled. The dashboard's push form (admin key, one message) is not limited; the demo has
-  its own limits (`router.demo`).
+  its own limits (`router.pages.demo`).
 - Brute force: wrong API keys (and the dashboard's wrong admin keys) are limited per source
-  address (`api_key_failures_*`, `dashboard_failures_*`; `router.throttle_middleware`): a
+  address (`api_key_failures_*`, `dashboard_failures_*`; `router.api.throttle`): a
   source over its limit is answered 429 `auth_throttled` with `Retry-After` before its key is
   looked at (`ApiStats.auth_throttled` by role). Correct keys use none of the budget.
 - `ApiStats` counts what the API did as plain numbers (messages enqueued and deduplicated by
@@ -80,7 +81,7 @@ Decisions:
   unexpected, a 500 without details (logged here). A body whose chunked framing is broken, or
   that the sender abandons, is a 400 naming `body` (`BodyUnreadable`, the connection then
   closed), never a 500. Requests the HTTP parser refuses before any route sees them are
-  answered (and their logging throttled) by the listener, `router.malformed`.
+  answered (and their logging throttled) by the listener, `router.api.malformed`.
 """
 
 from __future__ import annotations
@@ -98,24 +99,8 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from registry.base import NodeInfo, Registry
-from router.auth import AuthConfig, DeviceIdentity, TokenVerifier, bearer, check_key
-from router.base import (
-    Broadcast,
-    BroadcastLog,
-    Inbox,
-    Message,
-    MessageQueue,
-    Priority,
-    PutResult,
-    Target,
-    merge_replay,
-)
-from router.clock import ClockMs, wall_ms
-from router.config import ApiConfig
-from router.dashboard import DashboardSources, add_dashboard_routes
-from router.demo import EdgeUrl, add_demo_routes
-from router.errors import (
+from core.clock import ClockMs, wall_ms
+from core.errors import (
     AuthThrottled,
     Forbidden,
     InvalidRequest,
@@ -127,14 +112,30 @@ from router.errors import (
     Unavailable,
     ZuulpushError,
 )
-from router.ids import IdGenerator
-from router.malformed import reason
-from router.openapi import add_openapi_route
-from router.ratelimit import KeyRates
-from router.redis_common import as_outage
+from core.ids import IdGenerator
+from core.ratelimit import KeyRates
+from core.redis.common import as_outage
+from core.tokens import AuthConfig, DeviceIdentity, TokenVerifier, bearer, check_key
+from registry.base import NodeInfo, Registry
+from router.api.malformed import reason
+from router.api.openapi import add_openapi_route
+from router.api.throttle import api_throttle
+from router.base import (
+    Broadcast,
+    BroadcastLog,
+    Inbox,
+    Message,
+    MessageQueue,
+    Priority,
+    PutResult,
+    Target,
+    merge_replay,
+)
+from router.config import ApiConfig
+from router.pages.dashboard import DashboardSources, add_dashboard_routes
+from router.pages.demo import EdgeUrl, add_demo_routes
+from router.pages.static import add_static_routes
 from router.resolve import broadcast_reach, resolve_many
-from router.static import add_static_routes
-from router.throttle_middleware import api_throttle
 from router.validation import parse_batch, parse_inbox_ack, parse_inbox_query, parse_push
 
 log = logging.getLogger(__name__)
@@ -211,14 +212,14 @@ def create_api_app(
     queue, registry, inbox and history it passed in. Without `inbox` the device inbox routes are
     absent (404); without `history` a pull returns the inbox alone. What it does is counted in
     `stats` (a new one when not given); `GET /metrics` exists only with `metrics`. The
-    dashboard (`router.dashboard`) reads the registry, `dashboard` (what this process holds
+    dashboard (`router.pages.dashboard`) reads the registry, `dashboard` (what this process holds
     besides; by default nothing but the API's own counters) and `stats`. The demo page
-    (`router.demo`) exists only with `config.demo` and a secret; its edge URL is
+    (`router.pages.demo`) exists only with `config.demo` and a secret; its edge URL is
     `config.public_edge_url`, else `edge_url(request)` (ValueError with neither)."""
     stats = ApiStats() if stats is None else stats
     ids = ids or IdGenerator()  # one per process: the demo's pushes share it
     max_body = max(config.max_payload_bytes, config.max_batch_payload_bytes)
-    throttle = api_throttle(config, lambda: clock_ms() / 1000)  # router.throttle_middleware
+    throttle = api_throttle(config, lambda: clock_ms() / 1000)  # router.api.throttle
     app = web.Application(client_max_size=max_body, middlewares=[_json_errors(stats), throttle])
     push = _PushHandler(config, auth, queue, registry, ids, clock_ms, stats)
     app.router.add_post("/v1/push", push.handle)

@@ -1,10 +1,10 @@
 """Process stats: each fleet process's counter totals, published with a TTL, so that the
-dashboard of any API process can sum the whole region's (`router.dashboard_stats`).
+dashboard of any API process can sum the whole region's (`router.pages.dashboard_stats`).
 
 A *record* is one process's counters since it started, as of its last publish: its id, its
 kind (`router`: the sum of its workers' counters; `api`: the pushes it took), its region and
 `(name, total)` pairs. Each process publishes its record every `PUBLISH_INTERVAL_S` for
-`RECORD_TTL_S` (`router.stats_publisher`); a process that stops publishing (killed, or cut
+`RECORD_TTL_S` (`router.pages.stats_publisher`); a process that stops publishing (killed, or cut
 off from Redis) drops out of `live()` within one TTL, and a stopping one removes its record.
 Counters of a restarted process start again at zero under a new id: readers take rates from
 deltas per process id (`dashboard_stats.Rates`), so neither makes a rate negative.
@@ -12,7 +12,7 @@ deltas per process id (`dashboard_stats.Rates`), so neither makes a rate negativ
 Records live in each region's Redis, beside its queue: `live()` lists this region's processes.
 
 This module holds the value, its encoding, the seam (`ProcessStatsStore`) and the in-memory
-store; `router.redis_process_stats` is the store on Redis (or Redis Cluster).
+store; `router.stores.redis_process_stats` is the store on Redis (or Redis Cluster).
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from core.clock import ClockMs, wall_ms
 from router.base import InboxEntry
-from router.clock import ClockMs, wall_ms
-from router.memory_box import SortedBox
+from router.stores.memory_box import SortedBox
 
 
 class MemoryInbox:

@@ -1,5 +1,5 @@
-"""The API's brute-force brake (`router.auth_throttle`) as an aiohttp middleware, inside the JSON
-error middleware of `router.api` (which answers its `AuthThrottled` as a 429 with
+"""The API's brute-force brake (`core.auth_throttle`) as an aiohttp middleware, inside the JSON
+error middleware of `router.api.app` (which answers its `AuthThrottled` as a 429 with
 `Retry-After`).
 
 What it guards, and how each attempt is told apart:
@@ -23,9 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from router.auth_throttle import FailureLimiter, source_of
+from core.auth_throttle import FailureLimiter, source_of
+from core.errors import Forbidden
 from router.config import ApiConfig
-from router.errors import Forbidden
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

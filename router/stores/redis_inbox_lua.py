@@ -1,4 +1,5 @@
-"""The Lua scripts of `router.redis_inbox`, one per operation, each on one client's three keys.
+"""The Lua scripts of `router.stores.redis_inbox`, one per operation, each on one client's three
+keys.
 
 KEYS of every script: the client's ids (sorted set), entries (hash: id -> EXPIRES_AT, 15 digits,
 then `F` for a forwarded entry, then the payload, a JSON object), marks (hash: id -> mark, for
@@ -9,7 +10,7 @@ on strings follows the server's locale (strcoll).
 
 from __future__ import annotations
 
-from registry.redis_lua import Lua
+from core.redis.lua import Lua
 
 _COMMON = r"""
 local function remove(ids)

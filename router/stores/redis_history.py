@@ -10,8 +10,8 @@ is one script on one Cluster slot:
 
 It is the inbox's layout for one more "client" (whose marks and handed keys stay empty:
 nothing is given or forwarded from the history), and runs the inbox's own scripts
-(`router.redis_inbox_lua.ADD` and `AFTER`): ZADD NX and HSET, the oldest dropped past the cap,
-the keys' TTL extended to the newest broadcast's remaining life (so an idle history disappears
+(`router.stores.redis_inbox_lua.ADD` and `AFTER`): ZADD NX and HSET, the oldest dropped past the
+cap, the keys' TTL extended to the newest broadcast's remaining life (so an idle history disappears
 by itself); reads skip and delete expired broadcasts. Expiry is judged on the caller's wall
 clock.
 
@@ -24,13 +24,13 @@ from typing import Any
 
 import orjson
 
-from registry.redis_client import Client, connect
-from registry.redis_layout import check_prefix
+from core.clock import ClockMs, wall_ms
+from core.redis.client import Client, connect
+from core.redis.common import run_script, unavailable
+from core.redis.keys import check_prefix
 from router.base import Broadcast
-from router.clock import ClockMs, wall_ms
-from router.redis_common import run_script, unavailable
-from router.redis_inbox import EXPIRY_DIGITS
-from router.redis_inbox_lua import ADD, AFTER
+from router.stores.redis_inbox import EXPIRY_DIGITS
+from router.stores.redis_inbox_lua import ADD, AFTER
 
 TYPES_DIGITS = 8
 

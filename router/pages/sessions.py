@@ -1,13 +1,14 @@
 """Dashboard sessions: the signed cookie, and the seam that makes a logout stick.
 
-The cookie (`router.dashboard`) is `<expiry>.<session id>.<HMAC-SHA256 keyed by the admin key>`:
+The cookie (`router.pages.dashboard`) is `<expiry>.<session id>.<HMAC-SHA256 keyed by the admin
+key>`:
 any API process with the admin key can check it without asking anyone, so on its own it would
 stay good for its whole lifetime, logout or not. A logout therefore *revokes* the session id in a
 `SessionRevocations` store until the cookie would have expired (plus `REVOCATION_MARGIN_S` for
 clocks that differ between processes), and every process asks the store before honouring a
 cookie. `zuulpush serve` keeps revocations in its memory (`MemorySessionRevocations`); a fleet's
-API processes share them in the region's Redis (`router.redis_sessions`), so a logout on one API
-ends the session on all of them.
+API processes share them in the region's Redis (`router.stores.redis_sessions`), so a logout on one
+API ends the session on all of them.
 
 The session id is 32 random hex digits chosen at login: two logins (two browsers, or the same
 second) are two sessions, and logging out of one leaves the other.
@@ -82,13 +83,13 @@ class SessionRevocations(Protocol):
     async def revoke(self, session_id: str, ttl_s: float) -> None:
         """Refuse `session_id` from now on, for `ttl_s` seconds, in every process sharing the
         store (nothing when `ttl_s` is not positive: that session is over anyway). Idempotent:
-        revoking again sets the time again. Raises `router.errors.Unavailable` when the backing
+        revoking again sets the time again. Raises `core.errors.Unavailable` when the backing
         store cannot be reached (the logout then fails: nothing was revoked)."""
         ...
 
     async def is_revoked(self, session_id: str) -> bool:
         """Whether `session_id` was revoked and its time has not run out. Raises
-        `router.errors.Unavailable` when the backing store cannot be reached: the caller must
+        `core.errors.Unavailable` when the backing store cannot be reached: the caller must
         then refuse the session (fail closed)."""
         ...
 

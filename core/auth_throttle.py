@@ -1,5 +1,5 @@
 """Failed authentications per source address, sans I/O: the brute-force brake on API keys
-(`router.api`), the dashboard's admin key (`router.throttle_middleware`) and the edge's admin key
+(`router.api.app`), the dashboard's admin key (`router.api.throttle`) and the edge's admin key
 (`zuulpush.edge.request`). The clock is passed in, in seconds.
 
 How a caller uses it, per attempt: `check(source, now)` first, which raises `AuthThrottled`
@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 
-from router.errors import AuthThrottled
+from core.errors import AuthThrottled
 
 MAX_SOURCES = 10_000
 """Sources one limiter remembers at most."""

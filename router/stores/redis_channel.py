@@ -38,10 +38,10 @@ from typing import Any
 
 import orjson
 
-from registry.redis_client import Client, connect
-from registry.redis_layout import check_prefix, tag
+from core.redis.client import Client, connect
+from core.redis.common import block_ms, idle, unavailable, unless_closed
+from core.redis.keys import check_prefix, tag
 from router.base import Delivery
-from router.redis_common import block_ms, idle, unavailable, unless_closed
 
 DEFAULT_MAXLEN = 10_000
 DEFAULT_TTL_S = 3600.0

@@ -1,6 +1,6 @@
 """The demo page: a visitor gets a device token and watches pushes arrive in the browser.
 
-    GET  /demo          the page (`zuulpush/static/demo.html`, using `/static/zuulpush.js`)
+    GET  /demo          the page (`router/pages/static/demo.html`, using `/static/zuulpush.js`)
     POST /demo/token    200 {"token", "client_id", "user_id", "edge_url", "expires_in_s"}: a
                         device token for a new random client id `demo-<hex>` of user `demo-user`,
                         device type `web`, valid `DEMO_TOKEN_TTL_S`
@@ -34,14 +34,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router.auth import AuthConfig, TokenVerifier, bearer, issue_token
+from core.clock import ClockMs
+from core.errors import Forbidden, InvalidRequest, RateLimited
+from core.ids import IdGenerator
+from core.ratelimit import TokenBucket
+from core.tokens import AuthConfig, TokenVerifier, bearer, issue_token
 from router.base import Message, MessageQueue
-from router.clock import ClockMs
 from router.config import ApiConfig
-from router.errors import Forbidden, InvalidRequest, RateLimited
-from router.ids import IdGenerator
-from router.ratelimit import TokenBucket
-from router.static import static_response
+from router.pages.static import static_response
 from router.validation import parse_push
 
 DEMO_USER = "demo-user"

@@ -24,7 +24,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from router.errors import Forbidden, InvalidToken, Unauthorized
+from core.errors import Forbidden, InvalidToken, Unauthorized
 
 _CLAIMS = ("sub", "cid", "dt", "exp")
 _FAST_HEADERS = frozenset({b'{"alg":"HS256","typ":"JWT"}', b'{"typ":"JWT","alg":"HS256"}'})

@@ -13,11 +13,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
+from core.clock import ClockMs, wall_ms
+from core.errors import Unavailable
 from router.base import Broadcast, Delivery, Message, Priority, PutResult, Taken
-from router.clock import ClockMs, wall_ms
-from router.errors import Unavailable
-from router.memory_box import SortedBox
-from router.memory_inbox import (
+from router.stores.memory_box import SortedBox
+from router.stores.memory_inbox import (
     MemoryInbox as MemoryInbox,  # re-exported: one module of memory seams
 )
 

@@ -1,4 +1,4 @@
-"""How `router.redis_queue` lays a message out in its stream entries, and reads back what its
+"""How `router.stores.redis_queue` lays a message out in its stream entries, and reads back what its
 scripts answer: pure, no I/O.
 
 An entry is two fields: `m`, every field of the message but its payload as compact JSON

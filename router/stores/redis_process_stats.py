@@ -5,14 +5,14 @@ Key layout (prefix `zp` by default, the router's prefix); every key shares the h
 
     {zp:procs}              set of the process ids that published (members pruned once their
                             record is gone)
-    {zp:procs}:<process>    the process's record (`router.process_stats.encode`), PX = its TTL
+    {zp:procs}:<process>    the process's record (`router.pages.process_stats.encode`), PX = its TTL
 
 `publish` writes the record and adds the id to the set in one script (PROCESS_PUT); `remove`
 deletes both (PROCESS_DELETE). `live` reads the set, then the records (one MGET: one slot), and
 prunes from the set the ids whose record has expired (PROCESS_PRUNE checks again, so a process
 that published meanwhile stays). Liveness is the record key's Redis TTL: no clocks compared.
 
-Errors. An unreachable Redis raises `router.errors.Unavailable`.
+Errors. An unreachable Redis raises `core.errors.Unavailable`.
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any, TypeVar, cast
 
-from registry.redis_client import Client, connect
-from registry.redis_layout import check_prefix
-from registry.redis_lua import NODE_DELETE, NODE_PRUNE, NODE_PUT
-from router.process_stats import ProcessStats, decode, encode
-from router.redis_common import run_script, unavailable
+from core.redis.client import Client, connect
+from core.redis.common import run_script, unavailable
+from core.redis.keys import check_prefix
+from core.redis.lua import RECORD_DELETE, RECORD_PRUNE, RECORD_PUT
+from router.pages.process_stats import ProcessStats, decode, encode
 
 T = TypeVar("T")
 
 # A set of ids and one record key per id, under one hash tag: the scripts of the registry's
 # node records (`registry.redis_lua`) do exactly this, so they serve process records too.
-PROCESS_PUT, PROCESS_DELETE, PROCESS_PRUNE = NODE_PUT, NODE_DELETE, NODE_PRUNE
+PROCESS_PUT, PROCESS_DELETE, PROCESS_PRUNE = RECORD_PUT, RECORD_DELETE, RECORD_PRUNE
 
 
 class RedisProcessStats:

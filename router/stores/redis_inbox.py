@@ -13,7 +13,8 @@ it: `registry.redis_layout.tag`):
     zp:i:{T(client)}:h   hash: id -> the peer regions the entry was forwarded to ("b,c,")
 
 The four keys of a client share its tag, so each call is one script on one Cluster slot. A
-script per operation keeps them in step (`router.redis_inbox_lua`): ADD (ZADD NX, HSET, drop the
+script per operation keeps them in step (`router.stores.redis_inbox_lua`): ADD (ZADD NX, HSET, drop
+the
 oldest past the cap, extend the keys' TTL), AFTER (range, skip and delete expired entries, until
 `limit` live ones or the end; for a pull, mark what it answers), RESUME (remove what the device
 has, then AFTER from the start), THROUGH (the removal alone), GIVEN (raise marks), HANDED and
@@ -39,13 +40,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from registry.redis_client import Client, connect
-from registry.redis_layout import check_prefix, tag
-from registry.redis_lua import Lua
+from core.clock import ClockMs, wall_ms
+from core.redis.client import Client, connect
+from core.redis.common import ScriptCall, run_pipelined, run_script, unavailable
+from core.redis.keys import check_prefix, tag
+from core.redis.lua import Lua
 from router.base import InboxEntry
-from router.clock import ClockMs, wall_ms
-from router.redis_common import ScriptCall, run_pipelined, run_script, unavailable
-from router.redis_inbox_lua import ACK, ADD, AFTER, GIVEN, HANDED, RESUME, THROUGH, UNHANDED
+from router.stores.redis_inbox_lua import ACK, ADD, AFTER, GIVEN, HANDED, RESUME, THROUGH, UNHANDED
 
 EXPIRY_DIGITS = 15
 FORWARDED = b"F"

@@ -1,6 +1,6 @@
 """A token bucket, sans I/O: the edge's accept rate (`zuulpush.edge.shedding`), the demo page's
-token and push rates (`router.demo`), each API key's push rate (`KeyRates`, `router.api`). The
-clock is passed in, in seconds."""
+token and push rates (`router.pages.demo`), each API key's push rate (`KeyRates`,
+`router.api.app`). The clock is passed in, in seconds."""
 
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 - Scripts go by SHA (EVALSHA); a server that does not know one (restarted, `SCRIPT FLUSH`,
   a cluster node seen for the first time) gets the source once by EVAL, which caches it there.
 - Redis being unreachable (connection refused or lost, a timeout, a cluster that is down) is
-  raised as `router.errors.Unavailable` (503, transient: retry), the original chained. Every
+  raised as `core.errors.Unavailable` (503, transient: retry), the original chained. Every
   other Redis error is a bug or a misconfiguration and propagates as it is.
 - Blocking reads (XREAD BLOCK) wait in slices of at most `BLOCK_SLICE_S`, below the client's
-  socket timeout (5 s by default, `registry.redis_client.connect`), and give way at once when the
+  socket timeout (5 s by default, `core.redis.client.connect`), and give way at once when the
   seam is closed.
 """
 
@@ -21,9 +21,9 @@ from redis.exceptions import ClusterError, NoScriptError, OutOfMemoryError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from registry.redis_client import Client
-from registry.redis_lua import Lua
-from router.errors import Unavailable
+from core.errors import Unavailable
+from core.redis.client import Client
+from core.redis.lua import Lua
 
 BLOCK_SLICE_S = 1.0
 """Longest single blocking call; a longer wait is several of them."""

@@ -2,10 +2,10 @@
 drain buttons, behind the admin key.
 
     GET  /                          the dashboard page when the session cookie is valid, else
-                                    the login page (both from `zuulpush/static/`)
+                                    the login page (both from `router/pages/static/`)
     POST /dashboard/login           {"key": "<admin key>"}: 200 and the session cookie; 403 wrong
     POST /dashboard/logout          clears the cookie
-    GET  /dashboard/snapshot        200, one snapshot (`router.dashboard_stats`)
+    GET  /dashboard/snapshot        200, one snapshot (`router.pages.dashboard_stats`)
     GET  /dashboard/events          text/event-stream: a snapshot every `EVENT_INTERVAL_S`
     POST /dashboard/push            a push body as for `POST /v1/push`: 202 and the same answer
     POST /dashboard/nodes/<id>/drain   202: the node was asked to drain; 404: no such live node
@@ -13,7 +13,8 @@ drain buttons, behind the admin key.
 Decisions:
 - Auth. The admin key never travels in a URL. Every route but the pages and login takes the
   session cookie or `Authorization: Bearer <admin key>`. The cookie (`zuulpush_dashboard`,
-  HttpOnly, SameSite=Strict, Secure over TLS) is signed with the admin key (`router.sessions`):
+  HttpOnly, SameSite=Strict, Secure over TLS) is signed with the admin key
+  (`router.pages.sessions`):
   valid in every API process with the same key, void when the key changes, `SESSION_S` long.
   Logout revokes it: its session id is kept in `DashboardSources.sessions` until the cookie would
   have expired (a fleet's APIs share that store in Redis), and a revoked cookie is refused as a
@@ -28,9 +29,9 @@ Decisions:
   resolve, enqueue, counted in `ApiStats`): same validation, same answers, errors naming the
   field.
 - Numbers: edge nodes from the registry; in a fleet, the API and router processes' counters
-  from their published records (`router.process_stats`, this region's Redis), this process's
+  from their published records (`router.pages.process_stats`, this region's Redis), this process's
   own live ones in place of its record (`DashboardSources`); sums and rates are
-  `router.dashboard_stats`'s.
+  `router.pages.dashboard_stats`'s.
 - Drain: a node this process holds (`zuulpush serve`) drains at once through `drain_local`, as
   on SIGTERM: the process exits when the drain is over. Any other node is asked through the
   registry's drain request, as `zuulpush drain` asks; it takes it at its next heartbeat.
@@ -50,19 +51,19 @@ from urllib.parse import parse_qs
 import orjson
 from aiohttp import web
 
+from core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from core.tokens import bearer
 from registry.base import NodeInfo, Registry
-from router.auth import bearer
-from router.dashboard_stats import Rates, merge_nodes, snapshot
-from router.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
-from router.process_stats import ProcessStats, merge_processes
-from router.sessions import (
+from router.pages.dashboard_stats import Rates, merge_nodes, snapshot
+from router.pages.process_stats import ProcessStats, merge_processes
+from router.pages.sessions import (
     MemorySessionRevocations,
     Session,
     SessionRevocations,
     read_session,
     session_cookie,
 )
-from router.static import static_response
+from router.pages.static import static_response
 
 COOKIE = "zuulpush_dashboard"
 SESSION_S = 12 * 3600

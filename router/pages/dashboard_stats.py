@@ -1,5 +1,5 @@
 """The dashboard's numbers, without I/O: node records, process records and counters in, one
-JSON-ready snapshot out (`router.dashboard` reads the sources and streams the snapshots).
+JSON-ready snapshot out (`router.pages.dashboard` reads the sources and streams the snapshots).
 
 Where each number comes from, and how far it reaches:
 
@@ -12,7 +12,7 @@ Where each number comes from, and how far it reaches:
 - Process counters: `deduped` (pushes dropped as repeats of a dedup key) and `enqueued`,
   counted by the API process that took the push, and the routers' `expired` (messages dropped
   because their TTL ran out), with `taken`, `stored` and `forwarded`.
-  - In a fleet they come from the process records (`router.process_stats`) that every
+  - In a fleet they come from the process records (`router.pages.process_stats`) that every
     `zuulpush api` and `zuulpush router` publishes every few seconds to its region's Redis:
     summed over every live process of *this* region (records are not replicated: another
     region's processes count on that region's dashboard), with the answering API's own
@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from registry.base import NodeInfo
-from router.process_stats import ProcessStats
+from router.pages.process_stats import ProcessStats
 
 RATE_WINDOW_S = 5.0
 """Rates are averaged over this long: node records change only at each node's heartbeat."""

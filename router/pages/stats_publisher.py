@@ -1,4 +1,4 @@
-"""Publishing one process's counter record (`router.process_stats`) while the process runs.
+"""Publishing one process's counter record (`router.pages.process_stats`) while the process runs.
 
 Publishing never breaks the process: a failed publish (Redis unreachable, or anything else) is
 logged once per outage, retried at the next interval, and logged again when it works. `start()`
@@ -14,13 +14,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from router.process_stats import (
+from core.tasks import cancel_and_wait
+from router.pages.process_stats import (
     PUBLISH_INTERVAL_S,
     RECORD_TTL_S,
     ProcessStats,
     ProcessStatsStore,
 )
-from router.tasks import cancel_and_wait
 
 log = logging.getLogger("zuulpush")
 

@@ -22,11 +22,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from core.ids import ID_FORMAT
 from router.config import ApiConfig
-from router.dashboard import COOKIE, CSRF_HEADER, SESSION_S
-from router.demo import DEMO_TOKEN_TTL_S, MAX_TEXT
-from router.ids import ID_FORMAT
-from router.static import NAME as STATIC_NAME
+from router.pages.dashboard import COOKIE, CSRF_HEADER, SESSION_S
+from router.pages.demo import DEMO_TOKEN_TTL_S, MAX_TEXT
+from router.pages.static import NAME as STATIC_NAME
 from router.validation import DEFAULT_INBOX_PAGE, DEFAULT_TOPIC, MAX_DATA_DEPTH, MAX_ID_CHARS
 
 DEFAULTS = ApiConfig()
@@ -153,7 +153,7 @@ def _schemas(c: ApiConfig) -> dict[str, Schema]:
                           "nodes": {"type": "array", "items": {"type": "object"}},
                           "connections": {"type": "object"}, "counters": {"type": "object"}},
                          extra=True, description="One dashboard snapshot "
-                                                 "(`router/dashboard_stats.py`)."),
+                                                 "(`router/pages/dashboard_stats.py`)."),
     }
 
 

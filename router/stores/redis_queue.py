@@ -6,7 +6,7 @@ lives in one Redis Cluster slot:
     {zp:q}:high, {zp:q}:normal, {zp:q}:low   one stream per priority; entry fields
                                              `m` (the message's metadata, compact JSON) and
                                              `p` (its payload bytes, as sent), laid out by
-                                             `router.redis_queue_layout`
+                                             `router.stores.redis_queue_layout`
     {zp:q}:credits                           hash: the weighted round's credit left per priority
     {zp:q}:d:<dedup key>                     the id of the message put under the key, with
                                              PX = the dedup window
@@ -58,7 +58,7 @@ Groups. The group is made (`XGROUP CREATE ... 0 MKSTREAM`, idempotent) on first 
 whenever Redis answers NOGROUP (a restarted Redis without persistence): from id 0, so messages put
 before any router started, or since a restart, are all taken.
 
-Errors. An unreachable Redis raises `Unavailable` (see `router.redis_common`); `put` is not
+Errors. An unreachable Redis raises `Unavailable` (see `core.redis.common`); `put` is not
 idempotent without a dedup key, so the API answers 503 and the sender retries with one if it
 cares. After `close`, `put` raises `Unavailable`, a waiting take returns [] at once and later
 takes return [] after their timeout.
@@ -72,14 +72,14 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from registry.redis_client import Client, connect
-from registry.redis_layout import check_prefix
-from registry.redis_lua import Lua
-from router import redis_queue_layout as layout
+from core.errors import Unavailable
+from core.redis.client import Client, connect
+from core.redis.common import block_ms, idle, run_script, unavailable, unless_closed
+from core.redis.keys import check_prefix
+from core.redis.lua import Lua
 from router.base import Message, Priority, PutResult, Taken
-from router.errors import Unavailable
-from router.memory import DEFAULT_WEIGHTS
-from router.redis_common import block_ms, idle, run_script, unavailable, unless_closed
+from router.stores import redis_queue_layout as layout
+from router.stores.memory import DEFAULT_WEIGHTS
 
 DEFAULT_MAX_DEPTH = 1_000_000
 DONE_ITEMS = 1000
