@@ -93,8 +93,8 @@ def new_version() -> int:
     return time.time_ns()
 
 
-class Registry(Protocol):
-    """Where clients are connected, which devices a user has, and which edge nodes are alive.
+class Connections(Protocol):
+    """Where clients are connected: the edge writes its connections, the router looks them up.
 
     Every method is safe to call concurrently. Batched methods apply each item independently:
     there is no all-or-nothing guarantee across items.
@@ -136,6 +136,11 @@ class Registry(Protocol):
         (None for a node that is dead). Absent clients are left out."""
         ...
 
+
+
+class Devices(Protocol):
+    """Which devices a user has, connected or not (the router's user and device-type targets)."""
+
     async def devices_many(self, client_ids: Iterable[str]) -> dict[str, Device]:
         """Known device records of these clients (connected or not); unknown ones left out."""
         ...
@@ -147,6 +152,11 @@ class Registry(Protocol):
     async def device(self, client_id: str) -> Device | None:
         """The known device record of one client, or None if it was never seen (or forgotten)."""
         ...
+
+
+
+class Nodes(Protocol):
+    """Which edge nodes are alive, and in which state (each node heartbeats its own record)."""
 
     async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> bool:
         """Write the node's record for `ttl_s` seconds; a node that stops heartbeating is dead.
@@ -163,6 +173,11 @@ class Registry(Protocol):
         """All live nodes, whatever their state."""
         ...
 
+
+
+class NodeControl(Protocol):
+    """An operator's requests to a node, which the node reads at its heartbeat."""
+
     async def request_drain(self, node_id: str, ttl_s: float) -> None:
         """Ask node `node_id` to drain (an operator's `zuulpush drain`): the request stands for
         `ttl_s` seconds or until the node takes it, at its next heartbeat. Not replicated: it
@@ -178,6 +193,14 @@ class Registry(Protocol):
         """Whether a drain request for `node_id` stands, not yet taken nor expired (read only:
         for an operator following the drain)."""
         ...
+
+
+
+class Registry(Connections, Devices, Nodes, NodeControl, Protocol):
+    """The whole registry, as the factory opens it: its users take the narrow part they need.
+
+    Every method is safe to call concurrently.
+    """
 
     async def close(self) -> None:
         """Release connections to the backing store. Idempotent."""
