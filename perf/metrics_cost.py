@@ -98,10 +98,11 @@ async def edge_costs() -> dict[str, float]:
                         registry=MemoryRegistry(), inbox=MemoryInbox(100),
                         channel=MemoryNodeChannel(100))
     key = base64.b64encode(b"sixteen byte key").decode()
+    host = getattr(server, "connection_host", server)  # what a connection is handed
 
     def upgrade(client_id: str) -> tuple[EdgeConnection, Transport]:
         token = issue_token(SECRET, client_id=client_id, user_id="u", device_type="phone")
-        conn, transport = EdgeConnection(server), Transport()
+        conn, transport = EdgeConnection(host), Transport()
         conn.connection_made(transport)  # type: ignore[arg-type]
         conn.data_received((f"GET /ws?token={token} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket"
                             f"\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -110,7 +111,8 @@ async def edge_costs() -> dict[str, float]:
 
     for i in range(1000):
         upgrade(f"c{i}")
-    await server._flush_registry_work()  # registered and replayed: OPEN
+    registrar = getattr(server, "registrar", None)  # (before the edge's split: the server)
+    await (registrar.flush() if registrar else server._flush_registry_work())  # now OPEN
     ids = IdGenerator()
     payload = b'{"id":"x","topic":"t","ts":0,"data":{"n":1}}'
     one = [Delivery(ids.new(), payload, clients=("c7",)) for _ in range(20000)]
@@ -131,7 +133,7 @@ async def edge_costs() -> dict[str, float]:
 
     def connect_and_lose() -> None:
         token = next(tokens)
-        conn, transport = EdgeConnection(server), Transport()
+        conn, transport = EdgeConnection(host), Transport()
         conn.connection_made(transport)  # type: ignore[arg-type]
         conn.data_received((f"GET /ws?token={token} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket"
                             f"\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"

@@ -105,7 +105,7 @@ async def servers() -> AsyncIterator[ServerFactory]:
 
     yield start
     for server in started:
-        if server.app.edge._server is not None:  # not stopped by the test
+        if server.app.edge.listener.server is not None:  # not stopped by the test
             await server.stop()
 
 

@@ -22,7 +22,15 @@ from wsproto.frame_protocol import FrameProtocol
 from core.errors import ZuulpushError
 from core.tokens import AuthConfig, TokenVerifier, issue_token
 from zuulpush.edge.request import Accept, check_head_size, decide
-from zuulpush.edge.wsframes import Close, CloseReceived, Event, FrameReader, Message, Ping, Pong
+from zuulpush.edge.wsframes import (
+    Close,
+    CloseReceived,
+    FrameEvent,
+    FrameReader,
+    Message,
+    Ping,
+    Pong,
+)
 from zuulpush.errors import FrameViolation
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
@@ -44,9 +52,9 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a] or ([data] if data else [])
 
 
-def _feed(chunks: list[bytes]) -> tuple[list[Event], FrameViolation | None]:
+def _feed(chunks: list[bytes]) -> tuple[list[FrameEvent], FrameViolation | None]:
     reader = FrameReader(MAX_MESSAGE)
-    events: list[Event] = []
+    events: list[FrameEvent] = []
     try:
         for chunk in chunks:
             events.extend(reader.feed(chunk))
@@ -104,8 +112,8 @@ def _encode(frames: list[tuple[str, object, int]], close: tuple[int, str] | None
     return bytes(out)
 
 
-def _expected(frames: list[tuple[str, object, int]]) -> list[Event]:
-    out: list[Event] = []
+def _expected(frames: list[tuple[str, object, int]]) -> list[FrameEvent]:
+    out: list[FrameEvent] = []
     for kind, payload, _ in frames:
         if kind == "ping":
             out.append(Ping(payload))  # type: ignore[arg-type]

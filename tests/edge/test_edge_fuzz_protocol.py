@@ -124,12 +124,12 @@ async def _scenario(pieces: list[bytes], cuts: list[int], flushed: bool) -> None
     await edge.flush()
     assert fuzzed.conn.state is State.CLOSED
     assert list(server.connections) == ["good"]
-    assert len(server._wheel) == 1 and server._served == 1 and server.open_count() == 1
+    assert len(server.timers.wheel) == 1 and server.gate.served == 1 and server.open_count() == 1
     assert await edge.registry.lookup("fuzzed") is None
     edge.deliver("01FUZZ0000000000000000000A", "good", "fuzzed")
     assert [push["id"] for push in good.pushes()] == ["01FUZZ0000000000000000000A"]
     edge.tick(HANDSHAKE_S + 1)
-    assert not list(server._handshaking())
+    assert not list(server.timers.handshaking())
 
 
 @FUZZ
@@ -195,9 +195,9 @@ async def _head_scenario(data: bytes, cuts: list[int]) -> None:
         assert device.transport.closed
     device.lose()
     await edge.flush()
-    assert server.connections == {} and len(server._wheel) == 0
-    assert server._served == 0 and server.open_count() == 0
-    assert not list(server._handshaking())
+    assert server.connections == {} and len(server.timers.wheel) == 0
+    assert server.gate.served == 0 and server.open_count() == 0
+    assert not list(server.timers.handshaking())
 
 
 @FUZZ

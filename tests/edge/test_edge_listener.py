@@ -1,4 +1,4 @@
-"""`zuulpush.edge.server.listener_status`: whether the node's listening socket still listens, on
+"""`zuulpush.edge.listener.listener_status`: whether the node's listening socket still listens, on
 real (unconnected) OS sockets, no event loop."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from zuulpush.edge.server import listener_status
+from zuulpush.edge.listener import listener_status
 
 
 class FakeServer:

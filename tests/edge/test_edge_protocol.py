@@ -1,7 +1,8 @@
 """Protocol tests of `EdgeConnection` and `EdgeServer` on a fake transport and a fake clock.
 
 In the spirit of uvicorn's MockTransport/MockLoop: each test builds an `EdgeServer` on the
-in-memory seams, makes connections with `EdgeConnection(server)` and `connection_made(fake)`,
+in-memory seams, makes connections with `EdgeConnection(server.connection_host)` and
+`connection_made(fake)`,
 feeds bytes with `data_received`, and fires what the server's tasks would (registry flushes,
 heartbeat ticks, handshake expiry) by hand at chosen fake times. What the edge writes is read back
 with independent parsers: wsproto as the WebSocket client, h11 as the SSE client.
@@ -194,7 +195,7 @@ class Device:
 
     def __init__(self, server: EdgeServer, *, tls: bool = False) -> None:
         self.transport = TlsFakeTransport() if tls else FakeTransport()
-        self.conn = self.transport.protocol = EdgeConnection(server)
+        self.conn = self.transport.protocol = EdgeConnection(server.connection_host)
         self.conn.connection_made(self.transport)  # type: ignore[arg-type]
         self._frames_out = FrameProtocol(client=True, extensions=[])
         self._frames_in = FrameProtocol(client=True, extensions=[])
@@ -265,7 +266,7 @@ class SseDevice:
     def __init__(self, server: EdgeServer, target: str,
                  headers: Iterable[tuple[str, str]] = ()) -> None:
         self.transport = FakeTransport()
-        self.conn = self.transport.protocol = EdgeConnection(server)
+        self.conn = self.transport.protocol = EdgeConnection(server.connection_host)
         self.conn.connection_made(self.transport)  # type: ignore[arg-type]
         self._h11 = h11.Connection(h11.CLIENT)
         data = self._h11.send(h11.Request(method="GET", target=target,
@@ -336,19 +337,19 @@ class Edge:
         return SseDevice(self.server, f"/sse?token={token(client_id)}{query}", headers)
 
     async def flush(self) -> None:
-        await self.server._flush_registry_work()
+        await self.server.registrar.flush()
 
     async def flush_marks(self) -> None:
         """What two rounds of the tick loop's mark timer write: every mark recorded so far."""
-        self.server.marks_due()
-        self.server.marks_due()
+        self.server.registrar.marks_due()
+        self.server.registrar.marks_due()
         await self.flush()
 
     def tick(self, seconds: float = HEARTBEAT_S) -> float:
-        """Advance the clock (a heartbeat interval by default) and run what `_tick_loop` runs
-        at that time."""
+        """Advance the clock (a heartbeat interval by default) and run what the tick loop
+        (`Timers.run`) runs at that time."""
         now = self.clock.advance(seconds)
-        self.server.on_tick(now)
+        self.server.timers.on_tick(now)
         return now
 
     async def store(self, client_id: str, *ids: str) -> None:
@@ -522,21 +523,21 @@ def test_handshake_deadline_answers_408(edge: Edge) -> None:
     slow = edge.device()
     slow.send(b"GET /ws HTTP/1.1\r\n")
     done = edge.ws("c1")
-    edge.server._expire_handshakes(start + HANDSHAKE_S - 0.001)
+    edge.server.timers.expire_handshakes(start + HANDSHAKE_S - 0.001)
     assert not slow.transport.closed
-    edge.server._expire_handshakes(start + HANDSHAKE_S)
+    edge.server.timers.expire_handshakes(start + HANDSHAKE_S)
     response = slow.response()
     assert response.status == 408
     assert response.json()["error"]["code"] == "request_timeout"
     assert slow.transport.closed
     assert not done.transport.closed  # accepted in time: the deadline no longer applies
-    assert not edge.server._handshakes
+    assert not edge.server.timers.handshakes
 
 
 def test_handshake_deadline_skips_connections_already_gone(edge: Edge) -> None:
     device = edge.device()
     device.lose()
-    edge.server._expire_handshakes(edge.clock.advance(HANDSHAKE_S))
+    edge.server.timers.expire_handshakes(edge.clock.advance(HANDSHAKE_S))
     assert device.transport.written == b""
 
 
@@ -707,11 +708,11 @@ async def test_heartbeat_comes_a_full_interval_after_accept(edge: Edge) -> None:
     device = edge.ws("c1")
     await edge.flush()
     now = edge.clock.advance(HEARTBEAT_S - 1.0)
-    for conn in edge.server._wheel.due(now):
+    for conn in edge.server.timers.wheel.due(now):
         conn.tick()
     assert device.frames() == []
     edge.clock.advance(1.0)
-    for conn in edge.server._wheel.due(edge.clock()):
+    for conn in edge.server.timers.wheel.due(edge.clock()):
         conn.tick()
     assert device.frames() == [(Opcode.PING, b"")]
 
@@ -964,7 +965,7 @@ async def test_shutdown_goaway_reaches_every_connection_even_near_the_limit() ->
     devices = [edge.ws(f"c{i}") for i in range(3)]
     await edge.flush()
     devices[0].transport.stall(buffered=4096 - 10)
-    for conn in edge.server._all_connections():  # what shutdown() does first
+    for conn in edge.server.timers.connections():  # what shutdown() does first
         conn.goaway(Close.RECONNECT, "shutdown")
     assert all(d.close_frame()[0] == Close.RECONNECT for d in devices)
 
@@ -1059,7 +1060,7 @@ async def test_connection_lost_unregisters_after_a_flush(edge: Edge) -> None:
     assert await edge.registry.lookup("c1") is not None  # until the next flush
     await edge.flush()
     assert await edge.registry.lookup("c1") is None
-    assert len(edge.server._wheel) == 0
+    assert len(edge.server.timers.wheel) == 0
 
 
 async def test_connection_lost_leaves_another_nodes_newer_record(edge: Edge) -> None:
@@ -1096,7 +1097,7 @@ async def test_heartbeat_abort_then_lost_unregisters(edge: Edge) -> None:
 
 async def test_node_record_counts_connections_by_device_type(edge: Edge) -> None:
     async def counts() -> tuple[int, dict[str, int]]:
-        await edge.server._heartbeat_node()
+        await edge.server.registrar.heartbeat_node()
         [node] = await edge.registry.nodes()
         return node.connections, dict(node.by_device_type)
 
@@ -1247,12 +1248,12 @@ def echo() -> Edge:
 def test_echo_needs_no_token_and_echoes_text_and_binary(echo: Edge) -> None:
     device = echo.device()
     assert device.upgrade("/echo").status == 101
-    assert device.conn.state is State.OPEN  # nothing to register or replay
+    assert device.conn.state is State.ECHO  # nothing to register or replay
     device.send_text("héllo")
     device.send_binary(b"\x00\x01\x02")
     assert device.frames() == [(Opcode.TEXT, "héllo"), (Opcode.BINARY, b"\x00\x01\x02")]
     assert echo.server.connections == {}
-    assert echo.server._admits == []
+    assert echo.server.registrar.admits == []
 
 
 def test_echo_takes_large_messages(echo: Edge) -> None:
@@ -1278,7 +1279,7 @@ def test_echo_close(echo: Edge) -> None:
     device.close(1001, "going")
     assert device.close_frame() == (1001, "")
     device.lose()
-    assert len(echo.server._wheel) == 0
+    assert len(echo.server.timers.wheel) == 0
 
 
 # registry outages
@@ -1308,7 +1309,7 @@ class Flaky:
 
 def flaky(edge: Edge) -> Flaky:
     registry = Flaky(edge.registry, edge.clock)
-    edge.server.registry = registry  # type: ignore[assignment]
+    edge.server.registrar.registry = registry  # type: ignore[assignment]
     return registry
 
 
@@ -1319,7 +1320,7 @@ async def test_connections_accepted_while_the_registry_is_down_are_admitted_when
     device = edge.ws("c1")
     with pytest.raises(ConnectionError):
         await edge.flush()
-    edge.server._registry_failed(ConnectionError("down"))
+    edge.server.registrar.failed(ConnectionError("down"))
     assert device.conn.state is State.REPLAYING and not device.transport.closed
     registry.down = False
     await edge.flush()  # what the registry loop retries
@@ -1332,7 +1333,7 @@ async def test_acks_and_unregistrations_that_failed_are_retried(edge: Edge) -> N
     device, other = edge.ws("c1"), edge.ws("c2")
     await edge.flush()
     registry, inbox = flaky(edge), Flaky(edge.inbox, edge.clock)
-    edge.server.inbox = inbox  # type: ignore[assignment]
+    edge.server.registrar.inbox = edge.server.replay.inbox = inbox  # type: ignore[assignment]
     registry.down = inbox.down = True
     device.ack("m1")
     other.lose()
@@ -1350,7 +1351,7 @@ async def test_a_registry_that_lost_its_records_gets_them_all_again(edge: Edge) 
     await edge.flush()
     registry = flaky(edge)
     registry.wipe()
-    await edge.server._refresh_registrations()
+    await edge.server.registrar.refresh_registrations()
     assert set(await registry.inner.lookup_many([f"c{i}" for i in range(5)])) == {
         f"c{i}" for i in range(5)}
     assert edge.server.stats.reregistered == 5
@@ -1362,25 +1363,25 @@ async def test_an_outage_is_logged_once_and_its_end_triggers_a_resync(
     edge.ws("c1")
     await edge.flush()
     for _ in range(3):
-        edge.server._registry_failed(ConnectionError("down"))
+        edge.server.registrar.failed(ConnectionError("down"))
     warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(warnings) == 1 and edge.server.stats.registry_errors == 3
-    assert edge.server._resync
-    await edge.server._refresh_registrations()
-    assert not edge.server._resync
+    assert edge.server.registrar.resync
+    await edge.server.registrar.refresh_registrations()
+    assert not edge.server.registrar.resync
 
 
 async def test_a_failing_node_channel_is_retried_not_fatal(
         edge: Edge, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from zuulpush.edge import server as server_module
+    from zuulpush.edge import hub
 
-    monkeypatch.setattr(server_module, "REGISTRY_RETRY_S", 0.001)
+    monkeypatch.setattr(hub, "RETRY_S", 0.001)
     device = edge.ws("c1")
     await edge.flush()
     channel = Flaky(edge.channel, edge.clock)
     channel.down = True
-    edge.server.channel = channel  # type: ignore[assignment]
-    loop_task = asyncio.get_running_loop().create_task(edge.server._delivery_loop())
+    edge.server.hub.channel = channel  # type: ignore[assignment]
+    loop_task = asyncio.get_running_loop().create_task(edge.server.hub.receive_loop())
     try:
         for _ in range(5):
             await asyncio.sleep(0.005)  # several failed receives
@@ -1422,7 +1423,7 @@ def test_past_the_accept_rate_a_connection_gets_the_canned_503_and_is_never_serv
     shed = edge.device()
     shed_retry_after(shed, Shed.RATE)
     assert shed.conn._parser is None  # no parser was made for it
-    assert shed.conn.state is State.CLOSING
+    assert shed.conn.state is State.SHED_UNREAD  # closing: nothing more is written
     # Our side stays open until the request comes: a client that has not sent it yet would
     # take an end of stream for a dropped connection and not read the answer (aiohttp does).
     assert not shed.transport.half_closed and not shed.transport.aborted
@@ -1509,10 +1510,10 @@ def test_a_request_arriving_while_the_loop_runs_late_is_shed_unparsed() -> None:
     shed_retry_after(device, Shed.LOOP_LAG)
     assert device.conn._parser is None and edge.server.connections == {}
     assert edge.server.stats.shed == {"loop_lag": 1} and edge.server.stats.connects == 0
-    assert (edge.server._served, edge.server._shedding) == (0, 1)
+    assert (edge.server.gate.served, edge.server.gate.shedding) == (0, 1)
     assert edge.server.open_count() == 0
     device.lose()
-    assert (edge.server._served, edge.server._shedding) == (0, 0)
+    assert (edge.server.gate.served, edge.server.gate.shedding) == (0, 0)
 
 
 def test_shed_sockets_are_counted_apart_and_nothing_leaks() -> None:
@@ -1521,19 +1522,19 @@ def test_shed_sockets_are_counted_apart_and_nothing_leaks() -> None:
     sse = edge.sse("c9")  # shed too (hard ceiling)
     assert sse.transport.aborted
     assert edge.server.stats.shed == {"max_connections": 2, "hard_limit": 4}
-    assert (edge.server._served, edge.server._shedding) == (3, 6)
+    assert (edge.server.gate.served, edge.server.gate.shedding) == (3, 6)
     assert edge.server.open_count() == 3
     for device in devices:
         device.lose()
     sse.conn.connection_lost(None)
-    assert (edge.server._served, edge.server._shedding) == (0, 0)
+    assert (edge.server.gate.served, edge.server.gate.shedding) == (0, 0)
     assert edge.server.open_count() == 0
 
 
 def test_an_idle_connection_is_no_bigger_with_a_lifetime(edge: Edge) -> None:
     # 14 slots: the same 128-byte allocation as the 13 it had before lifetimes, and since the
     # high-water id (`given`) came, with one slot for the request head's and frames' parser.
-    assert sys.getsizeof(EdgeConnection(edge.server)) <= 128
+    assert sys.getsizeof(EdgeConnection(edge.server.connection_host)) <= 128
 
 
 # GET /healthz
@@ -1640,7 +1641,7 @@ async def test_lifetime_zero_never_closes() -> None:
         edge.tick()
         device.frames()
         device.pong()
-    assert not device.transport.closed and edge.server._expiring == []
+    assert not device.transport.closed and edge.server.timers.expiring == []
 
 
 def test_echo_has_no_lifetime() -> None:

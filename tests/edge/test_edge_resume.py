@@ -106,7 +106,7 @@ async def test_a_lost_registration_is_written_again_and_gets_what_waits_for_it(
     # stored meanwhile finds no node and waits in the inbox.
     assert await edge.registry.unregister("c1", reg.node_id, reg.version)
     await edge.store("c1", M1, M2)
-    await edge.server._refresh_registrations()
+    await edge.server.registrar.refresh_registrations()
     assert await edge.registry.lookup("c1") == reg
     assert [p["id"] for p in device.pushes()] == [M1, M2]
     assert other.pushes() == []
@@ -115,11 +115,11 @@ async def test_a_lost_registration_is_written_again_and_gets_what_waits_for_it(
 
 async def test_a_heartbeat_that_finds_the_node_record_gone_resyncs(edge: Edge) -> None:
     await opened(edge)
-    await edge.server._heartbeat_node()
-    assert not edge.server._resync
+    await edge.server.registrar.heartbeat_node()
+    assert not edge.server.registrar.resync
     await edge.registry.remove_node(edge.server.node_id)  # what an empty Redis has
-    await edge.server._heartbeat_node()
-    assert edge.server._resync
+    await edge.server.registrar.heartbeat_node()
+    assert edge.server.registrar.resync
 
 
 async def test_a_resume_id_that_is_not_an_id_removes_nothing(edge: Edge) -> None:

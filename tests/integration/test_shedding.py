@@ -22,7 +22,8 @@ from registry.memory import MemoryRegistry
 from router.stores.memory import MemoryInbox, MemoryNodeChannel
 from zuulpush.client.transport import TRANSPORTS, ConnectFailed
 from zuulpush.edge.config import EdgeConfig
-from zuulpush.edge.server import EdgeServer, listener_status
+from zuulpush.edge.listener import listener_status
+from zuulpush.edge.server import EdgeServer
 
 from .clients import (
     WAIT_S,
@@ -214,15 +215,15 @@ def test_a_listening_socket_closed_under_the_node_is_opened_again(run: Any) -> N
         await edge.start()
         try:
             port = edge.port
-            assert edge._server is not None
-            edge._server.close()  # as uvloop does; the node did not ask for it
-            assert listener_status(edge._server, port) == "gone"
-            await edge._check_listener()
-            assert listener_status(edge._server, port) == "ok"
+            assert edge.listener.server is not None
+            edge.listener.server.close()  # as uvloop does; the node did not ask for it
+            assert listener_status(edge.listener.server, port) == "gone"
+            await edge.listener.check()
+            assert listener_status(edge.listener.server, port) == "ok"
             assert edge.stats.relistens == 1 and edge.port == port
             async with ws_connect(f"ws://127.0.0.1:{port}/ws?token={mint_token('back')}") as ws:
                 await ws.ping()
-            await edge._check_listener()
+            await edge.listener.check()
             assert edge.stats.relistens == 1
         finally:
             await edge.shutdown(1.0)

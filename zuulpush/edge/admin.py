@@ -1,6 +1,6 @@
 """The edge's one-shot routes, answered from the node's state and closed: `GET /healthz`,
 `GET /metrics` and the admin API. `zuulpush.edge.request` routes them and checks the admin key
-first; what each answers is in the README (Admin API).
+first; what each answers is in the README (Admin API). They read the node through `NodeView`.
 
 - `GET /admin/status`: 200, the node's state and load: everything `GET /healthz` says (which
   answers 503 while draining, for load balancers) plus its region, open connections by
@@ -15,46 +15,87 @@ first; what each answers is in the README (Admin API).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
+from core.clock import ClockMs
+from registry.base import NodeState
 from zuulpush.edge.answers import http_answer, http_error
+from zuulpush.edge.config import EdgeConfig
+from zuulpush.edge.protocol import EdgeConnection
 from zuulpush.edge.request import Accept, Route
+from zuulpush.edge.stats import EdgeStats
 from zuulpush.edge.wsframes import Close
 
-if TYPE_CHECKING:
-    from zuulpush.edge.server import EdgeServer
-
 JsonAnswer = tuple[int, dict[str, object]]
+MetricsPage = Callable[[], tuple[bytes, str]]
 
 
-def answer(server: EdgeServer, accept: Accept) -> bytes:
+class NodeView(Protocol):
+    """What the one-shot routes read of the node (`EdgeServer`), and the drain they may ask."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def state(self) -> NodeState: ...
+
+    @property
+    def config(self) -> EdgeConfig: ...
+
+    @property
+    def stats(self) -> EdgeStats: ...
+
+    @property
+    def connections(self) -> Mapping[str, EdgeConnection]:
+        """Client id -> its connection here."""
+        ...
+
+    @property
+    def metrics_page(self) -> MetricsPage | None:
+        """`GET /metrics`: the exposition and its content type (None: 404)."""
+        ...
+
+    @property
+    def wall_clock_ms(self) -> ClockMs: ...
+
+    def health(self) -> JsonAnswer:
+        """`GET /healthz`: 200 while active (503 while draining) and the node's load."""
+        ...
+
+    def open_by_kind(self) -> dict[tuple[str, str], int]: ...
+
+    def admin_drain(self) -> JsonAnswer:
+        """`POST /admin/drain`: begin a drain (unless one runs); 202 and its outline."""
+        ...
+
+
+def answer(node: NodeView, accept: Accept) -> bytes:
     """The whole HTTP answer to a one-shot route."""
     if accept.route is Route.METRICS:
-        return metrics(server)
-    status, body = _JSON[accept.route](server, accept)
+        return metrics(node)
+    status, body = _JSON[accept.route](node, accept)
     return http_error(status, body)
 
 
-def metrics(server: EdgeServer) -> bytes:
+def metrics(node: NodeView) -> bytes:
     """`GET /metrics`: the page the node's app exports, or 404 when it exports none."""
-    if server.metrics_page is None:
+    if node.metrics_page is None:
         return http_error(404, {"error": {"code": "not_found",
                                           "message": "this node exports no metrics"}})
-    body, content_type = server.metrics_page()
+    body, content_type = node.metrics_page()
     return http_answer(200, body, content_type)
 
 
-def status(server: EdgeServer, accept: Accept | None = None) -> JsonAnswer:
+def status(node: NodeView, accept: Accept | None = None) -> JsonAnswer:
     """`GET /admin/status` (module docstring)."""
-    _, body = server.health()
-    stats = server.stats
+    _, body = node.health()
+    stats = node.stats
     open_by: dict[str, dict[str, int]] = {}
-    for (transport, device_type), n in sorted(server.open_by_kind().items()):
+    for (transport, device_type), n in sorted(node.open_by_kind().items()):
         open_by.setdefault(transport, {})[device_type] = n
     body.update(
-        state=str(server.state), region=server.config.region, open=open_by,
+        state=str(node.state), region=node.config.region, open=open_by,
         delivered=stats.delivered, replayed=stats.replayed, acks=stats.acks,
         rejected={str(code): n for code, n in sorted(stats.rejects.items())},
         auth_failures=dict(stats.auth_failures), slow_consumers=stats.slow_consumers,
@@ -65,43 +106,43 @@ def status(server: EdgeServer, accept: Accept | None = None) -> JsonAnswer:
     return 200, body
 
 
-def client(server: EdgeServer, accept: Accept) -> JsonAnswer:
+def client(node: NodeView, accept: Accept) -> JsonAnswer:
     """`GET /admin/clients/<id>` (module docstring)."""
-    conn = server.connections.get(accept.client_id or "")
+    conn = node.connections.get(accept.client_id or "")
     reg = None if conn is None else conn.registration
     if conn is None or reg is None or conn.wire is None:
-        return _not_here(server, accept)
+        return _not_here(node, accept)
     connected_at = reg.version / 1e9  # a registration's version is its wall-clock ns
     return 200, {
-        "client_id": reg.client_id, "node_id": server.node_id, "user_id": reg.user_id,
+        "client_id": reg.client_id, "node_id": node.node_id, "user_id": reg.user_id,
         "device_type": reg.device_type, "transport": conn.wire.name,
         "state": conn.state.name.lower(), "connected_at": round(connected_at, 3),
-        "connected_s": round(max(0.0, time.time() - connected_at), 3),
+        "connected_s": round(max(0.0, node.wall_clock_ms() / 1000 - connected_at), 3),
     }
 
 
-def close(server: EdgeServer, accept: Accept) -> JsonAnswer:
+def close(node: NodeView, accept: Accept) -> JsonAnswer:
     """`POST /admin/clients/<id>/close` (module docstring)."""
-    conn = server.connections.get(accept.client_id or "")
+    conn = node.connections.get(accept.client_id or "")
     if conn is None:
-        return _not_here(server, accept)
+        return _not_here(node, accept)
     if accept.close_code == Close.RECONNECT:
         conn.goaway(Close.RECONNECT, "admin")
     else:
         conn.close(Close.NORMAL, "closed by an operator")
-    return 200, {"closed": True, "client_id": accept.client_id, "node_id": server.node_id,
+    return 200, {"closed": True, "client_id": accept.client_id, "node_id": node.node_id,
                  "code": accept.close_code}
 
 
-def _not_here(server: EdgeServer, accept: Accept) -> JsonAnswer:
-    message = f"client {accept.client_id!r} has no connection on node {server.node_id}"
+def _not_here(node: NodeView, accept: Accept) -> JsonAnswer:
+    message = f"client {accept.client_id!r} has no connection on node {node.node_id}"
     return 404, {"error": {"code": "not_found", "message": message},
-                 "node_id": server.node_id}
+                 "node_id": node.node_id}
 
 
-_JSON: dict[Route, Callable[[EdgeServer, Accept], JsonAnswer]] = {
-    Route.HEALTH: lambda server, _: server.health(),
-    Route.ADMIN_DRAIN: lambda server, _: server.admin_drain(),
+_JSON: dict[Route, Callable[[NodeView, Accept], JsonAnswer]] = {
+    Route.HEALTH: lambda node, _: node.health(),
+    Route.ADMIN_DRAIN: lambda node, _: node.admin_drain(),
     Route.ADMIN_STATUS: status,
     Route.ADMIN_CLIENT: client,
     Route.ADMIN_CLOSE: close,

@@ -1,11 +1,15 @@
 """Complete `Connection: close` HTTP/1.1 answers the edge writes before it closes: JSON bodies
-(errors, health, the admin API) and other bodies (the metrics page)."""
+(errors, health, the admin API), other bodies (the metrics page) and the canned `503` of a shed
+request."""
 
 from __future__ import annotations
 
+import functools
 import http
 
 import orjson
+
+from zuulpush.edge.shedding import Shed
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -30,3 +34,18 @@ def http_answer(status: int, payload: bytes, content_type: str, headers: Headers
 def http_error(status: int, body: dict[str, object], headers: Headers = ()) -> bytes:
     """A complete response with a JSON body (errors or not)."""
     return http_answer(status, orjson.dumps(body), "application/json", headers)
+
+
+_SHED_WHY = {
+    Shed.MAX_CONNECTIONS: "this node holds as many connections as it may",
+    Shed.LOOP_LAG: "this node is too busy",
+    Shed.RATE: "too many new connections on this node",
+}
+
+
+@functools.lru_cache(maxsize=4 * 64)
+def shed_answer(reason: Shed, retry_after_s: int) -> bytes:
+    """The canned `503` for a shed request (one per reason and delay, made once)."""
+    message = f"{_SHED_WHY[reason]}; retry after {retry_after_s} s"
+    return http_error(503, {"error": {"code": "overloaded", "message": message}},
+                      (("retry-after", str(retry_after_s)), *CORS))

@@ -1,76 +1,47 @@
 """One device connection: an `asyncio.Protocol` that only moves bytes.
 
-Parsing and decisions live in sans-I/O modules (`request`, `wsframes`, `inbound`, `sse`, `wire`);
-lifecycle in `state`; everything shared (connection map, timers, registry and inbox calls,
-the shedding policy) in `server.EdgeServer`. What an idle open connection holds is what the
-`__slots__` below name: no h11 or wsproto object, no task, no timer handle.
-
-A connection the node sheds (`zuulpush.edge.shedding`) is decided in `connection_made`, before
-any byte is read: past the hard ceiling its socket is closed at once; otherwise it is answered a
-canned `503` with a jittered `Retry-After` at once and closed the way every rejection is (our
-side shut, the rest of the request read and discarded until the peer closes or the handshake
-deadline), except that our side is shut only once the request's first bytes have come
-(`SHED_UNREAD`).
-No h11 object is made for it, and it is never counted as an open connection. A served
-connection whose request arrives while the loop runs too late is shed the same way, unparsed.
+Parsing and decisions live in sans-I/O modules (`head`, `request`, `wsframes`, `inbound`, `sse`,
+`wire`); every state and transition in `state`; what the connection needs of its node in
+`host.ConnectionHost`, the only thing it is handed. Nothing but this module writes a
+connection's fields (the parts call its methods). What an idle open connection holds is what
+the `__slots__` below name: no h11 or wsproto object, no task, no timer handle. Shedding,
+lingering closes and paced replays: docs/edge.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Iterable
+from typing import Protocol, cast
 
 import h11
 
 from core.auth_throttle import source_of
 from core.errors import ZuulpushError
 from registry.base import Registration, new_version
-from zuulpush.edge import admin, fasthead, inbound, sse, wsframes
-from zuulpush.edge.answers import CORS, http_error
-from zuulpush.edge.request import ONE_SHOT, Accept, Headers, Route, check_head_size, decide
+from zuulpush.edge import inbound, sse, wsframes
+from zuulpush.edge.answers import CORS, http_error, shed_answer
+from zuulpush.edge.head import read_head
+from zuulpush.edge.host import ConnectionHost
+from zuulpush.edge.request import ONE_SHOT, Accept, Headers, Route, check_head_size
 from zuulpush.edge.shedding import Shed
-from zuulpush.edge.state import Event, State, next_state
+from zuulpush.edge.state import (
+    EXPIRING,
+    FINISHED,
+    SHEDDING,
+    VISITS,
+    State,
+    Transition,
+    Visit,
+    Watch,
+    next_state,
+)
 from zuulpush.edge.wire import SSE, WEBSOCKET, Outgoing, Wire, jittered_ms
-from zuulpush.edge.wsframes import Close, FrameReader
+from zuulpush.edge.wsframes import Close, FrameEvent, FrameReader
 from zuulpush.errors import FrameViolation, HandshakeRejected, InboundRateExceeded
 
-if TYPE_CHECKING:
-    from zuulpush.edge.server import EdgeServer
-
-log = logging.getLogger("zuulpush.edge")
-
 _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-
-
-_SHED_WHY = {
-    Shed.MAX_CONNECTIONS: "this node holds as many connections as it may",
-    Shed.LOOP_LAG: "this node is too busy",
-    Shed.RATE: "too many new connections on this node",
-}
-
-
-@functools.lru_cache(maxsize=4 * 64)
-def shed_answer(reason: Shed, retry_after_s: int) -> bytes:
-    """The canned `503` for a shed request (one per reason and delay, made once)."""
-    message = f"{_SHED_WHY[reason]}; retry after {retry_after_s} s"
-    return http_error(503, {"error": {"code": "overloaded", "message": message}},
-                      (("retry-after", str(retry_after_s)), *CORS))
-
-
-SHED_SLOT = -2
-"""`slot` of a connection being shed: it is not served and was never in the wheel."""
-
-SHED_UNREAD = -3
-"""`slot` of a connection shed at accept whose request has not come yet: its `503` is written,
-but our side is shut (FIN) only when the request's first bytes arrive. A client that has not
-sent its request when our end of stream reaches it may take it for a dropped connection and
-never read the answer: aiohttp's client (the SDK's) closes on that EOF and then fails to write
-its request, so it backs off blindly instead of honouring the Retry-After. Behind an L4 load
-balancer, which connects to the node as soon as the client connects to it, the answer can
-come first. Still bounded by the handshake deadline."""
 
 HELD_MAX = 1000
 """Live pushes held back during a replay, at most; past it the device is a slow consumer."""
@@ -98,11 +69,11 @@ class _Replay:
 class EdgeConnection(asyncio.Protocol):
     """A device's WebSocket or SSE connection (or a diagnostic echo WebSocket)."""
 
-    __slots__ = ("_parser", "_rate", "_replay", "_server", "age", "hw", "pong_due",
-                 "registration", "slot", "state", "transport", "wire")
+    __slots__ = ("_host", "_parser", "_rate", "_replay", "age", "hw", "registration", "slot",
+                 "state", "transport", "watch", "wire")
 
-    def __init__(self, server: EdgeServer) -> None:
-        self._server = server
+    def __init__(self, host: ConnectionHost[EdgeConnection]) -> None:
+        self._host = host
         self.transport: asyncio.Transport | None = None
         self.state = State.HANDSHAKE
         # What reads the bytes now: h11 while the request head comes (HANDSHAKE, made only if
@@ -112,9 +83,9 @@ class EdgeConnection(asyncio.Protocol):
         self._rate = 0
         self.wire: Wire | None = None
         self.registration: Registration | None = None
-        self.slot = -1
-        self.pong_due = False
-        self.age = 0  # heartbeat-wheel visits so far, for the lifetime (server.EdgeServer)
+        self.slot = -1  # its bucket in the heartbeat wheel (-1: not in it)
+        self.watch = Watch.NONE  # what the wheel's next visit checks (`state.VISITS`)
+        self.age = 0  # the wheel's visits so far, for its lifetime (or `state.EXPIRING`)
         self.hw = ""  # the highest id written, from the resume point on (`given`)
 
     @property
@@ -127,33 +98,22 @@ class EdgeConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
         self.transport = transport = cast(asyncio.Transport, transport)
-        server = self._server
-        shed = server.admit()
+        host = self._host
+        shed = host.admit()
         if shed is not None:
             self._shed(shed)
             return
-        limit = server.config.write_limit_bytes
+        limit = host.config.write_limit_bytes
         transport.set_write_buffer_limits(high=limit, low=limit // 4)
-        server.handshake_started(self)
+        host.handshake_started(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.state is State.HANDSHAKE:
-            if self._server.shed_late(self):
-                self._parser = None
-                self._answer_shed(Shed.LOOP_LAG)
-                return
-            self._handshake(data)
-        elif self.wire is WEBSOCKET and self.state is not State.CLOSING:
-            self._frames(data)
-        elif self.slot == SHED_UNREAD:  # its request is coming: now our side can be shut
-            self.slot = SHED_SLOT
-            assert self.transport is not None
-            self.transport.write_eof()
+        _ON_DATA[self.state](self, data)
 
     def pause_writing(self) -> None:
         if self.state is State.REPLAYING and self._replay is not None:
-            self._replay.paused = True  # wait for resume_writing; tick() bounds the wait
-        elif self.state is State.OPEN:
+            self._replay.paused = True  # wait for resume_writing; a visit bounds the wait
+        elif self.state is State.OPEN or self.state is State.ECHO:
             # The peer reads slower than we push: close with a hint; its messages wait in the
             # inbox.
             self._slow_consumer()
@@ -162,56 +122,58 @@ class EdgeConnection(asyncio.Protocol):
         replay = self._replay
         if self.state is State.REPLAYING and replay is not None and replay.paused:
             replay.paused = False
-            self.pong_due = False
+            self.watch = Watch.NONE
             if replay.queue is not None:
                 self._pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state = next_state(self.state, Event.LOST)
+        shed = self.state in SHEDDING
+        self.state = next_state(self.state, Transition.LOST)
         self._parser = self._replay = None
         # A closed connection may stay referenced a while (the handshake-deadline deque, the
         # lifetime heap): it should not keep its transport alive meanwhile.
         self.transport = None
-        self._server.connection_lost(self)
+        if shed:
+            self._host.shed_lost()
+        else:
+            self._host.lost(self)
+
+    # what each state does with bytes from the peer (`_ON_DATA`)
+
+    def _request_bytes(self, data: bytes) -> None:
+        """HANDSHAKE: the request head, unless the loop runs too late to take it on now."""
+        if self._host.shed_late():
+            self._parser = None
+            self._answer_shed(Shed.LOOP_LAG)
+            return
+        self._handshake(data)
+
+    def _shed_request_came(self, data: bytes) -> None:
+        """SHED_UNREAD: its request is coming (and is discarded): now our side can be shut."""
+        self.state = next_state(self.state, Transition.REQUEST_CAME)
+        assert self.transport is not None
+        self.transport.write_eof()
+
+    def _discard(self, data: bytes) -> None:
+        """CLOSING, SHED, CLOSED: what the peer still sends is read and dropped."""
 
     # handshake
 
     def _handshake(self, data: bytes) -> None:
-        """Parse the request head: a plain `/ws` upgrade in one read without h11 (`fasthead`),
-        anything else with h11 (made at the first read that needs it)."""
-        max_bytes = self._server.config.max_header_bytes
-        conn = cast(h11.Connection | None, self._parser)
-        if conn is None:  # the request's first bytes
-            head = fasthead.parse(data, max_bytes)
-            if head is not None:
-                self._request(*head)
-                return
-            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
-            self._parser = conn
         try:
-            conn.receive_data(data)
-            event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            self.reject(HandshakeRejected(exc.error_status_hint, str(exc)))
+            self._parser, head = read_head(cast(h11.Connection | None, self._parser), data,
+                                           self._host.config.max_header_bytes)
+        except HandshakeRejected as exc:
+            self.reject(exc)
             return
-        if event is h11.NEED_DATA:
-            return
-        if not isinstance(event, h11.Request):
-            self.reject(HandshakeRejected(400, "expected an HTTP request"))
-            return
-        if event.http_version != b"1.1":
-            self.reject(HandshakeRejected(400, "HTTP/1.1 is required"))
-            return
-        self._request(event.method, event.target, event.headers, conn.trailing_data[0])
+        if head is not None:
+            self._request(*head)
 
     def _request(self, method: bytes, target: bytes, headers: Headers, trailing: bytes) -> None:
-        server = self._server
+        host = self._host
         try:
-            check_head_size(method, target, headers, server.config.max_header_bytes)
-            accept = decide(method, target, headers, verifier=server.verifier,
-                            echo_enabled=server.config.echo, admin_key=server.admin_key,
-                            origins=server.origins, admin_throttle=server.admin_throttle,
-                            source=self._source, now=server.clock())
+            check_head_size(method, target, headers, host.config.max_header_bytes)
+            accept = host.decide(method, target, headers, self._source)
         except ZuulpushError as exc:
             self.reject(exc)
             return
@@ -224,36 +186,34 @@ class EdgeConnection(asyncio.Protocol):
 
     def _shed(self, reason: Shed) -> None:
         assert self.transport is not None
-        self.slot = SHED_SLOT
         if reason is Shed.HARD_LIMIT:
-            self.state = next_state(self.state, Event.CLOSING)
+            self.state = next_state(self.state, Transition.SHED)
             self.transport.abort()  # before any read: uvloop and asyncio then never read
             return
-        self._server.handshake_started(self)  # its deadline bounds the linger
+        self._host.handshake_started(self)  # its deadline bounds the linger
         self._answer_shed(reason, request_read=False)
 
     def _answer_shed(self, reason: Shed, *, request_read: bool = True) -> None:
         assert self.transport is not None
-        answer = shed_answer(reason, self._server.retry_after_s())
+        answer = shed_answer(reason, self._host.retry_after_s())
         if request_read or not self.transport.can_write_eof():
-            self._close_transport(answer, linger=True)
+            self._close_transport(answer, linger=True, transition=Transition.SHED)
             return
-        self.slot = SHED_UNREAD
-        self.state = next_state(self.state, Event.CLOSING)
-        self.transport.write(answer)  # our side is shut when the request comes (data_received)
+        self.state = next_state(self.state, Transition.SHED_BEFORE_REQUEST)
+        self.transport.write(answer)  # our side is shut when the request comes
 
     def _accept(self, accept: Accept, trailing: bytes) -> None:
         assert self.transport is not None
         if accept.route in ONE_SHOT:  # health, metrics, admin: answered, then closed
             self._parser = None
-            self._close_transport(admin.answer(self._server, accept), linger=True)
+            self._close_transport(self._host.answer(accept), linger=True)
             return
         if accept.route is Route.SSE:
             conn = self._parser
             assert isinstance(conn, h11.Connection)
             headers = sse.HEADERS if accept.origin is None else sse.headers_for(accept.origin)
             self.transport.write(conn.send(h11.Response(status_code=200, headers=headers))
-                                 + sse.retry(self._server.config.sse_retry_ms))
+                                 + sse.retry(self._host.config.sse_retry_ms))
             self.wire = SSE
         else:
             assert accept.ws_accept is not None
@@ -261,17 +221,17 @@ class EdgeConnection(asyncio.Protocol):
                                  + b"\r\n\r\n")
             self.wire = WEBSOCKET
         self._parser = None
-        self.state = next_state(self.state, Event.ACCEPTED)
-        if accept.identity is None:  # echo: nothing to register or replay
-            self.state = next_state(self.state, Event.REPLAYED)
+        identity = accept.identity
+        if identity is None:  # echo: nothing to register or replay
+            self.state = next_state(self.state, Transition.ECHOED)
         else:
-            identity = accept.identity
+            self.state = next_state(self.state, Transition.ACCEPTED)
             self.registration = Registration(identity.client_id, identity.user_id,
-                                             identity.device_type, self._server.node_id,
+                                             identity.device_type, self._host.node_id,
                                              new_version())
             self._replay = _Replay(accept.last_id)
             self.hw = accept.last_id or ""
-        self._server.accepted(self)
+        self._host.accepted(self)
         if trailing and self.wire is WEBSOCKET:
             self._frames(trailing)
 
@@ -279,40 +239,53 @@ class EdgeConnection(asyncio.Protocol):
         """Answer the request with the error's status and JSON body, then close (lingering, as a
         client may still be sending its request; the handshake deadline bounds the linger)."""
         assert self.transport is not None
-        self._server.stats.count_reject(error)
+        self._host.stats.count_reject(error)
         headers = (*getattr(error, "headers", ()), *CORS)
         self._close_transport(http_error(error.http_status, error.body(), headers), linger=linger)
 
-    # WebSocket frames
+    def handshake_due(self) -> None:
+        """The handshake deadline came: a request still incomplete is answered 408; one
+        answered or shed before an upgrade and still lingering is aborted."""
+        if self.state is State.HANDSHAKE:
+            self.reject(HandshakeRejected(408, "handshake not completed in time",
+                                          code="request_timeout"), linger=False)
+        elif self.state in SHEDDING or (self.state is State.CLOSING and self.wire is None):
+            self.abort()
+
+    # WebSocket frames (REPLAYING, OPEN and ECHO read here: `_ON_DATA`)
 
     def _frames(self, data: bytes) -> None:
-        server = self._server
+        if self.wire is not WEBSOCKET:
+            return  # SSE: what a device sends after its request is read and dropped
+        host = self._host
         reader = cast(FrameReader | None, self._parser)
         if reader is None:
-            limit = (server.config.ws_max_message_bytes if self.registration is not None
-                     else server.config.echo_max_message_bytes)
-            reader = FrameReader(limit)
+            reader = FrameReader(host.config.echo_max_message_bytes if self.state is State.ECHO
+                                 else host.config.ws_max_message_bytes)
         try:
-            for event in reader.feed(data):
-                self.pong_due = False
+            events = reader.feed(data)
+            if events:
+                self.watch = Watch.NONE  # the peer is alive, and reads: no pong is owed
+            for event in events:
                 self._on_frame(event)
                 if self.state is State.CLOSING:
                     return
         except FrameViolation as exc:
             if isinstance(exc, InboundRateExceeded):
-                server.stats.rate_limited += 1
+                host.stats.rate_limited += 1
             else:
-                server.stats.violations += 1
+                host.stats.violations += 1
             self.close(exc.close_code, str(exc))
             return
         self._parser = None if reader.idle else reader
 
-    def _on_frame(self, event: wsframes.Event) -> None:
+    def _on_frame(self, event: FrameEvent) -> None:
         assert self.transport is not None
-        if self.registration is not None and not isinstance(event, wsframes.CloseReceived):
+        echo = self.state is State.ECHO
+        if not echo and not isinstance(event, wsframes.CloseReceived):
             # Pings and pongs count too: each ping costs a pong, so a flood is closed as well.
-            config = self._server.config
-            self._rate = inbound.rate_step(self._rate, self._server.clock(),
+            config = self._host.config
+            self._rate = inbound.rate_step(self._rate, self._host.clock(),
                                            rate_per_s=config.ws_inbound_rate_per_s,
                                            burst=config.ws_inbound_burst)
         if isinstance(event, wsframes.Ping):
@@ -321,21 +294,21 @@ class EdgeConnection(asyncio.Protocol):
             code = None if event.code == 1005 else event.code
             self._close_transport(wsframes.close_frame(code))
         elif isinstance(event, wsframes.Message):
-            if self.registration is None:
+            if echo:
                 frame = wsframes.text_frame if event.text else wsframes.binary_frame
                 self.transport.write(frame(event.data))
                 return
             ids = inbound.parse_acks(event.data, text=event.text)
-            self._server.ack(self, ids)
+            self._host.ack(self, ids)
 
-    # pushes, heartbeats, closes
+    # pushes and replays
 
     def deliver(self, out: Outgoing) -> None:
         """Write a push now, or hold it back while the inbox is being replayed."""
         if self.state is State.OPEN:
             assert self.transport is not None and self.wire is not None
             self.transport.write(self.wire.push(out))
-            self._server.wrote(self, out)
+            self._host.wrote(self, out.id, stored=out.stored)
         elif self.state is State.REPLAYING:
             replay = self._replay
             assert replay is not None
@@ -381,7 +354,7 @@ class EdgeConnection(asyncio.Protocol):
                 self.transport.write(self.wire.push(out))
                 if self.state is not State.REPLAYING:  # closed meanwhile
                     return
-                self._server.wrote(self, out)
+                self._host.wrote(self, out.id, stored=out.stored)
             if replay.paused:
                 return  # OPEN only once the buffer drains: pause_writing will not fire again
             if not replay.held:
@@ -389,42 +362,56 @@ class EdgeConnection(asyncio.Protocol):
             queue.extend(sorted(replay.held, key=lambda out: out.id))
             replay.held = None
         self._replay = None
-        self.state = next_state(self.state, Event.REPLAYED)
+        self.state = next_state(self.state, Transition.REPLAYED)
 
-    def tick(self) -> None:
-        """A visit from the timer wheel, once per heartbeat interval: heartbeats, and deadlines
-        for closes we started and replays the peer stopped reading."""
-        if self.state is State.CLOSING:
-            self.abort()  # a close we started did not finish within one interval
-        elif self.state is State.REPLAYING:
-            self._check_replay_progress()
-        elif self.state is not State.OPEN or self.wire is None:
-            return
-        elif self.pong_due:
-            self._server.stats.heartbeat_timeouts += 1
-            self.abort()
-        else:
-            assert self.transport is not None
+    # timers: the heartbeat wheel's visits and the lifetime
+
+    def placed(self, slot: int) -> None:
+        """The heartbeat wheel holds this connection in bucket `slot` now."""
+        self.slot = slot
+
+    def tick(self) -> bool:
+        """A visit from the heartbeat wheel, once per interval: what it does is `state.VISITS`'s
+        (heartbeats, and deadlines for closes we started and replays the peer stopped
+        reading). True if the visit counts toward the connection's lifetime (`age`)."""
+        visit = VISITS.get((self.state, self.watch))
+        if visit is not None:
+            self._visit(visit)
+        if self.age >= 0 and (self.state is State.OPEN or self.state is State.REPLAYING):
+            self.age += 1
+            return True
+        return False
+
+    def _visit(self, visit: Visit) -> None:
+        if visit is Visit.PING or visit is Visit.KEEPALIVE:
+            assert self.transport is not None and self.wire is not None
             self.transport.write(self.wire.heartbeat())
-            self.pong_due = self.wire.expects_pong and self.registration is not None
-
-    def _check_replay_progress(self) -> None:
-        # `pong_due` marks "paused at the last visit too": then the peer read nothing for a whole
-        # interval (resume_writing clears it).
-        if self._replay is None or not self._replay.paused:
-            self.pong_due = False
-        elif self.pong_due:
+            if visit is Visit.PING and self.wire.expects_pong:
+                self.watch = Watch.PONG
+        elif visit is Visit.TIMEOUT:
+            self._host.stats.heartbeat_timeouts += 1
+            self.abort()
+        elif visit is Visit.STALL_CHECK:
+            if self._replay is not None and self._replay.paused:
+                self.watch = Watch.STALLED  # still paused at the next visit: a slow consumer
+        elif visit is Visit.SLOW_CONSUMER:
             self._slow_consumer()
         else:
-            self.pong_due = True
+            self.abort()  # a close we started did not finish within one interval
+
+    def expiring(self) -> None:
+        """Its lifetime ends within this interval: its close is scheduled, visits stop counting."""
+        self.age = EXPIRING
+
+    # closes
 
     def _slow_consumer(self) -> None:
-        self._server.stats.slow_consumers += 1
+        self._host.stats.slow_consumers += 1
         self.goaway(Close.SLOW_CONSUMER, "slow consumer")
 
     def goaway(self, code: int, reason: str, base_delay_ms: int = 1000) -> None:
         """Close with a jittered reconnect hint (WebSocket 4xxx close, SSE `reconnect` event)."""
-        if self.state in (State.CLOSING, State.CLOSED) or self.transport is None:
+        if self.state in FINISHED or self.transport is None:
             return
         if self.wire is None:
             self.abort()
@@ -434,7 +421,7 @@ class EdgeConnection(asyncio.Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Close without a reconnect hint (protocol violations, replaced connections)."""
-        if self.state in (State.CLOSING, State.CLOSED) or self.transport is None:
+        if self.state in FINISHED or self.transport is None:
             return
         self._close_transport(b"" if self.wire is None else self.wire.close(code, reason),
                               linger=self.wire is WEBSOCKET)
@@ -443,29 +430,62 @@ class EdgeConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _close_transport(self, last: bytes = b"", *, linger: bool = False) -> None:
-        """Write `last` and close. CLOSING comes first: the write may call `pause_writing`
-        synchronously (asyncio and uvloop do), which must then find nothing left to close.
-
-        With `linger`, only our side is shut (FIN after `last`) and we keep reading, discarding,
-        until the peer closes too: closing a socket while the peer is still sending makes the
-        kernel answer with a reset, which can destroy our close frame or error response before
-        the peer reads it. A peer that lingers too long is aborted: by the heartbeat wheel after
-        a whole interval (`tick`), or at the handshake deadline before an upgrade.
-
-        TLS has no half-close (`can_write_eof()` is False): there `close()` itself lingers, as it
-        writes `last`, sends close_notify and reads, discarding, until the peer's; every close
-        then waits in the wheel the same way, so no visit aborts it before that is done."""
+    def _close_transport(self, last: bytes = b"", *, linger: bool = False,
+                         transition: Transition = Transition.CLOSING) -> None:
+        """Write `last` and close (docs/edge.md, Closing). CLOSING (or SHED) comes first: the
+        write may call `pause_writing` synchronously (asyncio and uvloop do), which must then
+        find nothing left to close. With `linger`, only our side is shut (FIN after `last`)
+        and what the peer still sends is read and dropped until it closes too or a deadline
+        aborts it. TLS has no half-close: there `close()` itself lingers, so every close waits
+        in the wheel the same way."""
         transport = self.transport
         assert transport is not None
-        self.state = next_state(self.state, Event.CLOSING)
+        self.state = next_state(self.state, transition)
         self._parser = self._replay = None
         if last:
             transport.write(last)
         half_close = transport.can_write_eof()
         if linger or not half_close:
-            self._server.linger(self)
+            self._host.linger(self)
         if linger and half_close:
             transport.write_eof()
         else:
             transport.close()
+
+
+_Reader = Callable[[EdgeConnection, bytes], None]
+_ON_DATA: tuple[_Reader, ...] = tuple({
+    State.HANDSHAKE: EdgeConnection._request_bytes,
+    State.REPLAYING: EdgeConnection._frames,
+    State.OPEN: EdgeConnection._frames,
+    State.ECHO: EdgeConnection._frames,
+    State.SHED_UNREAD: EdgeConnection._shed_request_came,
+    State.CLOSING: EdgeConnection._discard,
+    State.SHED: EdgeConnection._discard,
+    State.CLOSED: EdgeConnection._discard,
+}[state] for state in sorted(State))
+"""What `data_received` does in each state, indexed by the state's value."""
+
+
+class Wrote(Protocol):
+    """`GivenLedger.wrote`, as `fan_out` calls it."""
+
+    def __call__(self, conn: EdgeConnection, message_id: str, *, stored: bool) -> None: ...
+
+
+def fan_out(conns: Iterable[EdgeConnection], out: Outgoing, wrote: Wrote) -> None:
+    """Write `out` to each of `conns`: the same bytes to every open WebSocket with no call per
+    socket but the write; SSE and connections still replaying take `deliver`. Each write
+    raises the connection's high-water id and, for an inbox entry, records its mark (`wrote`):
+    inline for a broadcast's many sockets."""
+    mid, stored = out.id, out.stored
+    frame, open_, ws = out.ws_frame(), State.OPEN, WEBSOCKET
+    for conn in conns:
+        if conn.state is open_ and conn.wire is ws:
+            conn.transport.write(frame)  # type: ignore[union-attr]
+            if stored:
+                wrote(conn, mid, stored=True)
+            elif mid > conn.hw:
+                conn.hw = mid
+        else:
+            conn.deliver(out)

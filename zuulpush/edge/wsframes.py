@@ -104,7 +104,8 @@ class CloseReceived:
     reason: str
 
 
-Event = Message | Ping | Pong | CloseReceived
+FrameEvent = Message | Ping | Pong | CloseReceived
+"""What `FrameReader.feed` gives: a whole message or a control frame from the peer."""
 
 
 class FrameReader:
@@ -127,9 +128,9 @@ class FrameReader:
         self._size = 0
         self._text = False
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes) -> list[FrameEvent]:
         self._fp.receive_bytes(data)
-        events: list[Event] = []
+        events: list[FrameEvent] = []
         try:
             for frame in self._fp.received_frames():
                 event = self._event(frame.opcode, frame.payload, frame.message_finished)
@@ -161,7 +162,7 @@ class FrameReader:
             and self._fp._message_decoder.opcode is None
         )
 
-    def _event(self, opcode: Opcode, payload: object, finished: bool) -> Event | None:
+    def _event(self, opcode: Opcode, payload: object, finished: bool) -> FrameEvent | None:
         if opcode is Opcode.CLOSE:
             code, reason = cast(tuple[int, str], payload)
             return CloseReceived(int(code), reason)
