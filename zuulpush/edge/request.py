@@ -18,30 +18,8 @@ Routes:
   - `POST /admin/clients/<client id>/close[?code=4000|1000]` close it: 4000 (the default) with
     a reconnect hint, or 1000 without one
 
-The admin key is checked before the client id is looked at, so a caller without it learns
-nothing about who is connected; the client id is the path segment, percent-decoded. Wrong admin
-keys are braked per source address (`admin_throttle`, `core.auth_throttle`): a source over its
-limit is refused 429 `auth_throttled` with `Retry-After` before its key is looked at; a missing
-key (401) or a right one uses none of the budget.
-
-A browser's `Origin` is checked at `/ws`, `/sse` and `/echo`, before the WebSocket headers and the
-token: with an allow list (`origins`), an `Origin` not on it is refused 403 `origin_not_allowed`
-(`OriginRefused`), an allowed one is kept in `Accept.origin` (the SSE answer names it in
-`Access-Control-Allow-Origin`); a request without `Origin` (native apps) passes. Without a list
-every origin passes. Exact match of `scheme://host[:port]`, case-insensitive.
-
-The device token comes from `?token=`, `Authorization: Bearer`, or the `zuulpush_token` cookie, in
-that order. A cookie is an ambient credential: a browser sends it with a WebSocket upgrade or an
-`EventSource` (withCredentials) that a page of ANY site opens (cross-site WebSocket hijacking).
-So a request whose token is the cookie passes only without an `Origin` (not a browser), with
-the edge's own origin (its `host[:port]` that of the `Host` header, the scheme's default port
-implied), or with an origin on the allow list; else 403 `origin_not_allowed` naming the origin
-(`CookieOriginRefused`), before the token is looked at. A token in the URL or a bearer header
-is no ambient credential (a page must have it to send it) and is not held to this.
-A resume point comes from `?last_id=` or the `Last-Event-ID` header.
-
-h11 bounds only a request head that is still incomplete; `check_head_size()` bounds a complete
-one too (431), since a whole oversized head can arrive in a single read.
+The admin key, browser origins, where the device token may come from (a cookie only from the
+edge's own or an allowed origin) and the resume point: docs/edge.md, Requests.
 """
 
 from __future__ import annotations
