@@ -30,7 +30,7 @@ from zuulpush.edge.state import (
     EXPIRING,
     FINISHED,
     SHEDDING,
-    VISITS,
+    VISIT_TABLE,
     State,
     Transition,
     Visit,
@@ -374,8 +374,13 @@ class EdgeConnection(asyncio.Protocol):
         """A visit from the heartbeat wheel, once per interval: what it does is `state.VISITS`'s
         (heartbeats, and deadlines for closes we started and replays the peer stopped
         reading). True if the visit counts toward the connection's lifetime (`age`)."""
-        visit = VISITS.get((self.state, self.watch))
-        if visit is not None:
+        visit = VISIT_TABLE[self.state][self.watch]
+        if visit is Visit.PING:  # most visits: a ping, or an SSE keepalive
+            assert self.transport is not None and self.wire is not None
+            self.transport.write(self.wire.heartbeat())
+            if self.wire.expects_pong:
+                self.watch = Watch.PONG
+        elif visit is not None:
             self._visit(visit)
         if self.age >= 0 and (self.state is State.OPEN or self.state is State.REPLAYING):
             self.age += 1
@@ -383,11 +388,9 @@ class EdgeConnection(asyncio.Protocol):
         return False
 
     def _visit(self, visit: Visit) -> None:
-        if visit is Visit.PING or visit is Visit.KEEPALIVE:
+        if visit is Visit.KEEPALIVE:
             assert self.transport is not None and self.wire is not None
             self.transport.write(self.wire.heartbeat())
-            if visit is Visit.PING and self.wire.expects_pong:
-                self.watch = Watch.PONG
         elif visit is Visit.TIMEOUT:
             self._host.stats.heartbeat_timeouts += 1
             self.abort()

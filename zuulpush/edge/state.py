@@ -134,3 +134,8 @@ VISITS: dict[tuple[State, Watch], Visit] = {
 }
 """A visit in any other state or watch does nothing (HANDSHAKE, SHED_UNREAD, SHED and CLOSED
 connections are not in the wheel)."""
+
+VISIT_TABLE: tuple[tuple[Visit | None, ...], ...] = tuple(
+    tuple(VISITS.get((state, watch)) for watch in sorted(Watch)) for state in sorted(State))
+"""`VISITS` indexed by the state's and the watch's values (`VISIT_TABLE[state][watch]`), for
+the wheel's visits of every connection."""
