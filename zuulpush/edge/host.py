@@ -1,9 +1,6 @@
-"""`ConnectionHost`: what one connection needs of its node, and nothing more.
-
-An `EdgeConnection` is handed one of these (the node wires it from its parts: admission, timers,
-the hub, the registrar); it never sees the node itself. The connection type is a parameter, so
-that this module needs nothing of the connection's.
-"""
+"""`ConnectionHost`: what one connection needs of its node, and nothing more. An `EdgeConnection`
+is handed one (the node wires it from its parts), never the node; the connection's type is a
+parameter, so this module needs nothing of the connection's."""
 
 from __future__ import annotations
 

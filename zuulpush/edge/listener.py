@@ -1,7 +1,6 @@
-"""`Listener`: the node's listening socket (with TLS when configured), and the once-a-second probe
-that notes running out of file descriptors and listens again when the socket was closed under
-the node (uvloop does that, silently, after an accept error it cannot recover from; docs/edge.md,
-Running out of file descriptors)."""
+"""`Listener`: the node's listening socket (TLS when configured) and its once-a-second probe, which
+notes running out of file descriptors and listens again if the socket was closed under the node
+(docs/edge.md, Running out of file descriptors)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""`Registrar`: this node's writes to the registry and the inbox, batched through one task, and
-the node's own record. New connections are registered together (then replayed, `Replay`),
-acks, marks of what was given and unregistrations written together; what a failed call left
-undone is put back and retried. Every third of the registration TTL (or at once after an
-outage, or when the node's record was gone) the registrations are refreshed, and those the
-registry lost written again and redelivered."""
+"""`Registrar`: the node's registry and inbox writes, batched through one task with rollback
+(registrations, then the replay; acks, marks, unregistrations), and its refresh loop: the node's
+record, drain requests, and registrations refreshed, or written again if the registry lost them."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""`Replay`: what a connection is sent from the stores as it opens, and again if its
-registration was lost: its inbox (all of it, a page at a time) merged, for a device resuming
-from a last id, with the broadcasts it missed. Called by the registrar once the connections'
-registrations are written; why that order makes delivery gap-free: docs/edge.md."""
+"""`Replay`: what a connection is sent from the stores as it opens (its inbox, and the broadcasts
+it missed when it resumes), or again once its lost registration is back; the registrar calls it
+after writing the registrations (why that order loses nothing: docs/edge.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""`Timers`: every per-connection deadline of a node, run from a few shared structures instead of
-a handle per connection: the handshake deadlines (a deque: one fixed timeout, so arrival order is
-deadline order), the heartbeat wheel (heartbeats, lingering closes, lifetimes), the heap of
-lifetime closes due within an interval, and the loop-lag sampler. `run()` is the tick loop."""
+"""`Timers`: every per-connection deadline of a node, from a few shared structures rather than a
+handle each (handshake deadlines, the heartbeat wheel, the heap of lifetime closes), the
+loop-lag sampler, and the tick loop that runs them (`run`)."""
 
 from __future__ import annotations
 
