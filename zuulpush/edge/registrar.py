@@ -23,7 +23,7 @@ log = logging.getLogger("zuulpush.edge")
 
 NODE_HEARTBEAT_S = 5.0
 RETRY_S = 1.0
-"""A failed flush is tried again this long after (and a failing node channel read)."""
+"""A failed flush is tried again this long after."""
 ACK_FLUSH_S = 0.025
 """Devices' acks wait up to this long to be removed from the inbox together: one pipeline for
 every ack of that while, rather than one per event-loop turn. An ack not yet applied costs at
