@@ -73,10 +73,10 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from core.errors import Unavailable
-from core.redis.client import Client, connect
+from core.redis.client import Client
 from core.redis.common import block_ms, idle, run_script, unavailable, unless_closed
-from core.redis.keys import check_prefix
 from core.redis.lua import Lua
+from core.redis.store import RedisStore
 from router.base import Message, Priority, PutResult, Taken
 from router.stores import redis_queue_layout as layout
 from router.stores.memory import DEFAULT_WEIGHTS
@@ -236,7 +236,7 @@ return out
 """)
 
 
-class RedisQueue:
+class RedisQueue(RedisStore):
     """`MessageQueue` on Redis Streams (layout and behaviour in the module docstring).
 
     `client` is a redis-py asyncio `Redis` or `RedisCluster` with bytes replies; the queue closes
@@ -254,12 +254,11 @@ class RedisQueue:
         weights: Mapping[Priority, int] = DEFAULT_WEIGHTS,
         max_depth: int | None = DEFAULT_MAX_DEPTH,
     ) -> None:
-        check_prefix(prefix)
+        super().__init__(client, prefix=prefix)
         if any(weights.get(p, 0) < 1 for p in Priority):
             raise ValueError("every priority needs a weight of at least 1")
         if claim_idle_s <= 0 or dedup_window_s <= 0:
             raise ValueError("claim_idle_s and dedup_window_s must be positive")
-        self._client = client
         tag = f"{{{prefix}:q}}"
         self.streams = tuple(f"{tag}:{p.label}" for p in Priority)
         self.credits_key = f"{tag}:credits"
@@ -274,15 +273,6 @@ class RedisQueue:
         self._groups_made = False
         self._coalesced: list[tuple[Message, asyncio.Future[PutResult]]] = []
         self._sending: set[asyncio.Task[None]] = set()
-        self._owns_client = False
-        self._closed = asyncio.Event()
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisQueue:
-        """A queue on a client made by `connect(url)`, closed by `close()`."""
-        queue = cls(connect(url), **kwargs)
-        queue._owns_client = True
-        return queue
 
     def dedup_key(self, key: str) -> str:
         return self._dedup_prefix + key
@@ -396,15 +386,10 @@ class RedisQueue:
             waited = await self._script(LAG, [self._group])
         return {p: max(0, int(ms)) / 1000 for p, ms in zip(Priority, waited, strict=True)}
 
-    async def close(self) -> None:
-        if self._closed.is_set():
-            return
-        self._closed.set()
+    async def _closing(self) -> None:
         await asyncio.sleep(0)  # let waiting takes see the close, coalesced puts leave
         if self._sending:  # puts already accepted get their answers before the client goes
             await asyncio.wait(list(self._sending), timeout=5.0)
-        if self._owns_client:
-            await self._client.aclose()
 
     async def _take_now(self, consumer: str, max_n: int,
                         done_pairs: list[str]) -> tuple[list[Taken], list[bytes]]:
