@@ -89,7 +89,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -104,7 +103,6 @@ from core.errors import (
     AuthThrottled,
     Forbidden,
     InvalidRequest,
-    InvalidToken,
     PayloadTooLarge,
     RateLimited,
     TooManyMessages,
@@ -163,13 +161,9 @@ class ApiStats:
             self.batch_too_large += 1
         elif isinstance(error, AuthThrottled):
             self.auth_throttled[error.role] += 1
-        elif isinstance(error, InvalidToken):
-            self.auth_failures["device_token"] += 1
-        elif isinstance(error, Unauthorized | Forbidden):
-            # The dashboard's errors name their credential (admin_key) or none (csrf).
-            credential = getattr(error, "credential", "api_key")
-            if credential:
-                self.auth_failures[credential] += 1
+        elif isinstance(error, Unauthorized | Forbidden) and error.credential is not None:
+            # A device token, an API key, the dashboard's admin key; not the dashboard's CSRF.
+            self.auth_failures[error.credential] += 1
 
     def count_put(self, message: Message, queued: bool) -> None:
         (self.enqueued if queued else self.deduped)[message.priority] += 1
@@ -471,15 +465,18 @@ def _json_errors(stats: ApiStats) -> Any:
 
 
 def _error_response(exc: ZuulpushError) -> web.Response:
-    headers = {}
+    headers = {_header_case(name): value for name, value in exc.headers}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, Unavailable | RateLimited):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     response = _json(exc.body(), status=exc.http_status, headers=headers)
     if isinstance(exc, BodyUnreadable):
         response.force_close()
     return response
+
+
+def _header_case(name: str) -> str:
+    """A header name as HTTP/1.1 answers usually write it: `retry-after` -> `Retry-After`."""
+    return "-".join(part.capitalize() for part in name.split("-"))
 
 
 def _http_error_response(exc: web.HTTPException) -> web.Response:
