@@ -211,7 +211,7 @@ def create_api_app(
     (`router.pages.demo`) exists only with `config.demo` and a secret; its edge URL is
     `config.public_edge_url`, else `edge_url(request)` (ValueError with neither)."""
     stats = ApiStats() if stats is None else stats
-    ids = ids or IdGenerator()  # one per process: the demo's pushes share it
+    ids = ids or IdGenerator(clock_ms)  # one per process: the demo's pushes share it
     max_body = max(config.max_payload_bytes, config.max_batch_payload_bytes)
     throttle = api_throttle(config, lambda: clock_ms() / 1000)  # router.api.throttle
     app = web.Application(client_max_size=max_body, middlewares=[_json_errors(stats), throttle])
