@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 
 from core.clock import ClockMs, wall_ms
 from core.errors import Unavailable
+from core.outage import OutageLog
 from registry.base import Location, NodeInfo, NodeState, Registry
 from router.base import (
     Broadcast,
@@ -199,7 +200,7 @@ class RouterWorker:
         `take_timeout_s`. The loop carries on either way.
         """
         handled: list[str] = []  # receipts of the batch handled last: the next take marks them
-        queue_down = False
+        queue = OutageLog(log)
         while not self._stopping:
             try:
                 batch = await self._queue.take(
@@ -207,10 +208,8 @@ class RouterWorker:
                 )
             except Unavailable as exc:  # Redis away: once per outage, not once a second
                 self.stats.errors += 1
-                if not queue_down:
-                    queue_down = True
-                    log.warning("router worker %s cannot take from the queue (%s); retrying",
-                                self._consumer, exc.message)
+                queue.failed("router worker %s cannot take from the queue (%s); retrying",
+                             self._consumer, exc.message)
                 await asyncio.sleep(self._take_timeout_s)  # back off; do not spin on a failure
                 continue
             except Exception:
@@ -218,8 +217,7 @@ class RouterWorker:
                 log.exception("router worker %s cannot take from the queue", self._consumer)
                 await asyncio.sleep(self._take_timeout_s)
                 continue
-            if queue_down:
-                queue_down = False
+            if queue.recovered():  # a warning, as the outage's start: operators watch both
                 log.warning("router worker %s takes from the queue again", self._consumer)
             handled = await self._handle_logged(batch) if batch else []
             if not batch and self._unsent:
