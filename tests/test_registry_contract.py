@@ -19,6 +19,7 @@ import pytest
 from registry.base import Device, NodeInfo, NodeState, Registration, Registry
 from registry.memory import MemoryRegistry
 from registry.redis import RedisRegistry
+from tests.support.clock import FakeClock
 from tests.support.redis_servers import RedisCluster, RedisServer
 
 TTL_S = 60.0
@@ -27,17 +28,6 @@ REDIS_TTL_S = 0.4
 REDIS_DEVICE_TTL_S = 0.8
 REDIS_SLACK_S = 0.15
 REDIS_PAST_S = 0.005  # Redis expires a key strictly after its PX, to the millisecond
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

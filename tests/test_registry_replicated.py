@@ -41,6 +41,7 @@ from registry.memory import MemoryRegistry
 from registry.redis import RedisRegistry
 from registry.replicated import LOCK_STRIPES, ReplicatedRegistry, apply_change
 from registry.replicator import START, Position, Replicator, lease_key_of, position_key_of
+from tests.support.clock import FakeClock
 from tests.support.redis_servers import RedisCluster, RedisServer
 from tests.support.tcp_proxy import TcpProxy
 
@@ -183,14 +184,6 @@ def test_position_encoding() -> None:
 
 
 # --- applying one change (pure: a memory registry and a fake clock) -----------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_apply_carries_the_ttl_over_and_skips_expired_records() -> None:
