@@ -126,5 +126,7 @@ def _admin_call(base: str, method: str, path: str, key: str, timeout_s: float
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode() or f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+        # urllib wraps what failed while connecting in a URLError, which says why in `reason`;
+        # an OSError met later (reading the answer) says it itself.
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         return 0, f"zuulpush: cannot reach {base}: {reason}"

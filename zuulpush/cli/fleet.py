@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from core.errors import Unavailable
 from zuulpush.cli import options
 from zuulpush.config import ConfigError, build, load_settings
 
@@ -35,7 +36,7 @@ DRAIN = ("Record a drain request for edge node ID in the registry on Redis (this
 def on_registry(args: argparse.Namespace, command: str,
                 work: Callable[[Registry], Awaitable[Any]]) -> Any:
     """What `work(registry)` returns, on this region's registry on Redis (`--redis`); None
-    (after saying why on stderr) when the registry cannot be reached."""
+    (after saying why on stderr) when the registry cannot be reached (`Unavailable`)."""
     from registry.config import RegistryConfig
     from registry.factory import open_registry
 
@@ -53,16 +54,10 @@ def on_registry(args: argparse.Namespace, command: str,
 
     try:
         return asyncio.run(run())
-    except (OSError, ConnectionError) as exc:
+    except (Unavailable, OSError) as exc:
         print(f"zuulpush: cannot reach the registry at {config.redis_url}: {exc}",
               file=sys.stderr)
         return None
-    except Exception as exc:  # redis-py's errors are not OSErrors
-        if type(exc).__module__.startswith("redis"):
-            print(f"zuulpush: cannot reach the registry at {config.redis_url}: {exc}",
-                  file=sys.stderr)
-            return None
-        raise
 
 
 def status_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from core.errors import Unavailable
 from zuulpush import logs
 from zuulpush.config import ConfigError
 
@@ -63,15 +64,15 @@ def _edge_of(app: App) -> EdgeServer | None:
 
 
 async def start(app: App) -> None:
-    """`app.start()`; a Redis outage while starting is a `StartError`, an address it cannot
-    listen on a `ConfigError` (`zuulpush.binding`), after what had started is stopped again."""
-    from core.redis.common import as_outage
+    """`app.start()`; a dependency it cannot reach while starting is a `StartError`, an address
+    it cannot listen on a `ConfigError` (`zuulpush.binding`), after what had started is stopped
+    again."""
     from zuulpush.binding import ListenError
 
     try:
         await app.start()
     except Exception as exc:
-        outage = as_outage(exc)
+        outage = _outage(exc)
         if outage is None and not isinstance(exc, ListenError):
             raise
         with contextlib.suppress(Exception):
@@ -79,6 +80,20 @@ async def start(app: App) -> None:
         if outage is None:
             raise ConfigError(str(exc)) from None
         raise StartError(f"cannot start: {outage.message}") from None
+
+
+def _outage(exc: Exception) -> Unavailable | None:
+    """`exc` as the outage it means, if it is one: an `Unavailable` from a seam, worded from the
+    Redis error under it as `core.redis.common.as_outage` words one (`Redis unreachable (...)`,
+    whichever seam met it: the line the operations runbook shows), or a Redis error raised as
+    it is (by a seam that does not translate its own)."""
+    from core.redis.common import as_outage
+
+    redis_error = exc.__cause__ if isinstance(exc, Unavailable) else exc
+    outage = as_outage(redis_error) if redis_error is not None else None
+    if outage is None and isinstance(exc, Unavailable):
+        return exc
+    return outage
 
 
 async def _run_until_signal(app: A, banner: Callable[[A], str],
