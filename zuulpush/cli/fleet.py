@@ -54,7 +54,7 @@ def on_registry(args: argparse.Namespace, command: str,
 
     try:
         return asyncio.run(run())
-    except (Unavailable, OSError) as exc:
+    except Unavailable as exc:
         print(f"zuulpush: cannot reach the registry at {config.redis_url}: {exc}",
               file=sys.stderr)
         return None

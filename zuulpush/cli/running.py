@@ -64,36 +64,19 @@ def _edge_of(app: App) -> EdgeServer | None:
 
 
 async def start(app: App) -> None:
-    """`app.start()`; a dependency it cannot reach while starting is a `StartError`, an address
-    it cannot listen on a `ConfigError` (`zuulpush.binding`), after what had started is stopped
-    again."""
+    """`app.start()`; a dependency it cannot reach while starting (`Unavailable`: its seams
+    raise their Redis outages so) is a `StartError`, an address it cannot listen on a
+    `ConfigError` (`zuulpush.binding`), after what had started is stopped again."""
     from zuulpush.binding import ListenError
 
     try:
         await app.start()
-    except Exception as exc:
-        outage = _outage(exc)
-        if outage is None and not isinstance(exc, ListenError):
-            raise
+    except (Unavailable, ListenError) as exc:
         with contextlib.suppress(Exception):
             await app.stop(0.0)
-        if outage is None:
+        if isinstance(exc, ListenError):
             raise ConfigError(str(exc)) from None
-        raise StartError(f"cannot start: {outage.message}") from None
-
-
-def _outage(exc: Exception) -> Unavailable | None:
-    """`exc` as the outage it means, if it is one: an `Unavailable` from a seam, worded from the
-    Redis error under it as `core.redis.common.as_outage` words one (`Redis unreachable (...)`,
-    whichever seam met it: the line the operations runbook shows), or a Redis error raised as
-    it is (by a seam that does not translate its own)."""
-    from core.redis.common import as_outage
-
-    redis_error = exc.__cause__ if isinstance(exc, Unavailable) else exc
-    outage = as_outage(redis_error) if redis_error is not None else None
-    if outage is None and isinstance(exc, Unavailable):
-        return exc
-    return outage
+        raise StartError(f"cannot start: {exc.message}") from None
 
 
 async def _run_until_signal(app: A, banner: Callable[[A], str],
