@@ -11,6 +11,8 @@ prints once it serves), `await stop()`. What each opens on Redis, and how region
 stats and metrics fit in: docs/operations.md, "Inside the processes".
 """
 
+from __future__ import annotations
+
 from zuulpush.app.api import ApiApp
 from zuulpush.app.edge import EdgeApp, EdgeAppConfig
 from zuulpush.app.embedded import EmbeddedApp, ServeConfig

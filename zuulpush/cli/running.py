@@ -63,7 +63,7 @@ def _edge_of(app: App) -> EdgeServer | None:
     return edge
 
 
-async def start(app: App) -> None:
+async def _start(app: App) -> None:
     """`app.start()`; a dependency it cannot reach while starting (`Unavailable`: its seams
     raise their Redis outages so) is a `StartError`, an address it cannot listen on a
     `ConfigError` (`zuulpush.binding`), after what had started is stopped again."""
@@ -91,7 +91,7 @@ async def _run_until_signal(app: A, banner: Callable[[A], str],
             stop.set()
 
         loop.add_reader(lifeline_fd, supervisor_gone)
-    await start(app)
+    await _start(app)
     gc.freeze()  # what start-up made lives as long as the process: no collection scans it again
     text = banner(app)
     if text:
