@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from core.errors import Unavailable
 from core.tokens import issue_token
 from zuulpush import __version__, logs
 from zuulpush.config import LOG_FORMATS, ConfigError, OpsConfig, build, load_settings
@@ -263,7 +264,7 @@ async def _start(app: Any) -> None:
     try:
         await app.start()
     except Exception as exc:
-        outage = as_outage(exc)
+        outage = exc if isinstance(exc, Unavailable) else as_outage(exc)
         if outage is None and not isinstance(exc, ListenError):
             raise
         with contextlib.suppress(Exception):
@@ -575,7 +576,7 @@ def _on_registry(args: argparse.Namespace, command: str,
 
     try:
         return asyncio.run(run())
-    except (OSError, ConnectionError) as exc:
+    except (OSError, ConnectionError, Unavailable) as exc:
         print(f"zuulpush: cannot reach the registry at {config.redis_url}: {exc}",
               file=sys.stderr)
         return None
