@@ -34,8 +34,9 @@ Contracts:
   starts over from its beginning (`stats.peer_resets`).
 - **Partitions and outages.** When the peer (or this region's Redis) is unreachable, `run()`
   retries with capped exponential backoff and never raises; it logs once when an outage starts
-  and once when it ends, never per attempt (`core.outage.OutageLog`). Local writes are unaffected meanwhile (they never
-  wait for a peer); when the link heals, the replicator catches up from its position.
+  and once when it ends, never per attempt (`core.outage.OutageLog`). Local writes are
+  unaffected meanwhile (they never wait for a peer); when the link heals, the replicator
+  catches up from its position.
 - **No loops.** Changes go to the wrapped registry, never to this region's stream; entries
   whose origin is this region are skipped.
 - **Arrivals.** `on_arrivals` gets each batch's registrations (clients that connected in the
