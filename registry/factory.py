@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from core.tasks import cancel_and_wait
 from registry.base import Registry
 from registry.config import RegistryConfig
 from registry.memory import MemoryRegistry
@@ -27,6 +28,9 @@ if TYPE_CHECKING:  # Redis modules load only for a registry on Redis (`_on_redis
     from registry.replicator import Arrivals, Replicator
 
 log = logging.getLogger("zuulpush.registry")
+
+STOP_WAIT_S = 5.0
+"""How long a replicator has to end by itself once stopped, before it is cancelled."""
 
 
 @dataclass
@@ -47,10 +51,8 @@ class RegistryHandle:
         for replicator in self.replicators:
             replicator.stop()
         if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=5.0)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+            await cancel_and_wait(pending, what="replicator")
         await self.registry.close()
         for client in self.clients:
             with contextlib.suppress(Exception):
