@@ -57,7 +57,6 @@ from core.errors import (
 )
 from core.ids import IdGenerator
 from core.ratelimit import KeyRates
-from core.redis.common import as_outage
 from core.tokens import AuthConfig, DeviceIdentity, TokenVerifier, bearer, check_key
 from registry.base import NodeInfo, Registry
 from router.api.malformed import reason
@@ -397,12 +396,7 @@ def _json_errors(stats: ApiStats) -> Any:
                 raise
             stats.count_error(exc.status)
             return _http_error_response(exc)
-        except Exception as exc:
-            outage = as_outage(exc)  # e.g. the registry's Redis, looking up a user's devices
-            if outage is not None:
-                log.warning("%s %s: %s", request.method, request.path, outage.message)
-                stats.count_error(outage.http_status, outage)
-                return _error_response(outage)
+        except Exception:  # the seams raise their outages as Unavailable, answered above
             log.exception("unhandled error in %s %s", request.method, request.path)
             stats.count_error(500)
             return _error_response(ZuulpushError("internal error"))
