@@ -98,6 +98,7 @@ from redis.exceptions import NoScriptError
 from core.clock import ClockMs, wall_ms
 from core.redis.client import Client, connect
 from core.redis.common import as_outage
+from core.redis.store import RedisStore
 from registry import redis_lua as lua
 from registry.base import Device, Location, NodeInfo, Registration
 from registry.redis_layout import (
@@ -135,7 +136,7 @@ def outages(method: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any
     return translated
 
 
-class RedisRegistry:
+class RedisRegistry(RedisStore):
     """`Registry` on a Redis server or Redis Cluster (see the module docstring for the layout).
 
     `client` is a redis-py asyncio `Redis` or `RedisCluster` with bytes replies; the registry
@@ -156,26 +157,12 @@ class RedisRegistry:
             else client.connection_pool.get_encoder()
         if encoder.decode_responses:
             raise ValueError("the registry reads bytes: the client must not decode responses")
-        self._client = client
+        super().__init__(client, prefix=prefix)
         self._cluster = isinstance(client, RedisCluster)
         self._keys = Keys(prefix)
         self._device_ttl_ms = _ms(device_ttl_s)
         self._clock_ms = clock_ms
         self._decoder = Decoder()
-        self._owns_client = False
-        self._closed = False
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisRegistry:
-        """A registry on a client made by `connect(url)`, closed by `close()`. `kwargs` are the
-        constructor's (prefix, device_ttl_s, clock_ms)."""
-        registry = cls(connect(url), **kwargs)
-        registry._owns_client = True
-        return registry
-
-    @property
-    def client(self) -> Client:
-        return self._client
 
     @property
     def keys(self) -> Keys:
@@ -359,11 +346,6 @@ class RedisRegistry:
     @outages
     async def drain_pending(self, node_id: str) -> bool:
         return bool(await _awaited(self._client.exists(self._keys.drain(node_id))))
-
-    async def close(self) -> None:
-        if self._owns_client and not self._closed:
-            self._closed = True
-            await self._client.aclose()
 
     # --- plumbing -------------------------------------------------------------------------------
 
