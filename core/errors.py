@@ -13,8 +13,11 @@
     │                                 one source address (`core.auth_throttle`), by `role`
     └── Unavailable                   503, transient: retry after `retry_after_s`
 
-The edge adds its own branch in `zuulpush.errors` (handshake answers and WebSocket close codes).
-Only `Unavailable` is transient; everything else is final for the request that caused it.
+Every error carries the `headers` of its answer besides the body (`RateLimited` and
+`Unavailable` their `Retry-After`), and the refusals of a credential (`Unauthorized`,
+`Forbidden`) name it in `credential`. The edge adds its own branch in `zuulpush.errors`
+(handshake answers and WebSocket close codes). Only `Unavailable` is transient; everything else
+is final for the request that caused it.
 """
 
 from __future__ import annotations
@@ -22,13 +25,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
+Headers = tuple[tuple[str, str], ...]
+"""Header (lower-case name, value) pairs, in order."""
+
 
 class ZuulpushError(Exception):
-    """Base of every error we raise on purpose. `body()` is the JSON answer to send."""
+    """Base of every error we raise on purpose. `body()` is the JSON answer to send, with
+    `http_status` and `headers` (none by default)."""
 
     http_status = 500
     code = "internal_error"
     transient = False
+    headers: Headers = ()
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -59,15 +67,21 @@ class TooManyMessages(InvalidRequest):
 class Unauthorized(ZuulpushError):
     http_status = 401
     code = "unauthorized"
+    credential: str | None = "api_key"
+    """The credential missing or refused, as the API counts its failures (`api_key`,
+    `device_token`, `admin_key`); None when the refusal is no credential's failure."""
 
 
 class InvalidToken(Unauthorized):
     code = "invalid_token"
+    credential = "device_token"
 
 
 class Forbidden(ZuulpushError):
     http_status = 403
     code = "forbidden"
+    credential: str | None = "api_key"
+    """As `Unauthorized.credential`: None for a refusal that is not a wrong credential."""
 
 
 class NotFound(ZuulpushError):
@@ -83,6 +97,7 @@ class Unavailable(ZuulpushError):
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.headers = retry_after(retry_after_s)
 
 
 class RateLimited(ZuulpushError):
@@ -92,13 +107,14 @@ class RateLimited(ZuulpushError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.headers = retry_after(retry_after_s)
 
 
 class AuthThrottled(RateLimited):
     """A source address over its limit of failed authentications (`core.auth_throttle`): the
     attempt is refused without its credential being looked at. `role` names the limit
-    (`api_key`, `dashboard`, `edge_admin`); `headers` is the `Retry-After` the edge's own error
-    answer carries (the API adds it for every `RateLimited`)."""
+    (`api_key`, `dashboard`, `edge_admin`); `headers` carry the `Retry-After`, as for every
+    `RateLimited`."""
 
     code = "auth_throttled"
 
@@ -108,9 +124,10 @@ class AuthThrottled(RateLimited):
         super().__init__(f"too many failed authentications from this address; retry after "
                          f"{wait} s", retry_after_s=retry_after_s)
 
-    @property
-    def headers(self) -> tuple[tuple[str, str], ...]:
-        return (("retry-after", str(retry_after_header(self.retry_after_s))),)
+
+def retry_after(retry_after_s: float) -> Headers:
+    """The `Retry-After` header of an answer that may be retried after `retry_after_s`."""
+    return (("retry-after", str(retry_after_header(retry_after_s))),)
 
 
 def retry_after_header(retry_after_s: float) -> int:

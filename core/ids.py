@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import os
 import re
-import time
+
+from core.clock import ClockMs, wall_ms
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _RANDOM_BITS = 80
@@ -28,17 +29,19 @@ def _encode(value: int, length: int) -> str:
 
 
 class IdGenerator:
-    """Monotonic ULID-style ids. Not thread-safe; one per event loop."""
+    """Monotonic ULID-style ids, stamped by `clock_ms` (wall-clock ms) unless `new` is given
+    the time. Not thread-safe; one per event loop."""
 
-    __slots__ = ("_last_ms", "_last_random", "_prefix")
+    __slots__ = ("_clock_ms", "_last_ms", "_last_random", "_prefix")
 
-    def __init__(self) -> None:
+    def __init__(self, clock_ms: ClockMs = wall_ms) -> None:
+        self._clock_ms = clock_ms
         self._last_ms = -1
         self._last_random = 0
         self._prefix = ""
 
     def new(self, now_ms: int | None = None) -> str:
-        ms = int(time.time() * 1000) if now_ms is None else now_ms
+        ms = self._clock_ms() if now_ms is None else now_ms
         if ms <= self._last_ms:
             ms = self._last_ms
             self._last_random += 1

@@ -5,6 +5,10 @@ A device token is a JWT with claims `sub` (user id), `cid` (client id), `dt` (de
 RS256/ES256 public key, so edge nodes need not carry the signing key. `alg: none`, any algorithm
 not configured, a wrong signature, a missing claim or an expired token is rejected with
 `InvalidToken` naming the reason.
+
+Token times (`exp`, `iat`) are the system's wall clock (`core.clock.wall_s`), not an injected
+one: PyJWT, which checks every token the fast HS256 path does not take, reads the system clock
+itself, and both paths must judge a token alike.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import binascii
 import hashlib
 import hmac
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from core.clock import wall_s
 from core.errors import Forbidden, InvalidToken, Unauthorized
 
 _CLAIMS = ("sub", "cid", "dt", "exp")
@@ -123,7 +127,7 @@ class TokenVerifier:
         if type(claims) is not dict or not claims.keys() <= _FAST_CLAIMS or \
                 not all(name in claims for name in _CLAIMS):
             return None
-        now = time.time()
+        now = wall_s()
         exp, iat = claims["exp"], claims.get("iat", 0)
         if type(exp) is not int or exp <= now or type(iat) is not int or iat > now:
             return None
@@ -199,8 +203,9 @@ def issue_token(
     ttl_s: int = 24 * 3600,
     now: float | None = None,
 ) -> str:
-    """A signed HS256 device token. For RS256/ES256, sign with your own key and the same claims."""
-    issued = int(time.time() if now is None else now)
+    """A signed HS256 device token issued at `now` (wall-clock seconds; the system clock's by
+    default). For RS256/ES256, sign with your own key and the same claims."""
+    issued = int(wall_s() if now is None else now)
     claims = {"sub": user_id, "cid": client_id, "dt": device_type, "iat": issued,
               "exp": issued + ttl_s}
     return jwt.encode(claims, secret, algorithm="HS256")

@@ -13,6 +13,11 @@ Versions order writes to one client's registration: a higher version wins (last 
 equal versions the higher node id, so every region picks the same winner), and
 `unregister` deletes only the record it wrote (compare-and-delete), so a node that lost a client to
 another node never deletes the newer record.
+
+Errors: an implementation translates its own backend's outages. A method raises
+`core.errors.Unavailable` (503, transient: retry) when the store is unreachable, never the
+backend's own errors for it, so callers need not know what the registry runs on; the memory
+registry never raises it.
 """
 
 from __future__ import annotations
@@ -105,6 +110,7 @@ class Connections(Protocol):
 
         A registration replaces an existing one for the same client only if `(version, node_id)`
         is higher; an older one is ignored, so replays and late writes are harmless.
+        Raises `Unavailable` when the store is unreachable.
         """
         ...
 
@@ -113,6 +119,7 @@ class Connections(Protocol):
 
         A client now registered to another node is left alone. Returns how many were extended;
         a record that has already expired is not revived (register it again).
+        Raises `Unavailable` when the store is unreachable.
         """
         ...
 
@@ -120,20 +127,24 @@ class Connections(Protocol):
         """Delete the client's registration only if it is still `node_id`'s at `version`.
 
         Returns True if deleted. The device record stays: the device is offline, not forgotten.
+        Raises `Unavailable` when the store is unreachable.
         """
         ...
 
     async def lookup(self, client_id: str) -> Registration | None:
-        """The client's live registration, or None if it is not connected anywhere."""
+        """The client's live registration, or None if it is not connected anywhere.
+        Raises `Unavailable` when the store is unreachable."""
         ...
 
     async def lookup_many(self, client_ids: Iterable[str]) -> dict[str, Registration]:
-        """Live registrations of those clients that are connected; absent ones are left out."""
+        """Live registrations of those clients that are connected; absent ones are left out.
+        Raises `Unavailable` when the store is unreachable."""
         ...
 
     async def locate_many(self, client_ids: Iterable[str]) -> dict[str, Location]:
         """Live registrations of the connected clients among these, each with its node's record
-        (None for a node that is dead). Absent clients are left out."""
+        (None for a node that is dead). Absent clients are left out.
+        Raises `Unavailable` when the store is unreachable."""
         ...
 
 
@@ -142,15 +153,18 @@ class Devices(Protocol):
     """Which devices a user has, connected or not (the router's user and device-type targets)."""
 
     async def devices_many(self, client_ids: Iterable[str]) -> dict[str, Device]:
-        """Known device records of these clients (connected or not); unknown ones left out."""
+        """Known device records of these clients (connected or not); unknown ones left out.
+        Raises `Unavailable` when the store is unreachable."""
         ...
 
     async def devices_of_user(self, user_id: str) -> list[Device]:
-        """The user's known devices (connected or not), in no particular order."""
+        """The user's known devices (connected or not), in no particular order.
+        Raises `Unavailable` when the store is unreachable."""
         ...
 
     async def device(self, client_id: str) -> Device | None:
-        """The known device record of one client, or None if it was never seen (or forgotten)."""
+        """The known device record of one client, or None if it was never seen (or forgotten).
+        Raises `Unavailable` when the store is unreachable."""
         ...
 
 
@@ -162,15 +176,18 @@ class Nodes(Protocol):
         """Write the node's record for `ttl_s` seconds; a node that stops heartbeating is dead.
         Returns whether its record was there: a heartbeat after the first that finds none means
         the registry lost it (its Redis restarted empty, or the node was cut off past its TTL),
-        and likely the node's registrations with it."""
+        and likely the node's registrations with it.
+        Raises `Unavailable` when the store is unreachable."""
         ...
 
     async def remove_node(self, node_id: str) -> None:
-        """Delete a node's record at once (clean shutdown)."""
+        """Delete a node's record at once (clean shutdown).
+        Raises `Unavailable` when the store is unreachable."""
         ...
 
     async def nodes(self) -> list[NodeInfo]:
-        """All live nodes, whatever their state."""
+        """All live nodes, whatever their state.
+        Raises `Unavailable` when the store is unreachable."""
         ...
 
 
@@ -181,17 +198,19 @@ class NodeControl(Protocol):
     async def request_drain(self, node_id: str, ttl_s: float) -> None:
         """Ask node `node_id` to drain (an operator's `zuulpush drain`): the request stands for
         `ttl_s` seconds or until the node takes it, at its next heartbeat. Not replicated: it
-        is made in the region whose nodes read it."""
+        is made in the region whose nodes read it.
+        Raises `Unavailable` when the store is unreachable."""
         ...
 
     async def take_drain_request(self, node_id: str) -> bool:
         """Whether a drain request for `node_id` stands; taking it removes it, so a node
-        restarted under the same id does not drain again."""
+        restarted under the same id does not drain again.
+        Raises `Unavailable` when the store is unreachable."""
         ...
 
     async def drain_pending(self, node_id: str) -> bool:
         """Whether a drain request for `node_id` stands, not yet taken nor expired (read only:
-        for an operator following the drain)."""
+        for an operator following the drain). Raises `Unavailable` when the store is unreachable."""
         ...
 
 

@@ -19,7 +19,8 @@ the size of the batch. An entry has two fields:
   {"op":"node_rm","o":"eu","node":node}
   ```
 
-  `x` is the absolute expiry in wall-clock milliseconds since the epoch, so a TTL carries over
+  `x` is the absolute expiry in wall-clock milliseconds since the epoch (`core.clock.wall_ms`,
+  or the clock injected into the writer), so a TTL carries over
   to the region that applies the change: it keeps the record for what is left of it, not for a
   fresh TTL (regions' clocks are assumed NTP-synchronized; skew shifts expiry by as much).
   A refresh carries the full registrations it extended, so that a region that lacks one (it
@@ -37,7 +38,6 @@ replication).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 
 from registry.base import NodeInfo, NodeState, Registration
+from registry.redis import outages
 
 DEFAULT_MAXLEN = 100_000
 
@@ -52,11 +53,6 @@ DEFAULT_MAXLEN = 100_000
 def stream_key(prefix: str) -> str:
     """The key of a region's change stream."""
     return f"{prefix}:changes"
-
-
-def wall_ms() -> int:
-    """Wall-clock milliseconds since the epoch: the clock of `expires_at_ms` in changes."""
-    return time.time_ns() // 1_000_000
 
 
 class ChangeFormatError(ValueError):
@@ -247,10 +243,10 @@ class ChangeLog:
     usually the local registry's own client (`RedisRegistry.client`). The log does not close
     it: whoever made the client does.
 
-    One `append` is one round trip (EVALSHA) and one entry. It raises whatever Redis raises (a
-    connection error while the region's Redis is down): an append that raised may or may not
-    have been written, and appending the same change again is harmless, since applying a change
-    is idempotent.
+    One `append` is one round trip (EVALSHA) and one entry. It raises `Unavailable` while the
+    region's Redis is unreachable (`registry.redis.outages`; other Redis errors as they
+    are): an append that raised may or may not have been written, and appending the same change
+    again is harmless, since applying a change is idempotent.
     """
 
     def __init__(self, redis: Any, *, prefix: str = "zp", maxlen: int = DEFAULT_MAXLEN) -> None:
@@ -261,7 +257,9 @@ class ChangeLog:
         self._maxlen = maxlen
         self._script = redis.register_script(_APPEND_LUA)
 
+    @outages
     async def append(self, change: Change, origin: str) -> str:
-        """Append `change` written in region `origin`; returns the new entry's stream id."""
+        """Append `change` written in region `origin`; returns the new entry's stream id.
+        Raises `Unavailable` when the region's Redis is unreachable."""
         entry_id = await self._script(keys=[self.key], args=[self._maxlen, encode(change, origin)])
         return _text(entry_id)

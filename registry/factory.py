@@ -6,6 +6,9 @@
   announcing local writes on this region's change stream, and one `Replicator` per peer region
   applying that region's changes here. Every process of a region may run replicators: a lease
   in Redis lets one of them work per peer region at a time.
+
+The Redis modules are imported only for a registry on Redis: a process with the memory registry
+(`zuulpush serve`) never loads redis-py.
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.redis.client import connect
+from core.tasks import cancel_and_wait
 from registry.base import Registry
-from registry.changes import ChangeLog
 from registry.config import RegistryConfig
 from registry.memory import MemoryRegistry
-from registry.redis import RedisRegistry
-from registry.replicated import ReplicatedRegistry
-from registry.replicator import Arrivals, Replicator
+
+if TYPE_CHECKING:  # Redis modules load only for a registry on Redis (`_on_redis`)
+    from registry.replicator import Arrivals, Replicator
 
 log = logging.getLogger("zuulpush.registry")
+
+STOP_WAIT_S = 5.0
+"""How long a replicator has to end by itself once stopped, before it is cancelled."""
 
 
 @dataclass
@@ -46,10 +51,8 @@ class RegistryHandle:
         for replicator in self.replicators:
             replicator.stop()
         if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=5.0)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+            await cancel_and_wait(pending, what="replicator")
         await self.registry.close()
         for client in self.clients:
             with contextlib.suppress(Exception):
@@ -62,6 +65,16 @@ def open_registry(config: RegistryConfig, *, on_arrivals: Arrivals | None = None
     `on_arrivals` is each replicator's (`Replicator`), with peer regions only."""
     if not config.redis_url:
         return RegistryHandle(MemoryRegistry(device_ttl_s=config.device_ttl_s))
+    return _on_redis(config, on_arrivals)
+
+
+def _on_redis(config: RegistryConfig, on_arrivals: Arrivals | None) -> RegistryHandle:
+    from core.redis.client import connect
+    from registry.changes import ChangeLog
+    from registry.redis import RedisRegistry
+    from registry.replicated import ReplicatedRegistry
+    from registry.replicator import Replicator
+
     peers = config.peers()
     if not peers:
         return RegistryHandle(RedisRegistry.from_url(

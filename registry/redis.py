@@ -65,7 +65,8 @@ record (the one source of truth: it names the current user and how long the devi
 device that expired, or moved to another user in a race between the two slots, is never
 reported; such members are pruned as they are found.
 
-Time. Liveness is decided on the caller's wall clock (`clock_ms`, passed to the scripts as
+Time. Liveness is decided on the caller's wall clock (`clock_ms`, a `core.clock.ClockMs`:
+whole milliseconds; passed to the scripts as
 `now_ms` and used here on reads), not on Redis TTLs: the edges that write and the routers that
 read need clocks within a few seconds of each other (NTP), which is small beside registration
 TTLs of minutes. Redis TTLs only reclaim memory: a client's key expires with its device part (or
@@ -75,23 +76,29 @@ Clients. `connect(url)` (`core.redis.client`) makes the client for `from_url`:
 `redis://host:port/db` (also `rediss://`, `unix://`) for one server,
 `redis+cluster://host:port[,host:port...]` for a Redis Cluster.
 
-Errors. redis-py's `ConnectionError` and `TimeoutError` propagate (after redis-py's own
-retries); every write here is idempotent, so callers retry the whole call. Scripts are sent by
-SHA; after a restart or `SCRIPT FLUSH` (NOSCRIPT) they are loaded again, on every primary of a
-cluster, and the failed calls are repeated.
+Errors. An outage (Redis unreachable or timing out after redis-py's own retries, a cluster that
+is down, or Redis refusing writes for memory) leaves every public method as
+`core.errors.Unavailable` (`core.redis.common.as_outage`, the Redis error chained); any other
+Redis error is a bug or a misconfiguration and propagates as it is. Every write here is
+idempotent, so callers retry the whole call. Scripts are sent by SHA; after a restart or
+`SCRIPT FLUSH` (NOSCRIPT) they are loaded again, on every primary of a cluster, and the failed
+calls are repeated.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar, cast
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, ParamSpec, TypeVar, cast
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
+from core.clock import ClockMs, wall_ms
 from core.redis.client import Client, connect
+from core.redis.common import as_outage
+from core.redis.store import RedisStore
 from registry import redis_lua as lua
 from registry.base import Device, Location, NodeInfo, Registration
 from registry.redis_layout import (
@@ -110,18 +117,32 @@ SCRIPT_ITEMS = 500
 PIPELINE_ITEMS = 5000
 MGET_KEYS = 1000
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
-def wall_ms() -> float:
-    return time.time() * 1000.0
+def outages(method: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """`method` (a coroutine function) with a Redis outage raised as the `Unavailable` it
+    means (`core.redis.common.as_outage`), the Redis error chained; other errors as they are.
+    Every public method of the registry's Redis classes wears it."""
+    @functools.wraps(method)
+    async def translated(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except Exception as exc:
+            outage = as_outage(exc)
+            if outage is None:
+                raise
+            raise outage from exc
+    return translated
 
 
-class RedisRegistry:
+class RedisRegistry(RedisStore):
     """`Registry` on a Redis server or Redis Cluster (see the module docstring for the layout).
 
     `client` is a redis-py asyncio `Redis` or `RedisCluster` with bytes replies; the registry
     closes it only if it made it (`from_url`). Registries with different `prefix`es share a
-    server without touching each other's keys.
+    server without touching each other's keys. Every method but `close` raises `Unavailable`
+    for an outage (module docstring, "Errors").
     """
 
     def __init__(
@@ -130,32 +151,18 @@ class RedisRegistry:
         *,
         prefix: str = "zp",
         device_ttl_s: float = DEFAULT_DEVICE_TTL_S,
-        clock_ms: Callable[[], float] = wall_ms,
+        clock_ms: ClockMs = wall_ms,
     ) -> None:
         encoder = client.get_encoder() if isinstance(client, RedisCluster) \
             else client.connection_pool.get_encoder()
         if encoder.decode_responses:
             raise ValueError("the registry reads bytes: the client must not decode responses")
-        self._client = client
+        super().__init__(client, prefix=prefix)
         self._cluster = isinstance(client, RedisCluster)
         self._keys = Keys(prefix)
         self._device_ttl_ms = _ms(device_ttl_s)
         self._clock_ms = clock_ms
         self._decoder = Decoder()
-        self._owns_client = False
-        self._closed = False
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisRegistry:
-        """A registry on a client made by `connect(url)`, closed by `close()`. `kwargs` are the
-        constructor's (prefix, device_ttl_s, clock_ms)."""
-        registry = cls(connect(url), **kwargs)
-        registry._owns_client = True
-        return registry
-
-    @property
-    def client(self) -> Client:
-        return self._client
 
     @property
     def keys(self) -> Keys:
@@ -163,6 +170,7 @@ class RedisRegistry:
 
     # --- registrations --------------------------------------------------------------------------
 
+    @outages
     async def register(self, registrations: Sequence[Registration], ttl_s: float) -> None:
         for chunk in _chunks(registrations, PIPELINE_ITEMS):
             await self._register(chunk, _ms(ttl_s))
@@ -220,6 +228,7 @@ class RedisRegistry:
         results = await self._pipeline(calls, moved)
         await self._rerun_missing(calls, results)
 
+    @outages
     async def refresh(self, node_id: str, client_ids: Sequence[str], ttl_s: float) -> int:
         keys, mark, ttl_ms = self._keys, node_mark(node_id), _ms(ttl_s)
         extended = 0
@@ -232,19 +241,23 @@ class RedisRegistry:
             extended += sum(await self._run(calls))
         return extended
 
+    @outages
     async def unregister(self, client_id: str, node_id: str, version: int) -> bool:
         key = self._keys.client(client_id)
         args = [ms_field(self._clock_ms()), version_field(version), node_mark(node_id)]
         return bool(await self._eval(lua.UNREGISTER, [key], args))
 
+    @outages
     async def lookup(self, client_id: str) -> Registration | None:
         raw = await self._get(self._keys.client(client_id))
         return None if raw is None else \
             self._decoder.registration(client_id, raw, ms_field(self._clock_ms()))
 
+    @outages
     async def lookup_many(self, client_ids: Iterable[str]) -> dict[str, Registration]:
         return await self._read_many(client_ids, self._decoder.registration)
 
+    @outages
     async def locate_many(self, client_ids: Iterable[str]) -> dict[str, Location]:
         found = await self.lookup_many(client_ids)
         node_ids = sorted({reg.node_id for reg in found.values()})
@@ -255,6 +268,7 @@ class RedisRegistry:
 
     # --- devices --------------------------------------------------------------------------------
 
+    @outages
     async def devices_many(self, client_ids: Iterable[str]) -> dict[str, Device]:
         return await self._read_many(client_ids, self._decoder.device)
 
@@ -271,11 +285,13 @@ class RedisRegistry:
                 found[client_id] = item
         return found
 
+    @outages
     async def device(self, client_id: str) -> Device | None:
         raw = await self._get(self._keys.client(client_id))
         now = ms_field(self._clock_ms())
         return None if raw is None else self._decoder.device(client_id, raw, now)
 
+    @outages
     async def devices_of_user(self, user_id: str) -> list[Device]:
         user_key = self._keys.user(user_id)
         members = await self._eval(lua.INDEX_READ, [user_key], [int(self._clock_ms())])
@@ -297,15 +313,18 @@ class RedisRegistry:
 
     # --- nodes ----------------------------------------------------------------------------------
 
+    @outages
     async def heartbeat_node(self, node: NodeInfo, ttl_s: float) -> bool:
         keys = [self._keys.node_set, self._keys.node(node.node_id)]
         return bool(await self._eval(lua.RECORD_PUT, keys,
                                      [node.node_id, encode_node(node), _ms(ttl_s)]))
 
+    @outages
     async def remove_node(self, node_id: str) -> None:
         await self._eval(lua.RECORD_DELETE, [self._keys.node_set, self._keys.node(node_id)],
                          [node_id])
 
+    @outages
     async def nodes(self) -> list[NodeInfo]:
         members = cast(set[bytes], await _awaited(self._client.smembers(self._keys.node_set)))
         node_ids = sorted(m.decode() for m in members)
@@ -316,19 +335,17 @@ class RedisRegistry:
                              [self._keys.node_set, *(self._keys.node(n) for n in gone)], gone)
         return [decode_node(raw) for raw in records if raw is not None]
 
+    @outages
     async def request_drain(self, node_id: str, ttl_s: float) -> None:
         await _awaited(self._client.set(self._keys.drain(node_id), b"1", px=_ms(ttl_s)))
 
+    @outages
     async def take_drain_request(self, node_id: str) -> bool:
         return await _awaited(self._client.getdel(self._keys.drain(node_id))) is not None
 
+    @outages
     async def drain_pending(self, node_id: str) -> bool:
         return bool(await _awaited(self._client.exists(self._keys.drain(node_id))))
-
-    async def close(self) -> None:
-        if self._owns_client and not self._closed:
-            self._closed = True
-            await self._client.aclose()
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -426,4 +443,4 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-__all__ = ["RedisRegistry", "connect"]
+__all__ = ["RedisRegistry", "connect", "outages"]

@@ -9,12 +9,13 @@ Each region has its own Redis (or Redis Cluster) holding its own full registry. 
   (`registry.changes`). Local first, because the stream must only carry what the local region
   accepted: a refresh appends exactly the records it extended, an unregister the answer it got.
   Writes never wait for, or touch, another region, so they succeed while other regions are down.
-- **Both steps raise.** If the local write fails (the region's Redis is down) nothing is
-  appended and the error propagates. If the append fails after the local write succeeded (Redis
-  died in between), the error propagates too: the write may be visible locally but not yet
-  announced. Retrying the call is safe (every write is idempotent) and announces it; an edge
-  re-registers its connections after an outage anyway, and its refreshes carry full
-  registrations, so other regions also converge within a third of a TTL without a retry.
+- **Both steps raise.** If the local write fails (the region's Redis is down: `Unavailable`)
+  nothing is appended and the error propagates. If the append fails after the local write
+  succeeded (Redis died in between), the error propagates too: the write may be visible
+  locally but not yet announced. Retrying the call is safe (every write is idempotent) and
+  announces it; an edge re-registers its connections after an outage anyway, and its refreshes
+  carry full registrations, so other regions also converge within a third of a TTL without a
+  retry.
 - **The stream's order is the local order.** Two writes that touch one record (a client, or a
   node) are made and appended one after the other, never interleaved: a write holds a lock
   stripe per client (or node) it touches, from its local write to its append. Otherwise an
@@ -24,8 +25,9 @@ Each region has its own Redis (or Redis Cluster) holding its own full registry. 
   concurrently; stripes are taken in a fixed order, so batches cannot deadlock. (This orders the
   writes of one process; a client's record is only ever written by the one node process
   holding its connection, and writes from different nodes are ordered by version.)
-- **Reads are local**, so they see other regions' clients only as fast as the replicators
-  apply their streams (`registry.replicator`): typically well under a second.
+- **Reads are local** (`LOCAL_OPS`: the local registry's own methods), so they see other
+  regions' clients only as fast as the replicators apply their streams (`registry.replicator`):
+  typically well under a second. Drain requests are local too: regional, never replicated.
 
 Applying another region's change (`apply_change`) goes to the *wrapped* local registry, never
 to a `ReplicatedRegistry`, so applied changes are not appended again (no ping-pong between
@@ -54,9 +56,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any, Protocol
 
-from registry.base import Device, Location, NodeInfo, Registration, Registry
+from core.clock import ClockMs, wall_ms
+from registry.base import Connections, NodeInfo, Nodes, Registration, Registry
 from registry.changes import (
     Change,
     ChangeLog,
@@ -65,10 +69,19 @@ from registry.changes import (
     Refreshed,
     Registered,
     Unregistered,
-    wall_ms,
 )
 
 LOCK_STRIPES = 256
+
+LOCAL_OPS = frozenset({
+    "lookup", "lookup_many", "locate_many", "devices_many", "devices_of_user", "device", "nodes",
+    "request_drain", "take_drain_request", "drain_pending"})
+"""What a `ReplicatedRegistry` leaves to its local registry as it is: the reads and the drain
+requests (module docstring, "Reads are local")."""
+
+
+class ReplicaTarget(Connections, Nodes, Protocol):
+    """What applying another region's change writes to: a region's own connections and nodes."""
 
 
 class ReplicatedRegistry:
@@ -77,6 +90,10 @@ class ReplicatedRegistry:
     `local` is this region's registry (e.g. `RedisRegistry`), `changes` the change log on the
     same region's Redis, `region` this region's name (the origin of its changes). `wall_ms` is
     the wall clock expiries are written in (injected for tests).
+
+    The writes are methods here; the operations in `LOCAL_OPS` (reads, drain requests) are the
+    local registry's own. Every method raises `Unavailable` when this region's Redis is
+    unreachable, from the local write or from the append after it (module docstring).
 
     A refresh costs one extra local read: it looks up the records it extended, to carry them in
     full in its change entry.
@@ -88,7 +105,7 @@ class ReplicatedRegistry:
         changes: ChangeLog,
         region: str,
         *,
-        wall_ms: Callable[[], int] = wall_ms,
+        wall_ms: ClockMs = wall_ms,
     ) -> None:
         if isinstance(local, ReplicatedRegistry):
             raise TypeError("wrap a region's own registry, not a ReplicatedRegistry")
@@ -97,6 +114,12 @@ class ReplicatedRegistry:
         self.region = region
         self._wall_ms = wall_ms
         self._stripes = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
+
+    def __getattr__(self, name: str) -> Any:
+        """The operations of `LOCAL_OPS`: the local registry's own methods."""
+        if name in LOCAL_OPS:
+            return getattr(self.local, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @contextlib.asynccontextmanager
     async def _ordered(self, keys: Iterable[str]) -> AsyncIterator[None]:
@@ -161,48 +184,19 @@ class ReplicatedRegistry:
             await self.local.remove_node(node_id)
             await self._announce(NodeRemoved(node_id))
 
-    async def request_drain(self, node_id: str, ttl_s: float) -> None:
-        await self.local.request_drain(node_id, ttl_s)  # regional, as the edges that read it
-
-    async def take_drain_request(self, node_id: str) -> bool:
-        return await self.local.take_drain_request(node_id)
-
-    async def drain_pending(self, node_id: str) -> bool:
-        return await self.local.drain_pending(node_id)
-
-    async def lookup(self, client_id: str) -> Registration | None:
-        return await self.local.lookup(client_id)
-
-    async def lookup_many(self, client_ids: Iterable[str]) -> dict[str, Registration]:
-        return await self.local.lookup_many(client_ids)
-
-    async def locate_many(self, client_ids: Iterable[str]) -> dict[str, Location]:
-        return await self.local.locate_many(client_ids)
-
-    async def devices_many(self, client_ids: Iterable[str]) -> dict[str, Device]:
-        return await self.local.devices_many(client_ids)
-
-    async def devices_of_user(self, user_id: str) -> list[Device]:
-        return await self.local.devices_of_user(user_id)
-
-    async def device(self, client_id: str) -> Device | None:
-        return await self.local.device(client_id)
-
-    async def nodes(self) -> list[NodeInfo]:
-        return await self.local.nodes()
-
     async def close(self) -> None:
         """Close the local registry (the change log's client belongs to whoever made it)."""
         await self.local.close()
 
 
-async def apply_change(change: Change, local: Registry, now_ms: int) -> bool:
+async def apply_change(change: Change, local: ReplicaTarget, now_ms: int) -> bool:
     """Apply another region's `change` to this region's own registry `local`.
 
     `local` must be the wrapped registry, not a `ReplicatedRegistry` (that would append the
     change again). Idempotent: applying a change twice leaves the registry as applying it once.
     Returns False if the change was skipped because its records had already expired at
-    `now_ms` (wall-clock milliseconds).
+    `now_ms` (wall-clock milliseconds). Raises what `local` raises (`Unavailable` for an
+    outage of this region's Redis).
     """
     match change:
         case Registered(regs, expires_at_ms):

@@ -4,7 +4,9 @@ A region runs a `Replicator` per peer region, in any long-lived process (a lease
 them the active one, see below). It reads the peer's change stream (`registry.changes`) with
 `XREAD BLOCK` in batches, applies each entry to this region's own registry with
 `apply_change` (last writer wins by `(version, node_id)`, TTL carried over, compare-and-delete
-unregisters; see `registry.replicated`), and only then persists its position.
+unregisters; see `registry.replicated`), and only then persists its position. What it keeps
+(its position, its lease's keys and scripts, its counters) is spelled in
+`registry.replicator_state`.
 
 Contracts:
 
@@ -32,8 +34,9 @@ Contracts:
   starts over from its beginning (`stats.peer_resets`).
 - **Partitions and outages.** When the peer (or this region's Redis) is unreachable, `run()`
   retries with capped exponential backoff and never raises; it logs once when an outage starts
-  and once when it ends, never per attempt. Local writes are unaffected meanwhile (they never
-  wait for a peer); when the link heals, the replicator catches up from its position.
+  and once when it ends, never per attempt (`core.outage.OutageLog`). Local writes are
+  unaffected meanwhile (they never wait for a peer); when the link heals, the replicator
+  catches up from its position.
 - **No loops.** Changes go to the wrapped registry, never to this region's stream; entries
   whose origin is this region are skipped.
 - **Arrivals.** `on_arrivals` gets each batch's registrations (clients that connected in the
@@ -58,14 +61,16 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from registry.base import Registration, Registry
+from core.clock import ClockMs, wall_ms
+from core.errors import Unavailable
+from core.outage import OutageLog
+from registry.base import Registration
 from registry.changes import (
     Change,
     ChangeFormatError,
@@ -73,9 +78,19 @@ from registry.changes import (
     decode_entry,
     entry_seq,
     stream_key,
-    wall_ms,
 )
-from registry.replicated import ReplicatedRegistry, apply_change, records_of
+from registry.replicated import ReplicaTarget, ReplicatedRegistry, apply_change, records_of
+from registry.replicator_state import (
+    HOLD_LUA,
+    RELEASE_LUA,
+    START,
+    Position,
+    ReplicatorStats,
+    entries_of,
+    id_key,
+    lease_key_of,
+    position_key_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,74 +100,9 @@ Arrivals = Callable[[str, Sequence[Registration]], Awaitable[None]]
 DEFAULT_BATCH = 500
 DEFAULT_BLOCK_MS = 100
 DEFAULT_APPLY_CONCURRENCY = 16
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """The last entry applied: its stream id and sequence number (`0-0`, 0 before the first)."""
-
-    entry_id: str
-    seq: int
-
-    def encode(self) -> str:
-        return f"{self.entry_id} {self.seq}"
-
-    @classmethod
-    def decode(cls, raw: bytes | str) -> Position | None:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        entry_id, _, seq = text.partition(" ")
-        try:
-            _id_key(entry_id)
-            return cls(entry_id, int(seq))
-        except ValueError:
-            return None
-
-
-START = Position("0-0", 0)
-
-
-@dataclass(slots=True)
-class ReplicatorStats:
-    """Counters of one replicator (for logs and metrics); they only grow."""
-
-    entries: int = 0  # entries read from the peer's stream
-    applied: int = 0
-    expired: int = 0  # skipped: their records had expired before we applied them
-    own: int = 0  # skipped: written by this region (misconfiguration)
-    malformed: int = 0  # skipped: not a change this version understands
-    resyncs: int = 0  # times entries were trimmed before we read them
-    missed: int = 0  # how many entries those resyncs lost
-    peer_resets: int = 0
-    local_resets: int = 0
-    outages: int = 0
-    leases: int = 0  # times this replicator took the lease (became the active one)
-
-
-def position_key_of(prefix: str, peer_region: str) -> str:
-    """Where a region stores how far it has applied `peer_region`'s stream."""
-    return f"{prefix}:repl:pos:{peer_region}"
-
-
-def lease_key_of(prefix: str, peer_region: str) -> str:
-    """Where a region records which of its processes applies `peer_region`'s stream."""
-    return f"{prefix}:repl:lease:{peer_region}"
-
-
-# Take the lease if free, renew it if ours: 1 if we hold it now.
-_HOLD_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
-"""
-
-# Give the lease up if it is still ours.
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+_TRANSIENT = (Unavailable, RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+"""Failures logged without a traceback: outages (the registry's, translated, and the raw ones
+of the replicator's own Redis calls)."""
 
 
 class Replicator:
@@ -170,7 +120,7 @@ class Replicator:
 
     def __init__(
         self,
-        local: Registry,
+        local: ReplicaTarget,
         local_redis: Any,
         peer_region: str,
         peer_redis: Any,
@@ -186,7 +136,7 @@ class Replicator:
         backoff_max_s: float = 2.0,
         revalidate_s: float = 5.0,
         lease_s: float = 10.0,
-        wall_ms: Callable[[], int] = wall_ms,
+        wall_ms: ClockMs = wall_ms,
         monotonic: Callable[[], float] = time.monotonic,
         on_arrivals: Arrivals | None = None,
     ) -> None:
@@ -211,8 +161,8 @@ class Replicator:
         self._lease_key = lease_key or lease_key_of(prefix, peer_region)
         self._lease_ms = max(1, round(lease_s * 1000))
         self._lease_token = uuid.uuid4().hex
-        self._hold = local_redis.register_script(_HOLD_LUA)
-        self._release = local_redis.register_script(_RELEASE_LUA)
+        self._hold = local_redis.register_script(HOLD_LUA)
+        self._release = local_redis.register_script(RELEASE_LUA)
         self.leader = False
         self._wall_ms = wall_ms
         self._monotonic = monotonic
@@ -221,7 +171,8 @@ class Replicator:
         self._pos: Position | None = None  # None: (re)load the persisted one first
         self._pos_stored = False  # the position key exists in local Redis, as far as we know
         self._phase = "starting"
-        self._outage_since: float | None = None
+        self._outage = OutageLog(log)
+        self._outage_since = 0.0  # when the outage under way began (monotonic clock)
         self._stop = asyncio.Event()
 
     @property
@@ -234,9 +185,10 @@ class Replicator:
     async def step(self) -> int:
         """Read one batch (waiting up to `block_ms` for it), apply it, persist the position.
 
-        Returns how many entries were read (0 if none came). Raises what Redis or the local
-        registry raise; after an error the in-memory position is dropped, so the next step
-        resumes from the persisted one and replays the failed batch (harmless).
+        Returns how many entries were read (0 if none came). Raises what the two Redis clients
+        raise (redis-py's errors) or the local registry raises (`Unavailable` for an outage);
+        after an error the in-memory position is dropped, so the next step resumes from the
+        persisted one and replays the failed batch (harmless).
         """
         try:
             return await self._step()
@@ -250,7 +202,7 @@ class Replicator:
         self._phase = f"reading {self.peer_region}'s stream"
         reply = await self._peer.xread({self._stream: self._pos.entry_id},
                                        count=self._batch, block=self._block_ms)
-        entries = _entries(reply)
+        entries = entries_of(reply)
         if not entries:
             return 0
         changes, last = self._read(entries)
@@ -341,7 +293,7 @@ class Replicator:
         self._pos_stored = True
         self._phase = f"checking {self.peer_region}'s stream"
         last_id = await self._peer_last_id()
-        if last_id is not None and _id_key(last_id) < _id_key(pos.entry_id):
+        if last_id is not None and id_key(last_id) < id_key(pos.entry_id):
             self._peer_reset(f"its stream ends at {last_id}, before our position {pos.entry_id}")
             return START
         return pos
@@ -437,21 +389,17 @@ class Replicator:
     # --- what we log and count ------------------------------------------------------------------
 
     def _failed(self, exc: Exception) -> None:
-        if self._outage_since is not None:
-            log.debug("replication from %s: still failing: %r", self.peer_region, exc)
-            return
-        self._outage_since = self._monotonic()
-        self.stats.outages += 1
-        log.warning("replication from %s paused while %s: %r; retrying with backoff up to "
-                    "%.1f s (logged once per outage)", self.peer_region, self._phase, exc,
-                    self._backoff_max_s, exc_info=not isinstance(exc, _TRANSIENT))
+        if self._outage.failed("replication from %s paused while %s: %r; retrying with backoff "
+                               "up to %.1f s (logged once per outage)", self.peer_region,
+                               self._phase, exc, self._backoff_max_s,
+                               exc_info=None if isinstance(exc, _TRANSIENT) else exc):
+            self._outage_since = self._monotonic()
+            self.stats.outages += 1
 
     def _recovered(self) -> None:
-        if self._outage_since is None:
-            return
-        down_s = self._monotonic() - self._outage_since
-        self._outage_since = None
-        log.warning("replication from %s resumed after %.1f s", self.peer_region, down_s)
+        if self._outage.recovered():  # a warning, not OutageLog's info: replication lagged
+            log.warning("replication from %s resumed after %.1f s", self.peer_region,
+                        self._monotonic() - self._outage_since)
 
     def _resync(self, missed: int) -> None:
         self.stats.resyncs += 1
@@ -477,22 +425,6 @@ class Replicator:
         if self.stats.malformed & (self.stats.malformed - 1) == 0:  # 1st, 2nd, 4th, 8th...
             log.error("replication from %s: skipped %d unreadable entries; last: %s",
                       self.peer_region, self.stats.malformed, exc)
-
-
-def _entries(reply: Any) -> Sequence[tuple[Any, Mapping[Any, Any]]]:
-    """The entries of a one-stream XREAD reply, whichever shape redis-py gives it: RESP2
-    `[[key, entries]]`, RESP3 `{key: [entries]}` or unified `{key: entries}`."""
-    if not reply:
-        return []
-    value = next(iter(reply.values())) if isinstance(reply, Mapping) else reply[0][1]
-    if value and isinstance(value[0], list):
-        value = value[0]
-    return value or []
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _text(value: bytes | str) -> str:

@@ -7,8 +7,9 @@ lag: what it sees of B may be a moment old. What it sees of its own region is cu
 register in A's Redis). So a router never stores or delivers in another region itself: it
 FORWARDS the message to that region's queue, marked with where it came from
 (`Message.forwarded_from`), and B's routers store it in B's inboxes and locate its clients in B's
-registry, which is current for B's connections. The inbox-before-lookup argument (`router.worker`)
-then holds in every region, not just the one the message was sent in.
+registry, which is current for B's connections. The inbox-before-lookup argument
+(docs/delivery.md, "Routing a batch") then holds in every region, not just the one the message
+was sent in.
 
 `Regions` holds this region's name and each configured peer region's queue, and answers, for a
 client's `Location`, a `Route`:

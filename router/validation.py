@@ -122,7 +122,8 @@ def _message(request: dict[str, Any], config: ApiConfig, ids: IdGenerator, now_m
 
 def _decode(body: bytes, max_bytes: int) -> dict[str, Any]:
     if len(body) > max_bytes:
-        raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+        raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes",
+                              field="body")
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -1,64 +1,11 @@
 """The router worker: take messages off the queue, store them in inboxes, deliver them to nodes.
 
-Per batch of taken messages:
-
-1. An expired message is dropped and counted: never stored, never delivered.
-2. The targeted messages (their `target.clients` already resolved by the API) are FIRST added
-   to every target client's inbox in this region, all of the batch in one batched call, THEN all
-   their clients are looked up in this region's registry at once, and a `Delivery` is queued for
-   each active node holding some of a message's clients. Clients that are offline, or held by a
-   node that is draining or dead, get nothing live: the message waits in their inbox.
-3. A broadcast is FIRST kept in the broadcast history (when the worker has one), THEN goes to
-   every active node as one `Delivery(broadcast=True)`; it is in no inbox. The same ordering
-   argument as below holds for a device resuming with a last id: it either is reachable on a
-   node the lookup found, or reads the history after registering and finds the broadcast there.
-4. Deliveries are published once per node for the whole batch, then the batch is marked done:
-   by the worker's next `take`, which carries the receipts (one round trip fewer per batch).
-
-Why inbox-add comes before lookup: the edge registers a connection *before* it reads that client's
-inbox. Take a message M and a device connecting concurrently. If the worker's lookup sees the
-registration, M is delivered live. If not, the registration happened after the lookup, hence after
-M was added to the inbox, so the edge's inbox read (which follows its registration) finds M. Either
-way M arrives; sometimes both ways, which at-least-once delivery allows (devices drop repeats by
-id). With the opposite order, a device registering between lookup and add would miss M until its
-next resume.
-
-Across regions (`peers`, see `router.regions`): the registry this worker reads is replicated, so
-the lookup also finds clients connected in other regions, with their node's region, as of the
-replication lag. The worker never stores or delivers in another region: it forwards the message
-to that region's queue (`Message.forward`), and that region's routers do steps 1-4 there, with
-their own registry, which is current for their own connections. With peer regions configured:
-
-- a client on a node of a peer region: the message (for the clients there) is forwarded to that
-  region's queue, after this region's inbox add (it is in both regions' inboxes in the end).
-- a client connected nowhere (or on a dead node): forwarded to every peer region, since it may
-  reconnect in any of them.
-- a client on a node of a region with no peer configured stays in this region's inbox only,
-  counted (`unroutable_region`) and logged once per region.
-- a broadcast is kept in this region's history and published to this region's active nodes,
-  and forwarded to every peer region, whose routers keep and publish it there; nodes of
-  unconfigured regions are skipped and counted (`unroutable_nodes`).
-- a message forwarded here (`forwarded_from`) is routed in this region only, never forwarded
-  again (`router.regions`).
-- the forwards of a batch go in one `put_many` per peer region, concurrently with this region's
-  publishes. A peer whose queue fails (down, or full) never fails the batch: the forwards are
-  counted (`region_errors`) and logged once per outage, and the message stays in this region's
-  inbox (a device that comes back here is replayed it, or pulls it with `GET /v1/inbox`). The
-  worker also holds those forwards (`UNSENT_MAX`) and sends them, oldest first, once the peer is
-  due a try again: with its next batch, or between takes when the queue is quiet. So a device
-  that stayed connected in the cut-off region gets them live after the heal.
-- acks are regional: a device acks in the region it is connected to; copies in other regions'
-  inboxes stay until they expire or fall off the cap, so a device that moves may see a message
-  again (at least once; devices drop repeats by id).
-
-Why forward rather than write into the peer's inbox from here: the lookup here sees the peer's
-connections late. A device connecting in region B just before a message is routed in A is seen
-here as offline or on its old node; a copy written into B's inbox after B's edge replayed would
-wait there, and a later resume in B with a newer id would ack it away undelivered. B's router
-stores before it looks up in B's registry, so the argument above holds in B too.
-
-Without peers (`zuulpush serve`, a one-region fleet) every node is reached on this region's
-channel, whatever its `NodeInfo.region`: the behaviour of a fleet without regions.
+Per batch: expired messages are dropped (counted); targeted ones are FIRST added to their clients'
+inboxes here, THEN their clients are looked up and each active node holding some gets one
+`Delivery`; broadcasts are FIRST kept in the history, THEN delivered to every active node; what
+peer regions' clients need is forwarded to those regions' queues (`router.regions`); deliveries
+go out once per node, and the next take marks the batch done. Why this order loses nothing, and
+the rules across regions: docs/delivery.md, "Routing a batch".
 """
 
 from __future__ import annotations
@@ -71,6 +18,7 @@ from dataclasses import dataclass, field
 
 from core.clock import ClockMs, wall_ms
 from core.errors import Unavailable
+from core.outage import OutageLog
 from registry.base import Location, NodeInfo, NodeState, Registry
 from router.base import (
     Broadcast,
@@ -131,7 +79,7 @@ class WorkerStats:
 
 
 @dataclass(slots=True)
-class Outgoing:
+class BatchSends:
     """What one taken batch sends on: deliveries per node of this region, and forwarded
     messages per peer region."""
 
@@ -167,7 +115,7 @@ class RouterWorker:
         """`history`, when given, keeps every broadcast for devices that resume; without it a
         broadcast reaches only the devices connected when it is delivered. `queue`, `inbox`,
         `channel` and `history` are this region's, named `region`; `peers` are other regions'
-        queues by name, that messages for their clients are forwarded to (module docstring).
+        queues by name, that messages for their clients are forwarded to (docs/delivery.md).
         Without peers every node is reached on `channel`. `node_cache_s` > 0: locate clients
         through a `NodeCache` of the active nodes that old (one round trip fewer per batch on
         Redis)."""
@@ -199,7 +147,7 @@ class RouterWorker:
         `take_timeout_s`. The loop carries on either way.
         """
         handled: list[str] = []  # receipts of the batch handled last: the next take marks them
-        queue_down = False
+        queue = OutageLog(log)
         while not self._stopping:
             try:
                 batch = await self._queue.take(
@@ -207,10 +155,8 @@ class RouterWorker:
                 )
             except Unavailable as exc:  # Redis away: once per outage, not once a second
                 self.stats.errors += 1
-                if not queue_down:
-                    queue_down = True
-                    log.warning("router worker %s cannot take from the queue (%s); retrying",
-                                self._consumer, exc.message)
+                queue.failed("router worker %s cannot take from the queue (%s); retrying",
+                             self._consumer, exc.message)
                 await asyncio.sleep(self._take_timeout_s)  # back off; do not spin on a failure
                 continue
             except Exception:
@@ -218,8 +164,7 @@ class RouterWorker:
                 log.exception("router worker %s cannot take from the queue", self._consumer)
                 await asyncio.sleep(self._take_timeout_s)
                 continue
-            if queue_down:
-                queue_down = False
+            if queue.recovered():  # a warning, as the outage's start: operators watch both
                 log.warning("router worker %s takes from the queue again", self._consumer)
             handled = await self._handle_logged(batch) if batch else []
             if not batch and self._unsent:
@@ -245,8 +190,8 @@ class RouterWorker:
         self._stopping = True
 
     async def handle(self, batch: list[Taken]) -> None:
-        """Store and deliver one batch as the module docstring says, then mark it done. (`run`
-        leaves the marking to its next take, which carries the receipts.)"""
+        """Store and deliver one batch (docs/delivery.md, "Routing a batch"), then mark it
+        done. (`run` leaves the marking to its next take, which carries the receipts.)"""
         await self._process(batch)
         await self._queue.done(self._consumer, [t.receipt for t in batch])
 
@@ -269,11 +214,11 @@ class RouterWorker:
     async def _route(self, messages: list[Message]) -> None:
         broadcasts = [m for m in messages if m.target.broadcast]
         if broadcasts:
-            await self._keep(broadcasts)  # history first, node lookup second: module docstring
+            await self._keep(broadcasts)  # history first, node lookup second: docs/delivery.md
         active = await self._active_nodes() if broadcasts else []
         targeted = [m for m in messages if not m.target.broadcast and m.target.clients]
         locations = await self._store_and_locate(targeted)
-        out = Outgoing()
+        out = BatchSends()
         for message in messages:
             if message.target.broadcast:
                 self._broadcast(message, active, out)
@@ -286,8 +231,8 @@ class RouterWorker:
 
     async def _store_and_locate(self, messages: list[Message]) -> dict[str, Location]:
         """Store every targeted message of the batch in its clients' inboxes here (one batched
-        call), THEN locate all their clients at once: inbox first, lookup second (module
-        docstring), two round trips per batch rather than per message."""
+        call), THEN locate all their clients at once: inbox first, lookup second
+        (docs/delivery.md), two round trips per batch rather than per message."""
         if not messages:
             return {}
         await self._inbox.add_many([(m.target.clients, _entry(m)) for m in messages])
@@ -307,7 +252,7 @@ class RouterWorker:
     async def _active_nodes(self) -> list[NodeInfo]:
         return [n for n in await self._registry.nodes() if n.state is NodeState.ACTIVE]
 
-    def _broadcast(self, message: Message, active: list[NodeInfo], out: Outgoing) -> None:
+    def _broadcast(self, message: Message, active: list[NodeInfo], out: BatchSends) -> None:
         """One delivery per active node of this region; forwarded to every peer region."""
         delivery = Delivery(
             message.id, message.payload, broadcast=True, device_types=message.target.device_types
@@ -324,7 +269,7 @@ class RouterWorker:
                 out.forward(peer, message.forward(self._regions.name))
 
     def _targeted(self, message: Message, locations: dict[str, Location],
-                  out: Outgoing) -> None:
+                  out: BatchSends) -> None:
         """Queue the message's live deliveries per node here, and its forwards per region."""
         live: dict[str, list[str]] = {}
         forwards: dict[str, list[str]] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from zuulpush.cli import _parser
+from zuulpush.cli import build_parser
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: str = "zuulpush"
@@ -19,7 +19,7 @@ def _commands(parser: argparse.ArgumentParser, prefix: str = "zuulpush"
 
 def test_every_option_says_what_it_does() -> None:
     silent = [f"{command} {action.option_strings[-1]}"
-              for command, parser in _commands(_parser())
+              for command, parser in _commands(build_parser())
               for action in parser._actions
               if action.option_strings and not action.help]
     assert silent == []

@@ -40,7 +40,7 @@ from kubernetes_validate.utils import latest_version
 
 from router.config import ApiConfig
 from zuulpush.app import EdgeAppConfig, FleetAppConfig
-from zuulpush.cli import _parser
+from zuulpush.cli import build_parser
 from zuulpush.config import ENV_PREFIX, known_keys, load_settings
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.shedding import derive_ceilings
@@ -175,7 +175,7 @@ def _named_port(container: dict[str, Any], port: int | str) -> int:
 def _parse(argv: list[str]) -> argparse.Namespace:
     """The namespace zuulpush parses `argv` into; options spelled out in full (argparse also
     takes unambiguous prefixes, which a later option could make ambiguous)."""
-    parser = _parser()
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from zuulpush.cli import _fill_secrets, _parser
+from zuulpush.cli import build_parser
+from zuulpush.cli.serve import fill_secrets
 from zuulpush.config import COMPONENTS, ENV_PREFIX, known_keys, load_settings
 from zuulpush.edge.server import default_node_id
 from zuulpush.metrics import Metrics
@@ -65,7 +66,7 @@ def _flags() -> dict[str, dict[str, set[str]]]:
                 for flag in action.option_strings:
                     found.setdefault(action.dest, {}).setdefault(flag, set()).add(command)
 
-    walk(_parser(), None)
+    walk(build_parser(), None)
     return found
 
 
@@ -106,7 +107,7 @@ def test_documented_default_matches(key: str) -> None:
 
 def test_made_per_run_is_what_serve_makes() -> None:
     documented = {key for key, row in _documented().items() if row.default == PER_RUN}
-    assert documented == set(_fill_secrets({}))
+    assert documented == set(fill_secrets({}))
 
 
 def test_host_pid_random_is_the_node_id_made() -> None:
@@ -145,7 +146,7 @@ def test_quick_start_is_two_commands() -> None:
 
 
 def test_every_command_is_in_the_readme() -> None:
-    commands = _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for name in commands:
         assert f"zuulpush {name}" in README
 
@@ -208,7 +209,7 @@ def _fleet_parser() -> argparse.ArgumentParser:
 
 @pytest.mark.parametrize("doc", OPERATOR_DOCS, ids=lambda p: p.name)
 def test_operator_commands_parse(doc: Path) -> None:
-    parsers = {"zuulpush": _parser(), "fleet.py": _fleet_parser()}
+    parsers = {"zuulpush": build_parser(), "fleet.py": _fleet_parser()}
     checked = 0
     for command in _shell_commands(doc.read_text()):
         found = _program_args(command)
@@ -224,7 +225,7 @@ def test_operator_commands_parse(doc: Path) -> None:
 
 
 def _options(*path: str) -> set[str]:
-    parser = _parser()
+    parser = build_parser()
     for name in path:
         subparsers = next(a for a in parser._actions
                           if isinstance(a, argparse._SubParsersAction))
@@ -235,7 +236,7 @@ def _options(*path: str) -> set[str]:
 @pytest.mark.parametrize("doc", OPERATOR_DOCS, ids=lambda p: p.name)
 def test_operator_inline_commands_use_real_flags(doc: Path) -> None:
     """`zuulpush drain --node ID [--wait]` in a table: the command exists and takes each flag."""
-    commands = _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for code in re.findall(r"`(zuulpush [^`]+)`", doc.read_text()):
         words = code.split()
         assert words[1] in commands, code

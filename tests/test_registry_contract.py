@@ -5,7 +5,9 @@ runs on a fake clock that `elapse` advances exactly (TTL 60 s, checks 1 s from e
 expires keys on its own real clock, so the Redis factories use short real TTLs and `elapse` sleeps
 (just past) the time asked for; `slack_s` is how close to a deadline a check may come there.
 Redis factories share session servers (`redis_server`, `redis_cluster`) under a key prefix of
-their own per test (`redis_prefix`).
+their own per test (`redis_prefix`). The `replicated` factory is a region's `ReplicatedRegistry`:
+a `RedisRegistry` on the session server, announcing its writes on a change stream on the same
+server, as `registry.factory` builds one with peer regions.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from dataclasses import dataclass
 import pytest
 
 from registry.base import Device, NodeInfo, NodeState, Registration, Registry
+from registry.changes import ChangeLog
 from registry.memory import MemoryRegistry
 from registry.redis import RedisRegistry
+from registry.replicated import ReplicatedRegistry
+from tests.support.clock import FakeClock
 from tests.support.redis_servers import RedisCluster, RedisServer
 
 TTL_S = 60.0
@@ -27,17 +32,6 @@ REDIS_TTL_S = 0.4
 REDIS_DEVICE_TTL_S = 0.8
 REDIS_SLACK_S = 0.15
 REDIS_PAST_S = 0.005  # Redis expires a key strictly after its PX, to the millisecond
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -87,10 +81,20 @@ async def cluster_registry(request: pytest.FixtureRequest) -> Made:
     return _on_redis(f"redis+cluster://{nodes}", request)
 
 
+async def replicated_registry(request: pytest.FixtureRequest) -> Made:
+    made = await redis_registry(request)
+    local = made.registry
+    assert isinstance(local, RedisRegistry)
+    changes = ChangeLog(local.client, prefix=request.getfixturevalue("redis_prefix"))
+    made.registry = ReplicatedRegistry(local, changes, "eu")
+    return made
+
+
 FACTORIES: dict[str, Callable[[pytest.FixtureRequest], Awaitable[Made]]] = {
     "memory": memory_registry,
     "redis": redis_registry,
     "cluster": cluster_registry,
+    "replicated": replicated_registry,
 }
 
 

@@ -24,6 +24,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from core.errors import Unavailable
 from core.redis.client import pack_with_hiredis
 from core.redis.keys import tag, untag
 from registry.base import Device, NodeInfo, NodeState, Registration
@@ -31,6 +32,7 @@ from registry.redis import PIPELINE_ITEMS, SCRIPT_ITEMS, RedisRegistry, connect
 from registry.redis_layout import Keys
 from tests.support.redis_servers import RedisCluster as ClusterServers
 from tests.support.redis_servers import RedisServer
+from tests.support.registry_calls import CALLS
 
 TTL_S = 60.0
 ODD_IDS = ["a{b", "a}b", "}lead", "{}", "{x}y", "x:y:{z}", "%7D", "%", "", "ü-ß-漢字-🙂",
@@ -422,10 +424,12 @@ async def test_a_restarted_redis_is_used_again_without_help(redis_factory: Any) 
     await registry.register([reg("c1")], TTL_S)
     await registry.heartbeat_node(NodeInfo("n1", "a:1", "eu", NodeState.ACTIVE, 1), TTL_S)
     server.stop()
-    with pytest.raises(RedisConnectionError):
+    with pytest.raises(Unavailable, match="Redis unreachable") as down:  # the registry's outage
         await registry.lookup("c1")
-    with pytest.raises(RedisConnectionError):
+    assert isinstance(down.value.__cause__, RedisConnectionError)
+    with pytest.raises(Unavailable, match="Redis unreachable") as down:
         await registry.register([reg("c1", version=2)], TTL_S)
+    assert isinstance(down.value.__cause__, RedisConnectionError)
     server.start()  # same port, empty (no persistence), no scripts loaded
     assert await registry.lookup("c1") is None
     await registry.register([reg("c1", version=3), reg("c2", version=3)], TTL_S)
@@ -433,6 +437,18 @@ async def test_a_restarted_redis_is_used_again_without_help(redis_factory: Any) 
     assert await registry.refresh("n1", ["c1", "c2"], TTL_S) == 2
     assert await registry.devices_of_user("u1") == [Device("c1", "phone"), Device("c2", "phone")]
     assert await registry.unregister("c2", "n1", 3)
+    await registry.close()
+
+
+async def test_every_operation_raises_unavailable_while_redis_is_down(redis_factory: Any) -> None:
+    server = redis_factory()
+    registry = RedisRegistry.from_url(server.url, prefix="down")
+    await registry.register([reg("c1")], TTL_S)
+    server.stop()
+    for op, call in CALLS.items():
+        with pytest.raises(Unavailable, match="Redis unreachable") as down:
+            await call(registry)
+        assert isinstance(down.value.__cause__, RedisConnectionError), op
     await registry.close()
 
 

@@ -23,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from core.errors import Unavailable
 from core.redis.client import connect
 from registry.base import Device, NodeInfo, NodeState, Registration, Registry
 from registry.changes import (
@@ -41,7 +42,9 @@ from registry.memory import MemoryRegistry
 from registry.redis import RedisRegistry
 from registry.replicated import LOCK_STRIPES, ReplicatedRegistry, apply_change
 from registry.replicator import START, Position, Replicator, lease_key_of, position_key_of
+from tests.support.clock import FakeClock
 from tests.support.redis_servers import RedisCluster, RedisServer
+from tests.support.registry_calls import CALLS
 from tests.support.tcp_proxy import TcpProxy
 
 PREFIX = "zp"
@@ -183,14 +186,6 @@ def test_position_encoding() -> None:
 
 
 # --- applying one change (pure: a memory registry and a fake clock) -----------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_apply_carries_the_ttl_over_and_skips_expired_records() -> None:
@@ -718,12 +713,36 @@ async def test_a_write_fails_whole_when_the_regions_redis_is_down(
 ) -> None:
     a, _ = regions
     a.server.kill()
-    with pytest.raises(RedisConnectionError):
+    with pytest.raises(Unavailable, match="Redis unreachable") as down:
         await a.registry.register([reg("c1", "n1", 1)], TTL_S)
+    assert isinstance(down.value.__cause__, RedisConnectionError)
     a.server.start()
     await a.registry.register([reg("c1", "n1", 1)], TTL_S)  # the retry announces it
     entries: Any = await a.redis.xrange(stream_key(PREFIX))
     assert [int(fields[b"n"]) for _, fields in entries] == [1]
+
+
+async def test_every_operation_raises_unavailable_while_the_regions_redis_is_down(
+    regions: tuple[Region, Region],
+) -> None:
+    a, _ = regions
+    a.server.kill()
+    for op, call in CALLS.items():
+        with pytest.raises(Unavailable, match="Redis unreachable") as down:
+            await call(a.registry)
+        assert isinstance(down.value.__cause__, RedisConnectionError), op
+
+
+async def test_an_append_that_fails_after_the_local_write_raises_unavailable(
+    regions: tuple[Region, Region],
+) -> None:
+    a, b = regions  # a's registry, announcing on b's Redis, which dies
+    registry = ReplicatedRegistry(a.local, ChangeLog(b.redis, prefix=PREFIX), "eu")
+    b.server.kill()
+    with pytest.raises(Unavailable, match="Redis unreachable") as down:
+        await registry.register([reg("c1", "n1", 1)], TTL_S)
+    assert isinstance(down.value.__cause__, RedisConnectionError)
+    assert await a.local.lookup("c1") == reg("c1", "n1", 1)  # written here, not announced
 
 
 async def test_the_position_starts_at_the_beginning(regions: tuple[Region, Region]) -> None:

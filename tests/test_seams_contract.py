@@ -39,6 +39,7 @@ from router.stores.redis_channel import RedisNodeChannel
 from router.stores.redis_history import RedisBroadcastLog
 from router.stores.redis_inbox import RedisInbox
 from router.stores.redis_queue import RedisQueue
+from tests.support.clock import FakeClock
 from tests.support.redis_servers import RedisCluster, RedisServer
 
 WINDOW_S = 60.0
@@ -49,24 +50,6 @@ REDIS_PAST_S = 0.01  # sleeps overshoot by this much, so a deadline slept to is 
 S = TypeVar("S", MessageQueue, NodeChannel, Inbox, BroadcastLog)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class FakeClock:
-    """Seconds (monotonic) and milliseconds (wall) that move only when told."""
-
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-        self.now_ms = 1_700_000_000_000
-
-    def monotonic(self) -> float:
-        return self.now_s
-
-    def wall_ms(self) -> int:
-        return self.now_ms
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
-        self.now_ms += int(seconds * 1000)
 
 
 class Seams:

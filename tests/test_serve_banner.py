@@ -1,4 +1,4 @@
-"""`zuulpush.serve_banner.zuulpush_command`: how the banner names the running `zuulpush`."""
+"""`zuulpush.app.serve_banner.zuulpush_command`: how the banner names the running `zuulpush`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from zuulpush.serve_banner import zuulpush_command
+from zuulpush.app.serve_banner import zuulpush_command
 
 
 def test_the_console_script_by_its_absolute_path(tmp_path: Path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from zuulpush.cli import _parser, main
+from zuulpush.cli import build_parser, main
 from zuulpush.config import FleetConfig, build, load_settings
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.supervisor import Backoff
@@ -26,13 +26,13 @@ def test_quick_exits_in_a_row_double_the_delay_up_to_the_cap_and_a_long_run_rese
 
 
 def test_workers_and_reuse_port_flags_reach_their_configs() -> None:
-    args = _parser().parse_args(["edge", "--redis", "redis://127.0.0.1:1/0", "--workers", "4",
-                                 "--reuse-port"])
+    args = build_parser().parse_args(["edge", "--redis", "redis://127.0.0.1:1/0",
+                                      "--workers", "4", "--reuse-port"])
     settings = load_settings(None, {"edge_workers": args.edge_workers,
                                     "reuse_port": args.reuse_port}, environ={})
     assert build(FleetConfig, settings).edge_workers == 4
     assert build(EdgeConfig, settings).reuse_port is True
-    unset = _parser().parse_args(["edge"])
+    unset = build_parser().parse_args(["edge"])
     assert (unset.edge_workers, unset.reuse_port) == (None, None)
     defaults = load_settings(None, {}, environ={"ZUULPUSH_EDGE_WORKERS": "3"})
     assert build(FleetConfig, defaults).edge_workers == 3
@@ -42,14 +42,14 @@ def test_workers_and_reuse_port_flags_reach_their_configs() -> None:
 def test_serve_has_no_workers_option() -> None:
     # One process, in memory: workers would not share the registry, inboxes or queue.
     with pytest.raises(SystemExit):
-        _parser().parse_args(["serve", "--workers", "2"])
+        build_parser().parse_args(["serve", "--workers", "2"])
 
 
 @pytest.mark.parametrize("workers", ["0", "-1"])
 def test_fewer_than_one_worker_is_a_configuration_error(
         workers: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("zuulpush.cli._start_logging", lambda args, settings: None)
+    monkeypatch.setattr("zuulpush.cli.options.start_logging", lambda args, settings: None)
     monkeypatch.setenv("ZUULPUSH_SECRET", "s" * 32)
     assert main(["edge", "--redis", "redis://127.0.0.1:1/0", "--workers", workers]) == 2
     assert "--workers (edge_workers) must be at least 1" in capsys.readouterr().err

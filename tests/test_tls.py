@@ -10,7 +10,8 @@ import pytest
 
 from router.config import ApiConfig
 from tests.support.certs import Certificate, make_certificate
-from zuulpush.cli import _api_flags, _edge_limit_flags, _parser, main
+from zuulpush.cli import build_parser, main
+from zuulpush.cli.options import api_flags, edge_limit_flags
 from zuulpush.config import build, load_settings
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.tls import ALPN, TlsConfigError, optional_context, server_context
@@ -79,15 +80,15 @@ API_TLS_FLAGS = ["--api-tls-cert", "a.crt", "--api-tls-key", "a.key"]
 
 @pytest.mark.parametrize("command", [["serve"], ["edge", "--redis", "redis://127.0.0.1:1/0"]])
 def test_tls_flags_reach_the_edge_config(command: list[str]) -> None:
-    args = _parser().parse_args([*command, *TLS_FLAGS])
-    config = build(EdgeConfig, load_settings(None, _edge_limit_flags(args), environ={}))
+    args = build_parser().parse_args([*command, *TLS_FLAGS])
+    config = build(EdgeConfig, load_settings(None, edge_limit_flags(args), environ={}))
     assert (config.tls_cert_file, config.tls_key_file) == ("e.crt", "e.key")
 
 
 @pytest.mark.parametrize("command", [["serve"], ["api", "--redis", "redis://127.0.0.1:1/0"]])
 def test_api_tls_flags_reach_the_api_config(command: list[str]) -> None:
-    args = _parser().parse_args([*command, *API_TLS_FLAGS])
-    config = build(ApiConfig, load_settings(None, _api_flags(args), environ={}))
+    args = build_parser().parse_args([*command, *API_TLS_FLAGS])
+    config = build(ApiConfig, load_settings(None, api_flags(args), environ={}))
     assert (config.api_tls_cert_file, config.api_tls_key_file) == ("a.crt", "a.key")
 
 
@@ -103,7 +104,7 @@ def test_tls_settings_come_from_the_environment_too() -> None:
 def test_serve_with_an_unusable_tls_setting_exits_2_before_listening(
         flags: list[str], capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("zuulpush.cli._start_logging", lambda args, settings: None)
+    monkeypatch.setattr("zuulpush.cli.options.start_logging", lambda args, settings: None)
     assert main(["serve", "--port", "0", "--api-port", "0", *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("zuulpush: ") and "TLS" in err

@@ -3,7 +3,7 @@ user may not bind): one start-up error naming the address and the setting that c
 
 `zuulpush.cli` prints a `ListenError` as one line and exits 2, as for a configuration error: the
 operator has to change something (stop the other process, or choose another port) before a
-restart can help, unlike `StartError` (exit 1: a Redis that is not up yet).
+restart can help, unlike `zuulpush.cli.running.StartError` (exit 1: a Redis that is not up yet).
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
-"""`zuulpush listen`: a minimal device for trying a server out, on the client SDK.
+"""`zuulpush listen`: a minimal device for trying a server out, on the client SDK
+(docs/client.md, "`zuulpush listen`", says how it behaves).
 
-Connects to a device URL (`ws://host:port/ws?token=...`, or `http://host:port/sse?token=...` for
-Server-Sent Events; `&last_id=ID` resumes after ID), prints each pushed message as one JSON line
-on stdout and acknowledges it. With `reconnect=True` (the command's default) it stays as
-`zuulpush.client.PushClient` does: after a drain's or a lifetime's go-away (4000 with a hint), a
-dropped connection or a refused attempt it reconnects and resumes after the last message it
-printed, saying so on stderr (`zuulpush listen: reconnecting in ...`, the SDK's own log lines);
-it stops for good only when replaced by a newer connection of its client id (4003) or refused
-its token. With `reconnect=False` (`--no-reconnect`) it exits when the server closes the
-connection, printing the close code and reason on stderr.
-
-Whatever stops it for good is said once, on stderr, as `zuulpush listen: <why>` (exit status 1):
-the SDK's log line for the same stop is left out.
+It prints each pushed message as one JSON line on stdout and acknowledges it; with
+`reconnect=True` it reconnects and resumes as `zuulpush.client.PushClient` does (the SDK's own
+log lines on stderr), with `reconnect=False` it exits when the server closes the connection.
+Whatever stops it for good is said once, on stderr, as `zuulpush listen: <why>` (exit 1).
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from prometheus_client import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from core.outage import OutageLog
 from core.tasks import cancel_and_wait
 from router.api.app import ApiStats
 from router.base import MessageQueue, Priority
@@ -298,7 +299,7 @@ class Exporter:
         self._lag = LoopLag()  # for a process without an edge (whose sampler it reads)
         self._lag_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._queue_failing = False
+        self._queue_outage = OutageLog(log)
         self._open_kinds: set[tuple[str, str]] = set()
         self._registry = exposition_registry(self.metrics)
 
@@ -366,12 +367,10 @@ class Exporter:
             try:
                 depth, lag = await queue.depth(), await queue.lag()
             except Exception as exc:
-                if not self._queue_failing:
-                    log.warning("cannot sample the queue for metrics (%s: %s)",
-                                type(exc).__name__, exc)
-                self._queue_failing = True
+                self._queue_outage.failed("cannot sample the queue for metrics (%s: %s)",
+                                          type(exc).__name__, exc)
                 continue
-            self._queue_failing = False
+            self._queue_outage.recovered()
             for priority in Priority:
                 m.queue_depth.labels(priority.label).set(depth.get(priority, 0))
                 m.queue_lag.labels(priority.label).set(lag.get(priority, 0.0))

@@ -1,33 +1,12 @@
-"""`zuulpush edge --workers N`: N edge nodes in N processes on one port, kept running.
+"""`zuulpush edge --workers N`: N edge nodes in N processes on one port, kept running (how they
+behave, under signals and systemd too: README, "Multi-core edge").
 
-The supervisor is the process the operator starts. It forks N workers (fork after importing, so
-they share the loaded code; each makes its own event loop and Redis connections, after the
-fork). Worker i (1..N) is the edge node `<base>-<i>`, `base` being `node_id` or a generated id,
-listening on the same host and port with SO_REUSEPORT: the kernel spreads new connections over
-the listening sockets by a hash of their addresses. The supervisor binds the port first (port
-0: chooses it) and keeps that bound, not listening, SO_REUSEPORT socket, so that the port stays
-this fleet's while a worker restarts; a port it cannot bind (another process listens there
-without SO_REUSEPORT) fails the start before any fork (`zuulpush.binding.ListenError`).
-
-- Readiness: a worker writes one line on its ready pipe once it serves; the supervisor prints
-  `ready:` once all N have, and a `restarted:` line whenever a restarted worker is serving.
-- A worker that exits, for whatever reason, is forked again under the same node id, at once if
-  it had run at least `STABLE_S`, else after a delay doubling from `FIRST_DELAY_S` to
-  `MAX_DELAY_S` (`Backoff`): the supervisor's job is to keep N running. That includes a worker
-  that drained because an operator asked it to (`zuulpush drain --node <base>-<i>`, `POST
-  /admin/drain` on the port, which reaches one worker): it comes back as a new process, with
-  the certificate and key read again. A worker that exits before all N were first ready fails
-  the start: the others are stopped and the supervisor exits 1.
-- SIGTERM or SIGINT: the supervisor forwards SIGTERM to every worker (each drains over
-  `drain_window_s`, as a single node does), restarts none, waits for them all and exits 0 (1 if
-  one exited otherwise, or had to be killed after the drain's deadline). A second signal is
-  forwarded too: the workers cut their drains short.
-- Workers are put in process groups of their own, so a terminal's Ctrl-C reaches the
-  supervisor only (which forwards one SIGTERM). Each worker watches a lifeline pipe from the
-  supervisor: if the supervisor dies (SIGKILL), the pipe ends and the worker drains and exits.
-
-Under systemd, use `KillMode=mixed`: with the default `control-group`, systemd's SIGTERM reaches
-the workers directly as well as through the supervisor, which makes a second signal.
+The supervisor binds the port first (port 0: chooses it; one it cannot bind fails the start) and
+keeps that socket bound, not listening, so that the port stays the fleet's while a worker
+restarts; then it forks the N workers, worker i being the node `<base>-<i>` on that port with
+SO_REUSEPORT. Each worker has two pipes from it: `ready` (one line once it serves) and a
+lifeline (its end: the supervisor is gone, drain and exit). A worker that exits is forked again
+under its id (`Backoff`); SIGTERM or SIGINT is forwarded to every worker.
 """
 
 from __future__ import annotations

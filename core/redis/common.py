@@ -47,11 +47,12 @@ def as_outage(exc: BaseException) -> Unavailable | None:
 
 @contextmanager
 def unavailable(what: str) -> Iterator[None]:
-    """Raise Redis outages inside the block as `Unavailable` naming `what`."""
+    """Raise Redis outages inside the block (those of `as_outage`) as `Unavailable` naming
+    `what`."""
     try:
         yield
-    except _OUTAGES as exc:
-        raise Unavailable(f"{what}: Redis unreachable ({type(exc).__name__}: {exc})") from exc
+    except (*_OUTAGES, OutOfMemoryError) as exc:
+        raise Unavailable(f"{what}: {as_outage(exc)}") from exc
 
 
 async def run_script(client: Client, script: Lua, keys: Sequence[str], args: Sequence[Any]) -> Any:

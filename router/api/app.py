@@ -24,64 +24,9 @@
     (`router.pages.dashboard`)
     GET  /metrics    the page `metrics` returns (only when the app is given one; no key)
 
-Decisions:
-- `targets` is the number of clients a targeted message was resolved to (named clients plus the
-  known devices of named users, narrowed by device type), or for a broadcast the connections active
-  nodes hold now. Resolution happens here, before enqueueing, so the queued message names clients
-  only and a worker does no user lookups.
-- A duplicate (the dedup_key was put within the dedup window) is still a success, 202, because the
-  push the sender meant is accepted: only a retry of it is dropped. Its `id` is the ORIGINAL
-  message's (the one enqueued under the key and delivered, whichever API process took it), so a
-  sender can match a retry to what was sent; nothing is sent for the retry (`targets` 0). In a
-  batch, a repeat of a key put earlier in the same batch names that earlier message.
-- A batch is all or nothing on input: every message is validated (and resolved) before any is
-  enqueued, and one bad message is a 400 naming it (`messages[3].ttl`), with nothing enqueued.
-  Its limits: `max_batch` messages, `max_batch_payload_bytes` for the body, `max_payload_bytes`
-  for each message's device-facing payload. Valid messages are then enqueued in order; if the
-  queue refuses one (`Unavailable`: full or unreachable), that one and every later one are
-  answered `{"error": {"code": "unavailable", ...}}` and not enqueued (the sender retries just
-  those, with dedup keys if it must not risk a repeat); if it refuses the first, the whole
-  request is the 503. Messages of one batch resolve in one registry round and their ids
-  increase in batch order.
-- The inbox routes exist only when the app is given an inbox (and then need a device-token
-  secret or public key in `auth`). The client id is the token's, never a parameter: a device
-  reads and acks its own inbox only. A bad or missing token is 401 `invalid_token`, as at the
-  edge. A pull does not remove anything: messages stay until acked (or expired, or pushed out by
-  the inbox cap). `more` is true when messages after the last one returned are waiting; the
-  next pull passes the last id as `after`. What a pull returns is marked given
-  (`Inbox.pull`), and `{"through": ID}` removes `ID` and what was given before it, never a
-  message stored later with an older id (docs/delivery.md). `after` and `through` must be
-  message ids (`core.ids.is_message_id`): "zzz" would sort after every id.
-- Broadcasts are in no inbox. With a broadcast history, a pull WITH `after` also returns the
-  broadcasts kept after that id that reach the token's device type, merged with the inbox in id
-  order, each id once: exactly what the edge replays to a device resuming with that last id, so a
-  device that only polls misses no broadcast either. A pull without `after` (a device with no
-  last id) gets its inbox only, as a fresh connection would. Acking a broadcast's id removes
-  nothing; the device's next `after` moves past it.
-- The body is parsed as JSON whatever the Content-Type says: senders (and curl) often omit it.
-- The API key is checked before the body is read; the size limit (413, naming it) before parsing,
-  from Content-Length when given and while reading otherwise.
-- Each API key has its own rate (`api_key_rate_per_s`, `api_key_burst`; `core.ratelimit`
-  `KeyRates`): a push costs one token, a batch one per message. A key whose bucket is empty is
-  refused 429 before its body is read; a batch is charged once it is valid (invalid input costs
-  nothing), and refused 429 when its key has fewer tokens than it has messages. The answer's
-  `Retry-After` says when the request could pass. A key is known by its position in `api_keys`
-  (`ApiStats.rate_limited`, the metric's `key` label); the key itself is never logged or
-  labelled. The dashboard's push form (admin key, one message) is not limited; the demo has
-  its own limits (`router.pages.demo`).
-- Brute force: wrong API keys (and the dashboard's wrong admin keys) are limited per source
-  address (`api_key_failures_*`, `dashboard_failures_*`; `router.api.throttle`): a
-  source over its limit is answered 429 `auth_throttled` with `Retry-After` before its key is
-  looked at (`ApiStats.auth_throttled` by role). Correct keys use none of the budget.
-- `ApiStats` counts what the API did as plain numbers (messages enqueued and deduplicated by
-  priority, errors answered by status, key and token failures): the metrics exporter of
-  `zuulpush.metrics` reads them; this package knows nothing of Prometheus.
-- Every error is JSON, `{"error": {"code", "message", "field"?}}`, with its HTTP status: our own
-  errors, aiohttp's (404 unknown path, 405 wrong method with `Allow`) and, for anything
-  unexpected, a 500 without details (logged here). A body whose chunked framing is broken, or
-  that the sender abandons, is a 400 naming `body` (`BodyUnreadable`, the connection then
-  closed), never a 500. Requests the HTTP parser refuses before any route sees them are
-  answered (and their logging throttled) by the listener, `router.api.malformed`.
+Every error is JSON, `{"error": {"code", "message", "field"?}}`, with its status and headers
+(`core.errors`). The decisions behind the answers (targets, duplicates, batches, inbox pulls,
+rate and brute-force limits, errors): docs/api.md.
 """
 
 from __future__ import annotations
@@ -89,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -104,7 +48,6 @@ from core.errors import (
     AuthThrottled,
     Forbidden,
     InvalidRequest,
-    InvalidToken,
     PayloadTooLarge,
     RateLimited,
     TooManyMessages,
@@ -114,7 +57,6 @@ from core.errors import (
 )
 from core.ids import IdGenerator
 from core.ratelimit import KeyRates
-from core.redis.common import as_outage
 from core.tokens import AuthConfig, DeviceIdentity, TokenVerifier, bearer, check_key
 from registry.base import NodeInfo, Registry
 from router.api.malformed import reason
@@ -147,7 +89,7 @@ MetricsPage = Callable[[], tuple[bytes, str]]
 
 @dataclass(slots=True)
 class ApiStats:
-    """What one API has done since start, as plain counters (module docstring)."""
+    """What one API has done since start, as plain counters (docs/api.md)."""
 
     enqueued: Counter[Priority] = field(default_factory=Counter)
     deduped: Counter[Priority] = field(default_factory=Counter)  # dropped as duplicates
@@ -163,13 +105,9 @@ class ApiStats:
             self.batch_too_large += 1
         elif isinstance(error, AuthThrottled):
             self.auth_throttled[error.role] += 1
-        elif isinstance(error, InvalidToken):
-            self.auth_failures["device_token"] += 1
-        elif isinstance(error, Unauthorized | Forbidden):
-            # The dashboard's errors name their credential (admin_key) or none (csrf).
-            credential = getattr(error, "credential", "api_key")
-            if credential:
-                self.auth_failures[credential] += 1
+        elif isinstance(error, Unauthorized | Forbidden) and error.credential is not None:
+            # A device token, an API key, the dashboard's admin key; not the dashboard's CSRF.
+            self.auth_failures[error.credential] += 1
 
     def count_put(self, message: Message, queued: bool) -> None:
         (self.enqueued if queued else self.deduped)[message.priority] += 1
@@ -217,7 +155,7 @@ def create_api_app(
     (`router.pages.demo`) exists only with `config.demo` and a secret; its edge URL is
     `config.public_edge_url`, else `edge_url(request)` (ValueError with neither)."""
     stats = ApiStats() if stats is None else stats
-    ids = ids or IdGenerator()  # one per process: the demo's pushes share it
+    ids = ids or IdGenerator(clock_ms)  # one per process: the demo's pushes share it
     max_body = max(config.max_payload_bytes, config.max_batch_payload_bytes)
     throttle = api_throttle(config, lambda: clock_ms() / 1000)  # router.api.throttle
     app = web.Application(client_max_size=max_body, middlewares=[_json_errors(stats), throttle])
@@ -458,12 +396,7 @@ def _json_errors(stats: ApiStats) -> Any:
                 raise
             stats.count_error(exc.status)
             return _http_error_response(exc)
-        except Exception as exc:
-            outage = as_outage(exc)  # e.g. the registry's Redis, looking up a user's devices
-            if outage is not None:
-                log.warning("%s %s: %s", request.method, request.path, outage.message)
-                stats.count_error(outage.http_status, outage)
-                return _error_response(outage)
+        except Exception:  # the seams raise their outages as Unavailable, answered above
             log.exception("unhandled error in %s %s", request.method, request.path)
             stats.count_error(500)
             return _error_response(ZuulpushError("internal error"))
@@ -471,15 +404,18 @@ def _json_errors(stats: ApiStats) -> Any:
 
 
 def _error_response(exc: ZuulpushError) -> web.Response:
-    headers = {}
+    headers = {_header_case(name): value for name, value in exc.headers}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, Unavailable | RateLimited):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     response = _json(exc.body(), status=exc.http_status, headers=headers)
     if isinstance(exc, BodyUnreadable):
         response.force_close()
     return response
+
+
+def _header_case(name: str) -> str:
+    """A header name as HTTP/1.1 answers usually write it: `retry-after` -> `Retry-After`."""
+    return "-".join(part.capitalize() for part in name.split("-"))
 
 
 def _http_error_response(exc: web.HTTPException) -> web.Response:

@@ -67,7 +67,7 @@ def throttle_middleware(api_keys: FailureLimiter, dashboard: FailureLimiter,
         try:
             return await handler(request)
         except Forbidden as exc:
-            if getattr(exc, "credential", "key") is not None:  # not the dashboard's CSRF 403
+            if exc.credential is not None:  # a wrong key; not the dashboard's CSRF 403
                 limiter.failed(source, clock_s())
             raise
     return throttle

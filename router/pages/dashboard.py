@@ -10,31 +10,9 @@ drain buttons, behind the admin key.
     POST /dashboard/push            a push body as for `POST /v1/push`: 202 and the same answer
     POST /dashboard/nodes/<id>/drain   202: the node was asked to drain; 404: no such live node
 
-Decisions:
-- Auth. The admin key never travels in a URL. Every route but the pages and login takes the
-  session cookie or `Authorization: Bearer <admin key>`. The cookie (`zuulpush_dashboard`,
-  HttpOnly, SameSite=Strict, Secure over TLS) is signed with the admin key
-  (`router.pages.sessions`):
-  valid in every API process with the same key, void when the key changes, `SESSION_S` long.
-  Logout revokes it: its session id is kept in `DashboardSources.sessions` until the cookie would
-  have expired (a fleet's APIs share that store in Redis), and a revoked cookie is refused as a
-  bad one is (401; `/` shows the login page; an event stream ends at its next snapshot). Without
-  an admin key configured every dashboard route is 403 (as the edge's admin API). A missing
-  credential is 401, a wrong one 403; both are counted in `ApiStats.auth_failures["admin_key"]`.
-- CSRF. State-changing POSTs (push, drain, logout) also need the header `X-Zuulpush-Dashboard:
-  1`, which a cross-site form cannot send and a cross-site fetch cannot send without a CORS
-  preflight this API never grants (403 `csrf` otherwise). SameSite=Strict already keeps the
-  cookie off cross-site requests; the header is the second lock.
-- Push goes through the push API's own path (`push`: read with its size limit, `parse_push`,
-  resolve, enqueue, counted in `ApiStats`): same validation, same answers, errors naming the
-  field.
-- Numbers: edge nodes from the registry; in a fleet, the API and router processes' counters
-  from their published records (`router.pages.process_stats`, this region's Redis), this process's
-  own live ones in place of its record (`DashboardSources`); sums and rates are
-  `router.pages.dashboard_stats`'s.
-- Drain: a node this process holds (`zuulpush serve`) drains at once through `drain_local`, as
-  on SIGTERM: the process exits when the drain is over. Any other node is asked through the
-  registry's drain request, as `zuulpush drain` asks; it takes it at its next heartbeat.
+Auth is the session cookie (signed with the admin key, revocable: `router.pages.sessions`) or
+`Authorization: Bearer <admin key>`; state-changing POSTs also need the CSRF header. The
+decisions (auth, CSRF, push, numbers, drain): docs/api.md, "The operator's dashboard".
 """
 
 from __future__ import annotations
@@ -236,7 +214,7 @@ class _Dashboard:
     async def _authorise(self, request: web.Request, *,
                          changes_state: bool = False) -> Session | None:
         """The session cookie or the admin key as a bearer token; for a state-changing request
-        also the CSRF header (module docstring). The session, or None for a bearer."""
+        also the CSRF header (docs/api.md). The session, or None for a bearer."""
         self._configured()
         session = await self._session(request)
         if session is None:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from core.outage import OutageLog
 from core.tasks import cancel_and_wait
 from router.pages.process_stats import (
     PUBLISH_INTERVAL_S,
@@ -33,7 +34,7 @@ class StatsPublisher:
     """Publishes `record()` to `store` every `interval_s` for `ttl_s`. `start()`, then
     `await stop()`."""
 
-    __slots__ = ("_down", "_interval_s", "_record", "_store", "_task", "_ttl_s", "publishes")
+    __slots__ = ("_interval_s", "_outage", "_record", "_store", "_task", "_ttl_s", "publishes")
 
     def __init__(self, store: ProcessStatsStore, record: Callable[[], ProcessStats], *,
                  interval_s: float = PUBLISH_INTERVAL_S, ttl_s: float = RECORD_TTL_S) -> None:
@@ -42,7 +43,7 @@ class StatsPublisher:
         self._interval_s = interval_s
         self._ttl_s = ttl_s
         self._task: asyncio.Task[None] | None = None
-        self._down = False
+        self._outage = OutageLog(log)
         self.publishes = 0  # successful ones, since start
 
     def start(self) -> None:
@@ -64,13 +65,10 @@ class StatsPublisher:
         try:
             await self._store.publish(self._record(), self._ttl_s)
         except Exception as exc:
-            if not self._down:
-                self._down = True
-                log.warning("process stats not published (%s: %s); retrying every %g s",
-                            type(exc).__name__, exc, self._interval_s)
+            self._outage.failed("process stats not published (%s: %s); retrying every %g s",
+                                type(exc).__name__, exc, self._interval_s)
             return False
-        if self._down:
-            self._down = False
+        if self._outage.recovered():  # a warning, as the outage's start
             log.warning("process stats published again")
         self.publishes += 1
         return True

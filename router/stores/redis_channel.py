@@ -31,16 +31,17 @@ waiting receive returns [] at once and later ones after their timeout.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from core.redis.client import Client, connect
+from core.clock import ClockMs, wall_ms
+from core.redis.client import Client
 from core.redis.common import block_ms, idle, unavailable, unless_closed
-from core.redis.keys import check_prefix, tag
+from core.redis.keys import tag
+from core.redis.store import RedisStore
 from router.base import Delivery
 
 DEFAULT_MAXLEN = 10_000
@@ -59,11 +60,12 @@ class _Reader:
         self.buffered: deque[Delivery] = deque()
 
 
-class RedisNodeChannel:
+class RedisNodeChannel(RedisStore):
     """`NodeChannel` on Redis Streams (layout and behaviour in the module docstring).
 
     `client` is a redis-py asyncio `Redis` or `RedisCluster` with bytes replies; the channel
-    closes it only if it made it (`from_url`).
+    closes it only if it made it (`from_url`). `clock_ms` (wall-clock ms) places a node's
+    first receive `catch_up_s` back.
     """
 
     def __init__(
@@ -74,25 +76,16 @@ class RedisNodeChannel:
         maxlen: int = DEFAULT_MAXLEN,
         ttl_s: float = DEFAULT_TTL_S,
         catch_up_s: float = DEFAULT_CATCH_UP_S,
+        clock_ms: ClockMs = wall_ms,
     ) -> None:
-        check_prefix(prefix)
+        super().__init__(client, prefix=prefix)
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
-        self._client = client
-        self._prefix = prefix
         self._maxlen = maxlen
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self._catch_up_ms = round(catch_up_s * 1000)
+        self._clock_ms = clock_ms
         self._readers: dict[str, _Reader] = {}
-        self._owns_client = False
-        self._closed = asyncio.Event()
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisNodeChannel:
-        """A channel on a client made by `connect(url)`, closed by `close()`."""
-        channel = cls(connect(url), **kwargs)
-        channel._owns_client = True
-        return channel
 
     def key(self, node_id: str) -> str:
         return f"{self._prefix}:n:{{{tag(node_id)}}}"
@@ -121,18 +114,10 @@ class RedisNodeChannel:
         n = min(max_n, len(reader.buffered))
         return [reader.buffered.popleft() for _ in range(n)]
 
-    async def close(self) -> None:
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        if self._owns_client:
-            await asyncio.sleep(0)  # let waiting receives see the close before the client goes
-            await self._client.aclose()
-
     def _reader(self, node_id: str) -> _Reader:
         reader = self._readers.get(node_id)
         if reader is None:
-            start_ms = max(0, int(time.time() * 1000) - self._catch_up_ms)
+            start_ms = max(0, self._clock_ms() - self._catch_up_ms)
             reader = self._readers[node_id] = _Reader(f"{start_ms}-0")
         return reader
 

@@ -20,14 +20,12 @@ Errors. An unreachable Redis raises `Unavailable`; both operations are idempoten
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 
 from core.clock import ClockMs, wall_ms
-from core.redis.client import Client, connect
+from core.redis.client import Client
 from core.redis.common import run_script, unavailable
-from core.redis.keys import check_prefix
+from core.redis.store import RedisStore
 from router.base import Broadcast
 from router.stores.redis_inbox import EXPIRY_DIGITS
 from router.stores.redis_inbox_lua import ADD, AFTER
@@ -35,7 +33,7 @@ from router.stores.redis_inbox_lua import ADD, AFTER
 TYPES_DIGITS = 8
 
 
-class RedisBroadcastLog:
+class RedisBroadcastLog(RedisStore):
     """`BroadcastLog` on Redis (layout in the module docstring). `client` is a redis-py asyncio
     `Redis` or `RedisCluster` with bytes replies; closed here only if made here (`from_url`)."""
 
@@ -47,24 +45,14 @@ class RedisBroadcastLog:
         max_entries: int,
         clock_ms: ClockMs = wall_ms,
     ) -> None:
-        check_prefix(prefix)
+        super().__init__(client, prefix=prefix)
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
-        self._client = client
         self._cap = max_entries
         self._clock_ms = clock_ms
         ids = f"{{{prefix}:bh}}"
         # The inbox scripts' marks and handed keys too: never written for the history.
         self.keys = [ids, ids + ":e", ids + ":g", ids + ":h"]
-        self._owns_client = False
-        self._closed = False
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisBroadcastLog:
-        """A history on a client made by `connect(url)`, closed by `close()`."""
-        log = cls(connect(url), **kwargs)
-        log._owns_client = True
-        return log
 
     async def add(self, broadcast: Broadcast) -> None:
         ttl_ms = broadcast.expires_at_ms - self._clock_ms()
@@ -81,11 +69,6 @@ class RedisBroadcastLog:
             found = await run_script(self._client, AFTER, self.keys,
                                      ["(" + last_id, limit, self._clock_ms()])
         return [_decode(found[i], found[i + 1]) for i in range(0, len(found), 2)]
-
-    async def close(self) -> None:
-        if self._owns_client and not self._closed:
-            self._closed = True
-            await self._client.aclose()
 
 
 def _encode(broadcast: Broadcast) -> bytes:

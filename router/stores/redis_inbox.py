@@ -41,10 +41,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from core.clock import ClockMs, wall_ms
-from core.redis.client import Client, connect
+from core.redis.client import Client
 from core.redis.common import ScriptCall, run_pipelined, run_script, unavailable
-from core.redis.keys import check_prefix, tag
+from core.redis.keys import tag
 from core.redis.lua import Lua
+from core.redis.store import RedisStore
 from router.base import InboxEntry
 from router.stores.redis_inbox_lua import ACK, ADD, AFTER, GIVEN, HANDED, RESUME, THROUGH, UNHANDED
 
@@ -56,7 +57,7 @@ GIVEN_ITEMS = 500
 """Marks per GIVEN call (id and mark: two arguments each)."""
 
 
-class RedisInbox:
+class RedisInbox(RedisStore):
     """`Inbox` on Redis (layout and behaviour in the module docstring).
 
     `client` is a redis-py asyncio `Redis` or `RedisCluster` with bytes replies; the inbox closes
@@ -73,23 +74,12 @@ class RedisInbox:
         clock_ms: ClockMs = wall_ms,
         peered: bool = False,
     ) -> None:
-        check_prefix(prefix)
+        super().__init__(client, prefix=prefix)
         if max_per_client < 1:
             raise ValueError("max_per_client must be at least 1")
-        self._client = client
-        self._prefix = prefix
         self._cap = max_per_client
         self._clock_ms = clock_ms
         self._strict = "1" if peered else "0"
-        self._owns_client = False
-        self._closed = False
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisInbox:
-        """An inbox on a client made by `connect(url)`, closed by `close()`."""
-        inbox = cls(connect(url), **kwargs)
-        inbox._owns_client = True
-        return inbox
 
     def keys(self, client_id: str) -> list[str]:
         """The client's four keys: its ids (sorted set), entries, marks and handed (hashes)."""
@@ -178,11 +168,6 @@ class RedisInbox:
             return 0
         with unavailable("inbox"):
             return sum(int(n) for n in await run_pipelined(self._client, calls))
-
-    async def close(self) -> None:
-        if self._owns_client and not self._closed:
-            self._closed = True
-            await self._client.aclose()
 
     async def _run(self, script: Lua, client_id: str, args: Sequence[Any]) -> Any:
         return await run_script(self._client, script, self.keys(client_id), args)

@@ -18,12 +18,12 @@ Errors. An unreachable Redis raises `core.errors.Unavailable`.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
-from core.redis.client import Client, connect
+from core.redis.client import Client
 from core.redis.common import run_script, unavailable
-from core.redis.keys import check_prefix
 from core.redis.lua import RECORD_DELETE, RECORD_PRUNE, RECORD_PUT
+from core.redis.store import RedisStore
 from router.pages.process_stats import ProcessStats, decode, encode
 
 T = TypeVar("T")
@@ -33,26 +33,16 @@ T = TypeVar("T")
 PROCESS_PUT, PROCESS_DELETE, PROCESS_PRUNE = RECORD_PUT, RECORD_DELETE, RECORD_PRUNE
 
 
-class RedisProcessStats:
+class RedisProcessStats(RedisStore):
     """`ProcessStatsStore` on Redis (layout in the module docstring). `client` is a redis-py
     asyncio `Redis` or `RedisCluster` with bytes replies; closed only if made here
     (`from_url`)."""
 
-    __slots__ = ("_client", "_closed", "_owns_client", "set_key")
+    __slots__ = ("set_key",)
 
     def __init__(self, client: Client, *, prefix: str = "zp") -> None:
-        check_prefix(prefix)
-        self._client = client
+        super().__init__(client, prefix=prefix)
         self.set_key = f"{{{prefix}:procs}}"
-        self._owns_client = False
-        self._closed = False
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisProcessStats:
-        """A store on a client made by `connect(url)`, closed by `close()`."""
-        store = cls(connect(url), **kwargs)
-        store._owns_client = True
-        return store
 
     def key(self, process_id: str) -> str:
         return f"{self.set_key}:{process_id}"
@@ -81,11 +71,6 @@ class RedisProcessStats:
                 await run_script(self._client, PROCESS_PRUNE,
                                  [self.set_key, *(self.key(p) for p in gone)], gone)
         return [decode(raw) for raw in records if raw is not None]
-
-    async def close(self) -> None:
-        if self._owns_client and not self._closed:
-            self._closed = True
-            await self._client.aclose()
 
 
 async def _awaited(result: Awaitable[T]) -> T:

@@ -11,52 +11,11 @@ lives in one Redis Cluster slot:
     {zp:q}:d:<dedup key>                     the id of the message put under the key, with
                                              PX = the dedup window
 
-Why one slot: dedup and enqueue are one atomic script (a duplicate is never half-enqueued, and
-no window exists between "seen" and "queued"), a take is one script over all three streams, and
-an idle consumer blocks on all three in one XREAD. The price is that the queue is served by one
-Redis primary; one primary XADDs and XREADGROUPs well beyond 50,000 messages/s, far past what one
-region's API and routers need. A fleet that outgrows it runs several queues (prefixes).
-
-Put. The PUT script takes many messages in one call and, for each in order, refuses a dedup key
-seen within the window (a duplicate: enqueues nothing, and answers the id stored under the key,
-the original message's), stops at a full queue (`max_depth` entries in the three streams,
-counting taken and not yet done ones: that message and the later ones are refused,
-`Unavailable`, 503), else remembers the key (`SET <its id> PX window`) and XADDs. The original's
-id costs no round trip: the key's GET replaces the EXISTS that dedup needs anyway. A key written
-by a version before this one holds "1" and no id: its repeats answer their own id, as then. A
-single `put`
-is coalesced: the puts made in one turn of the event loop (an API serving many requests at once)
-go to Redis as one script call, answered each on its own, so a busy API pays one round trip per
-turn instead of one per request; an idle one still sends each put at once.
-
-Take. The TAKE script serves the three streams in weighted rounds exactly as `MemoryQueue` does:
-a round serves up to `weights[p]` messages of priority `p`, higher first, and the round's credit
-is kept in Redis, so it carries across takes *and across every consumer of the fleet*: low
-priority never starves, whoever takes. Each priority is read with `XREADGROUP ... COUNT n >`,
-so the group hands every entry to one consumer. When nothing is waiting the script answers with
-the group's last-delivered id of each stream, and the consumer blocks (`XREAD BLOCK` over the
-three streams, in slices of at most a second) for entries after those ids, then takes again:
-no entry added between the empty take and the wait is missed, and a put wakes a waiting
-consumer at once (two round trips from XADD to the message in hand).
-
-Claim. A consumer that died (or is stuck) with entries taken and not done leaves them pending in
-the group. At most every `claim_idle_s / 2` (and on a waiting consumer's schedule, too) a take
-first claims, by `XAUTOCLAIM`, entries pending longer than `claim_idle_s` to itself, highest
-priority first and before new ones. `claim_idle_s` is the visibility timeout: a batch must be
-handled and `done` within it, or it may be handled twice (at least once, never lost).
-
-Done. `done` XACKs and XDELs each entry in one script; a consumer's next `take` may carry the
-receipts of the batch it just handled, and the TAKE script does the same first, which saves a
-round trip per batch. The streams hold only entries waiting or taken-not-done (no MAXLEN
-trimming, which could drop messages not yet taken). So `depth()` = XLEN - pending, per
-priority, exact. `lag()` is Redis's clock (TIME) less the time in the id of each stream's
-first entry after the group's last-delivered id: the oldest message waiting, also exact.
-
-Receipts are `<priority>:<stream entry id>`.
-
-Groups. The group is made (`XGROUP CREATE ... 0 MKSTREAM`, idempotent) on first use, and again
-whenever Redis answers NOGROUP (a restarted Redis without persistence): from id 0, so messages put
-before any router started, or since a restart, are all taken.
+Every key is in one Cluster slot, so dedup-and-enqueue is one atomic script (PUT) and a take
+one script over the three streams (TAKE: weighted rounds whose credit is kept in Redis, claiming
+entries pending longer than `claim_idle_s`, marking the previous batch done). Single puts are
+coalesced per turn of the event loop. How put, take, claim, done and the consumer group work,
+and why one slot: docs/queue.md.
 
 Errors. An unreachable Redis raises `Unavailable` (see `core.redis.common`); `put` is not
 idempotent without a dedup key, so the API answers 503 and the sender retries with one if it
@@ -73,10 +32,10 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from core.errors import Unavailable
-from core.redis.client import Client, connect
+from core.redis.client import Client
 from core.redis.common import block_ms, idle, run_script, unavailable, unless_closed
-from core.redis.keys import check_prefix
 from core.redis.lua import Lua
+from core.redis.store import RedisStore
 from router.base import Message, Priority, PutResult, Taken
 from router.stores import redis_queue_layout as layout
 from router.stores.memory import DEFAULT_WEIGHTS
@@ -236,8 +195,9 @@ return out
 """)
 
 
-class RedisQueue:
-    """`MessageQueue` on Redis Streams (layout and behaviour in the module docstring).
+class RedisQueue(RedisStore):
+    """`MessageQueue` on Redis Streams (layout in the module docstring, behaviour in
+    docs/queue.md).
 
     `client` is a redis-py asyncio `Redis` or `RedisCluster` with bytes replies; the queue closes
     it only if it made it (`from_url`). Queues with different `prefix`es are separate queues.
@@ -254,12 +214,11 @@ class RedisQueue:
         weights: Mapping[Priority, int] = DEFAULT_WEIGHTS,
         max_depth: int | None = DEFAULT_MAX_DEPTH,
     ) -> None:
-        check_prefix(prefix)
+        super().__init__(client, prefix=prefix)
         if any(weights.get(p, 0) < 1 for p in Priority):
             raise ValueError("every priority needs a weight of at least 1")
         if claim_idle_s <= 0 or dedup_window_s <= 0:
             raise ValueError("claim_idle_s and dedup_window_s must be positive")
-        self._client = client
         tag = f"{{{prefix}:q}}"
         self.streams = tuple(f"{tag}:{p.label}" for p in Priority)
         self.credits_key = f"{tag}:credits"
@@ -274,21 +233,12 @@ class RedisQueue:
         self._groups_made = False
         self._coalesced: list[tuple[Message, asyncio.Future[PutResult]]] = []
         self._sending: set[asyncio.Task[None]] = set()
-        self._owns_client = False
-        self._closed = asyncio.Event()
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisQueue:
-        """A queue on a client made by `connect(url)`, closed by `close()`."""
-        queue = cls(connect(url), **kwargs)
-        queue._owns_client = True
-        return queue
 
     def dedup_key(self, key: str) -> str:
         return self._dedup_prefix + key
 
     async def put(self, message: Message) -> PutResult:
-        """Coalesced with the other puts of this turn of the event loop (module docstring)."""
+        """Coalesced with the other puts of this turn of the event loop (docs/queue.md)."""
         if self._closed.is_set():
             raise Unavailable("message queue is closed")
         loop = asyncio.get_running_loop()
@@ -396,15 +346,10 @@ class RedisQueue:
             waited = await self._script(LAG, [self._group])
         return {p: max(0, int(ms)) / 1000 for p, ms in zip(Priority, waited, strict=True)}
 
-    async def close(self) -> None:
-        if self._closed.is_set():
-            return
-        self._closed.set()
+    async def _closing(self) -> None:
         await asyncio.sleep(0)  # let waiting takes see the close, coalesced puts leave
         if self._sending:  # puts already accepted get their answers before the client goes
             await asyncio.wait(list(self._sending), timeout=5.0)
-        if self._owns_client:
-            await self._client.aclose()
 
     async def _take_now(self, consumer: str, max_n: int,
                         done_pairs: list[str]) -> tuple[list[Taken], list[bytes]]:

@@ -15,32 +15,20 @@ Errors. An unreachable Redis raises `core.errors.Unavailable`.
 
 from __future__ import annotations
 
-from typing import Any
-
-from core.redis.client import Client, connect
+from core.redis.client import Client
 from core.redis.common import unavailable
-from core.redis.keys import check_prefix
+from core.redis.store import RedisStore
 
 
-class RedisSessionRevocations:
+class RedisSessionRevocations(RedisStore):
     """`SessionRevocations` on Redis (layout in the module docstring). `client` is a redis-py
     asyncio `Redis` or `RedisCluster`; closed only if made here (`from_url`)."""
 
-    __slots__ = ("_client", "_closed", "_owns_client", "tag")
+    __slots__ = ("tag",)
 
     def __init__(self, client: Client, *, prefix: str = "zp") -> None:
-        check_prefix(prefix)
-        self._client = client
+        super().__init__(client, prefix=prefix)
         self.tag = f"{{{prefix}:sessions}}"
-        self._owns_client = False
-        self._closed = False
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisSessionRevocations:
-        """A store on a client made by `connect(url)`, closed by `close()`."""
-        store = cls(connect(url), **kwargs)
-        store._owns_client = True
-        return store
 
     def key(self, session_id: str) -> str:
         return f"{self.tag}:{session_id}"
@@ -55,8 +43,3 @@ class RedisSessionRevocations:
     async def is_revoked(self, session_id: str) -> bool:
         with unavailable("session revocations"):
             return bool(await self._client.exists(self.key(session_id)))
-
-    async def close(self) -> None:
-        if self._owns_client and not self._closed:
-            self._closed = True
-            await self._client.aclose()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from zuulpush.cli import _edge_limit_flags, _parser
+from zuulpush.cli import build_parser
+from zuulpush.cli.options import edge_limit_flags
 from zuulpush.config import build, load_settings
 from zuulpush.edge.config import EdgeConfig
 
@@ -15,8 +16,8 @@ FLAGS = ["--max-connections", "100", "--hard-max-connections", "120", "--accept-
 
 @pytest.mark.parametrize("command", [["serve"], ["edge", "--redis", "redis://127.0.0.1:1/0"]])
 def test_flags_set_the_edge_config(command: list[str]) -> None:
-    args = _parser().parse_args([*command, *FLAGS])
-    config = build(EdgeConfig, load_settings(None, _edge_limit_flags(args), environ={}))
+    args = build_parser().parse_args([*command, *FLAGS])
+    config = build(EdgeConfig, load_settings(None, edge_limit_flags(args), environ={}))
     assert (config.max_connections, config.hard_max_connections) == (100, 120)
     assert (config.accept_rate_per_s, config.accept_burst) == (50.5, 7)
     assert (config.shed_loop_lag_ms, config.shed_retry_after_s) == (40, 2)
@@ -24,8 +25,8 @@ def test_flags_set_the_edge_config(command: list[str]) -> None:
 
 
 def test_unset_flags_leave_the_defaults_and_the_environment() -> None:
-    args = _parser().parse_args(["serve"])
-    settings = load_settings(None, _edge_limit_flags(args),
+    args = build_parser().parse_args(["serve"])
+    settings = load_settings(None, edge_limit_flags(args),
                              environ={"ZUULPUSH_ACCEPT_RATE_PER_S": "12"})
     config = build(EdgeConfig, settings)
     assert config.accept_rate_per_s == 12.0

@@ -29,6 +29,7 @@ from registry.base import Registration
 from registry.memory import MemoryRegistry
 from router.base import BroadcastLog, Delivery, InboxEntry
 from router.stores.memory import MemoryInbox, MemoryNodeChannel
+from tests.support.clock import FakeClock
 from zuulpush.edge.config import EdgeConfig
 from zuulpush.edge.protocol import HELD_MAX, EdgeConnection, shed_answer
 from zuulpush.edge.server import EdgeServer
@@ -48,20 +49,6 @@ M1, M2, M3, M4, M5, M6, M7, M8, M9 = (f"{'0' * 24}M{n}" for n in range(1, 10))
 
 
 # fakes
-
-
-class FakeClock:
-    """The server's monotonic clock; moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
 
 
 class FakeTransport:

@@ -1,24 +1,9 @@
-"""What `zuulpush serve` prints once it serves: its addresses, then lines to paste.
+"""The banner of `zuulpush serve` (`EmbeddedApp.describe`): its addresses, then lines to paste.
 
-Every line meant to be pasted works as printed in another terminal, from any directory, with
-any PATH (a virtual environment need not be active): commands name this very `zuulpush` by its
-absolute path (`zuulpush_command`), and each line carries what it needs or says where it comes
-from.
-
-What is printed depends on what was made for this run (`generated`, `zuulpush.cli`):
-
-- A secret, API key or admin key made for the run is printed (it dies with the process); a
-  configured one never is (stdout ends up in logs): the lines then name the variable.
-- Made secret: a device token for client `demo-device` (valid `DEMO_TOKEN_TTL_S`), lines that
-  listen with it over SSE (`curl -N`) and WebSocket (`zuulpush listen`), and a `zuulpush token`
-  line, with the secret, that makes more.
-- Configured secret: no token (one valid for a day, signed with a production secret, would end
-  up in logs); a `zuulpush token` line that signs with the configured secret (the operator's
-  `ZUULPUSH_SECRET`, or `--config FILE` when serve read one), and a listen line that makes its
-  token with it (`$(zuulpush token ...)`).
-- Made API key: the curl line that pushes to `demo-device` carries it, and an `export
-  ZUULPUSH_API_KEY=...` line sets it for the demo page's push API line (`router/pages/static/
-  demo.html`), which reads `$ZUULPUSH_API_KEY`.
+Every line meant to be pasted works as printed in another terminal, from any directory, with any
+PATH: commands name this very `zuulpush` by its absolute path (`zuulpush_command`). Only secrets
+made for this run are printed; a configured one is named by its variable instead (README, Quick
+start, says what each case prints).
 """
 
 from __future__ import annotations
@@ -26,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +19,7 @@ import orjson
 
 from core.tokens import issue_token
 from zuulpush import __version__
+from zuulpush.app.sites import schemes
 
 DEMO_CLIENT, DEMO_USER, DEMO_DEVICE_TYPE = "demo-device", "demo-user", "web"
 DEMO_TOKEN_TTL_S = 24 * 3600
@@ -49,14 +36,8 @@ def zuulpush_command(argv0: str | None = None, executable: str | None = None) ->
     return shlex.join([os.path.abspath(executable or sys.executable), "-m", "zuulpush"])
 
 
-def schemes(tls: object) -> tuple[str, str]:
-    """(http or https, ws or wss) for a listener with or without a TLS context."""
-    return ("https", "wss") if tls is not None else ("http", "ws")
-
-
-def serve_banner(app: Any, generated: list[str], *, config_file: str | None = None) -> str:
-    """The banner of `zuulpush serve` for a started `EmbeddedApp` (module docstring);
-    `config_file` is the `--config` it read, if any."""
+def serve_banner(app: Any, generated: Sequence[str], *, config_file: str | None = None) -> str:
+    """The banner of `zuulpush serve` for a started `EmbeddedApp` (its `describe`)."""
     config = app.config
     edge = f"{config.edge.host}:{app.edge.port}"
     http, ws = schemes(app.edge.tls)
@@ -79,7 +60,7 @@ def serve_banner(app: Any, generated: list[str], *, config_file: str | None = No
     return "\n".join(lines)
 
 
-def _addresses(app: Any, generated: list[str], edge: str, api: str) -> list[str]:
+def _addresses(app: Any, generated: Sequence[str], edge: str, api: str) -> list[str]:
     config = app.config
     http, ws = schemes(app.edge.tls)
     lines = [
@@ -143,7 +124,7 @@ def _with_configured_secret(command: str, config_file: str | None, ws: str,
     ]
 
 
-def _push_line(app: Any, generated: list[str], api: str) -> str:
+def _push_line(app: Any, generated: Sequence[str], api: str) -> str:
     # A configured key is a production secret, and stdout ends up in logs: only a key made for
     # this run is printed (as for the admin key).
     key = app.config.auth.api_keys[0] if "api_keys" in generated else "<api key>"
