@@ -397,9 +397,8 @@ class Replicator:
             self.stats.outages += 1
 
     def _recovered(self) -> None:
-        if self._outage.recovered():  # a warning, not OutageLog's info: replication lagged
-            log.warning("replication from %s resumed after %.1f s", self.peer_region,
-                        self._monotonic() - self._outage_since)
+        self._outage.recovered("replication from %s resumed after %.1f s", self.peer_region,
+                               self._monotonic() - self._outage_since)
 
     def _resync(self, missed: int) -> None:
         self.stats.resyncs += 1

@@ -164,8 +164,7 @@ class RouterWorker:
                 log.exception("router worker %s cannot take from the queue", self._consumer)
                 await asyncio.sleep(self._take_timeout_s)
                 continue
-            if queue.recovered():  # a warning, as the outage's start: operators watch both
-                log.warning("router worker %s takes from the queue again", self._consumer)
+            queue.recovered("router worker %s takes from the queue again", self._consumer)
             handled = await self._handle_logged(batch) if batch else []
             if not batch and self._unsent:
                 await self._retry_unsent()  # a quiet queue: the held forwards still go

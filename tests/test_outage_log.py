@@ -1,4 +1,4 @@
-"""`core.outage.OutageLog`: one warning per outage, one line when it ends."""
+"""`core.outage.OutageLog`: one line when an outage starts, one when it ends."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_warns_once_per_outage_and_says_when_it_ends(caplog: pytest.LogCaptureFi
         assert log.failed("down: %s", "c") is True
     levels = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert levels == [(logging.WARNING, "down: a"), (logging.DEBUG, "down: b"),
-                      (logging.INFO, "back"), (logging.WARNING, "down: c")]
+                      (logging.WARNING, "back"), (logging.WARNING, "down: c")]
 
 
 def test_recovered_without_a_message_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
@@ -30,3 +30,13 @@ def test_recovered_without_a_message_logs_nothing(caplog: pytest.LogCaptureFixtu
         caplog.clear()
         assert log.recovered() is True
     assert caplog.records == []
+
+
+def test_both_lines_at_the_level_given(caplog: pytest.LogCaptureFixture) -> None:
+    log = OutageLog(logging.getLogger("test.outage"), level=logging.ERROR)
+    with caplog.at_level(logging.DEBUG, "test.outage"):
+        log.failed("down")
+        log.failed("still down")
+        log.recovered("back")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "down"), (logging.DEBUG, "still down"), (logging.ERROR, "back")]

@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from router.pages.static import STATIC_DIR, add_static_routes
+from router.pages.files import STATIC_DIR, add_static_routes
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@
                      200 {"removed": N}
     GET  /demo, POST /demo/token, POST /demo/push   the demo page, only with `demo` on
                      (`router.pages.demo`)
-    GET  /static/<name>  the browser client and pages (`router.pages.static`)
+    GET  /static/<name>  the browser client and pages (`router.pages.files`)
     GET  /openapi.json   the OpenAPI description of these routes and the edge's admin API
                      (`router.api.openapi`)
     GET  /healthz    200 {"status": "ok"}
@@ -76,7 +76,7 @@ from router.base import (
 from router.config import ApiConfig
 from router.pages.dashboard import DashboardSources, add_dashboard_routes
 from router.pages.demo import EdgeUrl, add_demo_routes
-from router.pages.static import add_static_routes
+from router.pages.files import add_static_routes
 from router.resolve import broadcast_reach, resolve_many
 from router.validation import parse_batch, parse_inbox_ack, parse_inbox_query, parse_push
 

@@ -26,7 +26,7 @@ from core.ids import ID_FORMAT
 from router.config import ApiConfig
 from router.pages.dashboard import COOKIE, CSRF_HEADER, SESSION_S
 from router.pages.demo import DEMO_TOKEN_TTL_S, MAX_TEXT
-from router.pages.static import NAME as STATIC_NAME
+from router.pages.files import NAME as STATIC_NAME
 from router.validation import DEFAULT_INBOX_PAGE, DEFAULT_TOPIC, MAX_DATA_DEPTH, MAX_ID_CHARS
 
 DEFAULTS = ApiConfig()

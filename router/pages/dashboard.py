@@ -33,6 +33,7 @@ from core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from core.tokens import bearer
 from registry.base import NodeInfo, Registry
 from router.pages.dashboard_stats import Rates, merge_nodes, snapshot
+from router.pages.files import static_response
 from router.pages.process_stats import ProcessStats, merge_processes
 from router.pages.sessions import (
     MemorySessionRevocations,
@@ -41,7 +42,6 @@ from router.pages.sessions import (
     read_session,
     session_cookie,
 )
-from router.pages.static import static_response
 
 COOKIE = "zuulpush_dashboard"
 SESSION_S = 12 * 3600

@@ -41,7 +41,7 @@ from core.ratelimit import TokenBucket
 from core.tokens import AuthConfig, TokenVerifier, bearer, issue_token
 from router.base import Message, MessageQueue
 from router.config import ApiConfig
-from router.pages.static import static_response
+from router.pages.files import static_response
 from router.validation import parse_push
 
 DEMO_USER = "demo-user"

@@ -68,8 +68,7 @@ class StatsPublisher:
             self._outage.failed("process stats not published (%s: %s); retrying every %g s",
                                 type(exc).__name__, exc, self._interval_s)
             return False
-        if self._outage.recovered():  # a warning, as the outage's start
-            log.warning("process stats published again")
+        self._outage.recovered("process stats published again")
         self.publishes += 1
         return True
 

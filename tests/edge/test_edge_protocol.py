@@ -297,7 +297,7 @@ class Edge:
     """An `EdgeServer` on memory seams and a fake clock, and the means to drive it by hand."""
 
     def __init__(self, *, history: BroadcastLog | None = None, **config: Any) -> None:
-        self.clock = FakeClock()
+        self.clock = FakeClock(5000.0)
         self.registry = MemoryRegistry(clock=self.clock)
         self.inbox = MemoryInbox(1000, clock_ms=lambda: NOW_MS)
         self.channel = MemoryNodeChannel(100)

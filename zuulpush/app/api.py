@@ -23,6 +23,9 @@ from zuulpush.timed_registry import TimedRegistry
 class ApiApp:
     """The push-send API of a fleet, on Redis. `await start()`, then `await stop()`."""
 
+    edge = None
+    """It runs no edge node."""
+
     def __init__(self, config: FleetAppConfig) -> None:
         self.config = config
         self.node_id = default_node_id()

@@ -35,6 +35,9 @@ class RouterApp:
     queue of each peer region, that they forward to (module docstring). `await start()`,
     then `await stop()`: stop taking, finish the batches in hand, close the seams."""
 
+    edge = None
+    """It runs no edge node."""
+
     def __init__(self, config: FleetAppConfig) -> None:
         if config.fleet.router_workers < 1:
             raise ValueError("router_workers must be at least 1")

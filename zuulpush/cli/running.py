@@ -31,6 +31,10 @@ class App(Protocol):
     @property
     def node_id(self) -> str: ...
 
+    @property
+    def edge(self) -> EdgeServer | None:
+        """The edge node it runs (`serve`, `edge`), or None."""
+
     async def start(self) -> None: ...
 
     async def stop(self, grace_s: float = 5.0) -> None: ...
@@ -55,12 +59,6 @@ def run_app(make: Callable[[], A], banner: Callable[[A], str],
     logs.add_context(node_id=app.node_id)
     uvloop.run(_run_until_signal(app, banner, lifeline_fd))
     return 0
-
-
-def _edge_of(app: App) -> EdgeServer | None:
-    """The edge node the app runs (`serve`, `edge`), if it runs one."""
-    edge: EdgeServer | None = getattr(app, "edge", None)
-    return edge
 
 
 async def _start(app: App) -> None:
@@ -96,7 +94,7 @@ async def _run_until_signal(app: A, banner: Callable[[A], str],
     text = banner(app)
     if text:
         print(text, flush=True)
-    edge = _edge_of(app)
+    edge = app.edge
     waits = [asyncio.ensure_future(stop.wait())]
     if edge is not None:
         waits.append(asyncio.ensure_future(edge.drained.wait()))

@@ -77,7 +77,7 @@ class Listener:
         self.server: asyncio.Server | None = None
         self.port = config.port
         self.fds_exhausted = False
-        self._relisten = OutageLog(log)
+        self._relisten = OutageLog(log, level=logging.ERROR)
 
     async def listen(self) -> None:
         self.server = await self._listen(self._config.port)

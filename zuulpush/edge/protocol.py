@@ -240,7 +240,7 @@ class EdgeConnection(asyncio.Protocol):
         client may still be sending its request; the handshake deadline bounds the linger)."""
         assert self.transport is not None
         self._host.stats.count_reject(error)
-        headers = (*getattr(error, "headers", ()), *CORS)
+        headers = (*error.headers, *CORS)
         self._close_transport(http_error(error.http_status, error.body(), headers), linger=linger)
 
     def handshake_due(self) -> None:
